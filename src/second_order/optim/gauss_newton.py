@@ -1,0 +1,46 @@
+"""Hessian-free generalized Gauss-Newton (Schraudolph 2002; Martens 2010)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from second_order.optim.base import cg_transformation, require
+
+
+def gauss_newton(
+    learning_rate: optax.ScalarOrSchedule,
+    damping: float,
+    maxiter: int | None = None,
+    tol: float = 1e-5,
+    *,
+    solve_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Hessian-free Gauss-Newton: ``w ← w − η d`` with ``(G + λI) d = g`` solved by CG.
+
+    ``G = Jᵀ H_z J`` is the generalized Gauss-Newton matrix: ``J = ∂z/∂w`` the Jacobian
+    of the model outputs and ``H_z = ∇²_z ℓ`` the Hessian of the loss in output space
+    (Schraudolph 2002, "Fast curvature matrix-vector products for second-order
+    gradient descent"; Martens 2010).  ``G v`` is computed as jvp → output-space
+    Hessian-vector product → vjp; ``G`` is PSD for convex ℓ, so CG is well posed for
+    any λ > 0.  CG defaults as in :func:`hessian_free`.
+
+    ``update(grads, state, params, predict_fn=..., output_loss_fn=...)`` with
+    ``predict_fn: params → outputs`` and ``output_loss_fn: outputs → scalar loss``.
+    Diagnostics as for :func:`hessian_free`.
+    """
+
+    def make_matvec(params, extra_args):
+        predict_fn, output_loss_fn = require(extra_args, "gauss_newton", "predict_fn", "output_loss_fn")
+        z, jvp_fn = jax.linearize(predict_fn, params)
+        _, hz_fn = jax.linearize(jax.grad(output_loss_fn), z)
+        vjp_fn = jax.linear_transpose(jvp_fn, params)
+
+        def ggn_product(v):
+            return vjp_fn(hz_fn(jvp_fn(v)))[0]
+
+        return ggn_product
+
+    return cg_transformation("gauss_newton", make_matvec, learning_rate, damping, maxiter, tol, solve_dtype)

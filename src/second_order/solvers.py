@@ -1,0 +1,161 @@
+"""Linear solvers for second-order steps: conjugate gradient and a dense damped solve.
+
+Both run under ``jax.jit`` with static shapes and report what they did, so that an
+optimizer can expose it as per-step diagnostics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """Σ_leaves ⟨a, b⟩ (real pytrees)."""
+    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: jnp.vdot(x, y), a, b))
+    return sum(leaves[1:], leaves[0])
+
+
+def tree_axpy(alpha: jax.Array, x: PyTree, y: PyTree) -> PyTree:
+    """alpha · x + y, leaf by leaf."""
+    return jax.tree_util.tree_map(lambda xi, yi: alpha.astype(yi.dtype) * xi + yi, x, y)
+
+
+def tree_size(tree: PyTree) -> int:
+    """Total number of scalars in the pytree (static)."""
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
+
+
+class CGResult(NamedTuple):
+    """Outcome of :func:`cg`.
+
+    ``x`` the approximate solution; ``iterations`` CG iterations run; ``residual_norm``
+    the final ‖r‖ = ‖b − A x‖ (the recursively updated residual, as in scipy/jax);
+    ``b_norm`` ‖b‖ (so ``residual_norm / b_norm`` is the relative residual);
+    ``min_curvature`` min over iterations of pᵀAp / pᵀp (negative: A is not PD along p).
+    """
+
+    x: PyTree
+    iterations: jax.Array
+    residual_norm: jax.Array
+    b_norm: jax.Array
+    min_curvature: jax.Array
+
+
+def cg(
+    matvec: Callable[[PyTree], PyTree],
+    b: PyTree,
+    *,
+    tol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+) -> CGResult:
+    """Conjugate gradient for ``A x = b`` with ``A`` symmetric, started at ``x₀ = 0``.
+
+    Hestenes & Stiefel (1952)::
+
+        r₀ = p₀ = b
+        αₖ = rₖᵀrₖ / pₖᵀA pₖ,  xₖ₊₁ = xₖ + αₖ pₖ,  rₖ₊₁ = rₖ − αₖ A pₖ
+        βₖ = rₖ₊₁ᵀrₖ₊₁ / rₖᵀrₖ, pₖ₊₁ = rₖ₊₁ + βₖ pₖ
+
+    Stops when ‖r‖ ≤ max(tol·‖b‖, atol) or after ``maxiter`` iterations (default
+    ``10·n`` with ``n`` the number of unknowns) — the same criterion and defaults as
+    ``jax.scipy.sparse.linalg.cg`` and scipy.  A ``lax.while_loop``: jit-compatible,
+    static shapes, no host round-trip.
+    """
+    n = tree_size(b)
+    maxiter = 10 * n if maxiter is None else int(maxiter)
+    if maxiter < 0:
+        raise ValueError(f"cg: maxiter must be >= 0, got {maxiter}")
+    bb = tree_vdot(b, b)
+    dtype = bb.dtype
+    threshold2 = jnp.maximum(jnp.asarray(tol, dtype) ** 2 * bb, jnp.asarray(atol, dtype) ** 2)
+    x0 = jax.tree_util.tree_map(jnp.zeros_like, b)
+    inf = jnp.asarray(jnp.inf, dtype)
+
+    def cond(state):
+        _, _, _, rr, k, _ = state
+        return (rr > threshold2) & (k < maxiter)
+
+    def body(state):
+        x, r, p, rr, k, min_curv = state
+        ap = matvec(p)
+        pap = tree_vdot(p, ap)
+        min_curv = jnp.minimum(min_curv, pap / tree_vdot(p, p))
+        alpha = rr / pap
+        x = tree_axpy(alpha, p, x)
+        r = tree_axpy(-alpha, ap, r)
+        rr_new = tree_vdot(r, r)
+        p = tree_axpy(rr_new / rr, p, r)
+        return x, r, p, rr_new, k + 1, min_curv
+
+    x, _, _, rr, k, min_curv = jax.lax.while_loop(cond, body, (x0, b, b, bb, jnp.int32(0), inf))
+    return CGResult(x, k, jnp.sqrt(rr), jnp.sqrt(bb), min_curv)
+
+
+class DenseSolveResult(NamedTuple):
+    """Outcome of :func:`damped_solve`.
+
+    ``x`` the solution; ``used_cholesky`` True when the Cholesky path ran;
+    ``min_eigenvalue`` the smallest eigenvalue of ``H + λI`` when the eigen path ran
+    (NaN otherwise); ``rank`` the number of eigenvalues kept by the pseudo-inverse
+    (``n`` on the Cholesky path).
+    """
+
+    x: jax.Array
+    used_cholesky: jax.Array
+    min_eigenvalue: jax.Array
+    rank: jax.Array
+
+
+def pinv_rtol(n: int, dtype: Any) -> float:
+    """numpy/jax's default pseudo-inverse cut-off: 10 · n · eps(dtype)."""
+    return 10.0 * n * float(jnp.finfo(dtype).eps)
+
+
+def eigh_pinv_solve(a: jax.Array, g: jax.Array) -> DenseSolveResult:
+    """x = pinv(A) g for symmetric A by the eigendecomposition A = V Λ Vᵀ.
+
+    ``pinv(A) = V Λ⁺ Vᵀ`` with ``Λ⁺ᵢ = 1/λᵢ`` where ``|λᵢ| > rtol · maxⱼ|λⱼ|`` and 0
+    elsewhere, ``rtol = 10·n·eps`` — numerically what ``jnp.linalg.pinv`` returns
+    for a symmetric matrix (singular values of A are |λᵢ|).
+    """
+    n = a.shape[0]
+    w, v = jnp.linalg.eigh(a)
+    cutoff = pinv_rtol(n, a.dtype) * jnp.max(jnp.abs(w))
+    keep = jnp.abs(w) > cutoff
+    w_inv = jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)
+    x = v @ (w_inv * (v.T @ g))
+    return DenseSolveResult(x, jnp.array(False), w[0], jnp.sum(keep).astype(jnp.int32))
+
+
+def damped_solve(h: jax.Array, g: jax.Array, damping: float | jax.Array) -> DenseSolveResult:
+    """d = pinv(H + λI) g, by Cholesky when H + λI is safely positive definite.
+
+    Path 1 (fast): ``L Lᵀ = H + λI``; accepted when the factor is finite and its
+    smallest pivot ``min Lᵢᵢ²`` exceeds the pseudo-inverse cut-off
+    ``10·n·eps · max (H+λI)ᵢᵢ`` — then no eigenvalue would have been truncated by
+    ``pinv`` and ``(H + λI)⁻¹ g`` equals ``pinv(H + λI) g``.
+    Path 2 (fallback): symmetric eigendecomposition pseudo-inverse
+    (:func:`eigh_pinv_solve`), e.g. for undamped Newton, where H is singular and
+    indefinite.  Only the path taken is executed (``lax.cond``).
+    """
+    n = h.shape[0]
+    a = h + jnp.asarray(damping, h.dtype) * jnp.eye(n, dtype=h.dtype)
+    chol = jnp.linalg.cholesky(a)
+    pivots = jnp.diagonal(chol) ** 2
+    threshold = pinv_rtol(n, a.dtype) * jnp.max(jnp.abs(jnp.diagonal(a)))
+    ok = jnp.all(jnp.isfinite(chol)) & (jnp.min(pivots) > threshold)
+
+    def by_cholesky(_):
+        x = jax.scipy.linalg.cho_solve((chol, True), g)
+        return DenseSolveResult(x, jnp.array(True), jnp.array(jnp.nan, a.dtype), jnp.int32(n))
+
+    def by_eigh(_):
+        return eigh_pinv_solve(a, g)
+
+    return jax.lax.cond(ok, by_cholesky, by_eigh, None)

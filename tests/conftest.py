@@ -1,0 +1,32 @@
+"""Shared test setup: float64 available (as in the paper), small problems, real MNIST path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mnist_dir() -> Path | None:
+    """MNIST_DIR when set, else ../shared/data/mnist beside the checkout, else None."""
+    env = os.environ.get("MNIST_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data" / "mnist")
+    for c in candidates:
+        if (c / "train-images-idx3-ubyte.gz").exists():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_mnist_dir() -> Path:
+    d = mnist_dir()
+    if d is None:
+        pytest.skip("real MNIST not found: set MNIST_DIR to a directory with the four IDX files")
+    return d

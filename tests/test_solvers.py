@@ -1,0 +1,102 @@
+"""Conjugate gradient and the dense damped solve against numpy closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from second_order.solvers import cg, damped_solve
+
+
+def spd_matrix(n: int, eigenvalues: np.ndarray, seed: int = 0) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(n, n)))
+    return (q * eigenvalues) @ q.T
+
+
+def test_cg_solves_spd_system_on_pytrees():
+    n = 30
+    a = spd_matrix(n, np.linspace(1.0, 50.0, n))
+    b = np.random.default_rng(1).normal(size=n)
+    # Split the unknowns into a nested dict to exercise pytree arithmetic.
+    def matvec(v):
+        flat = jnp.concatenate([v["x"], v["y"]["z"]])
+        out = jnp.asarray(a) @ flat
+        return {"x": out[:10], "y": {"z": out[10:]}}
+
+    rhs = {"x": jnp.asarray(b[:10]), "y": {"z": jnp.asarray(b[10:])}}
+    res = jax.jit(lambda r: cg(matvec, r, tol=1e-12))(rhs)
+    x = np.concatenate([res.x["x"], res.x["y"]["z"]])
+    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-9)
+    assert res.residual_norm <= 1e-12 * np.linalg.norm(b) * 1.0001
+    np.testing.assert_allclose(res.b_norm, np.linalg.norm(b))
+    np.testing.assert_allclose(res.residual_norm, np.linalg.norm(b - a @ x), atol=1e-10)
+
+
+def test_cg_honours_maxiter_and_reports_iterations():
+    n = 50
+    a = jnp.asarray(spd_matrix(n, np.logspace(0, 4, n)))
+    b = jnp.ones(n)
+    for k in (1, 3, 7):
+        res = jax.jit(lambda b: cg(lambda v: a @ v, b, tol=1e-14, maxiter=k))(b)
+        assert int(res.iterations) == k
+        assert float(res.residual_norm) > 1e-14 * float(res.b_norm)  # did not converge: stopped by maxiter
+
+
+def test_cg_stops_early_at_tol():
+    """A matrix with 4 distinct eigenvalues: exact CG converges in 4 iterations."""
+    n = 40
+    a = jnp.asarray(spd_matrix(n, np.repeat([1.0, 2.0, 5.0, 10.0], 10)))
+    b = jnp.asarray(np.random.default_rng(2).normal(size=n))
+    res = cg(lambda v: a @ v, b, tol=1e-5)
+    assert 1 <= int(res.iterations) <= 5 < n
+    assert float(res.residual_norm) <= 1e-5 * float(res.b_norm)
+    # Looser tolerance takes no more iterations than a tight one.
+    loose = cg(lambda v: a @ v, b, tol=1e-1)
+    assert int(loose.iterations) <= int(res.iterations)
+
+
+def test_cg_matches_jax_scipy_cg_defaults():
+    n = 25
+    a = jnp.asarray(spd_matrix(n, np.logspace(0, 3, n), seed=4))
+    b = jnp.asarray(np.random.default_rng(5).normal(size=n))
+    ours = cg(lambda v: a @ v, b)
+    ref, _ = jax.scipy.sparse.linalg.cg(lambda v: a @ v, b)
+    np.testing.assert_allclose(ours.x, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_cg_zero_rhs_returns_zero_without_iterating():
+    res = cg(lambda v: 2.0 * v, jnp.zeros(5))
+    assert int(res.iterations) == 0
+    np.testing.assert_array_equal(res.x, 0.0)
+
+
+def test_damped_solve_uses_cholesky_when_positive_definite():
+    n = 20
+    h = spd_matrix(n, np.linspace(-3.0, 10.0, n), seed=6)  # indefinite H
+    g = np.random.default_rng(7).normal(size=n)
+    res = jax.jit(damped_solve)(jnp.asarray(h), jnp.asarray(g), 5.0)  # H + 5I is PD
+    assert bool(res.used_cholesky)
+    assert np.isnan(float(res.min_eigenvalue))
+    np.testing.assert_allclose(res.x, np.linalg.solve(h + 5.0 * np.eye(n), g), rtol=1e-10)
+
+
+def test_damped_solve_falls_back_to_pseudo_inverse_when_singular_indefinite():
+    n = 20
+    eig = np.concatenate([np.linspace(-2.0, 8.0, 12), np.zeros(8)])  # rank 12 (one eigenvalue is 0 too)
+    eig[eig == 0.0] = 0.0
+    h = spd_matrix(n, eig, seed=8)
+    g = np.random.default_rng(9).normal(size=n)
+    res = jax.jit(damped_solve)(jnp.asarray(h), jnp.asarray(g), 0.0)
+    assert not bool(res.used_cholesky)
+    np.testing.assert_allclose(res.x, np.linalg.pinv(h) @ g, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(res.min_eigenvalue, np.linalg.eigvalsh(h).min(), rtol=1e-10)
+    assert int(res.rank) == np.linalg.matrix_rank(h)
+
+
+def test_damped_solve_singular_psd_does_not_take_cholesky():
+    """A PSD but singular matrix may factor in floating point; pinv semantics must still hold."""
+    n = 15
+    h = spd_matrix(n, np.concatenate([np.linspace(1.0, 4.0, 10), np.zeros(5)]), seed=10)
+    g = np.random.default_rng(11).normal(size=n)
+    res = damped_solve(jnp.asarray(h), jnp.asarray(g), 0.0)
+    np.testing.assert_allclose(res.x, np.linalg.pinv(h) @ g, rtol=1e-7, atol=1e-9)
