@@ -30,3 +30,13 @@ def real_mnist_dir() -> Path:
     if d is None:
         pytest.skip("real MNIST not found: set MNIST_DIR to a directory with the four IDX files")
     return d
+
+
+def compose_config(overrides: list[str] | None = None) -> dict:
+    """The resolved config that ``scripts/train.py`` would run with these overrides."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides or []))
+    return OmegaConf.to_container(cfg, resolve=True)

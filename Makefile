@@ -1,0 +1,45 @@
+# second-order: reproducible second-order optimization experiments (JAX/Flax/Optax).
+#   make setup       create .venv and install the project (CPU JAX; JAX_VARIANT=cuda12 for NVIDIA GPUs)
+#   make test        set up if needed, then run the whole test suite
+#   make train ARGS="optimizer=hessian_free"    one run (any Hydra overrides)
+#   make reproduce   every experiment of the paper, then figures and tables into results/
+#   make figures     regenerate figures and tables from runs/ without training
+#   make bench       timing benchmark into results/bench/
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+JAX_VARIANT ?= cpu
+STAMP := $(VENV)/.installed-$(JAX_VARIANT)
+PYTEST_ARGS ?=
+ARGS ?=
+
+.PHONY: setup test test-fast train reproduce figures bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,tfds]"
+	if [ "$(JAX_VARIANT)" != "cpu" ]; then $(BIN)/python -m pip install --quiet "jax[$(JAX_VARIANT)]"; fi
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+train: setup
+	$(BIN)/python scripts/train.py $(ARGS)
+
+figures: setup
+	$(BIN)/python scripts/make_figures.py runs --out results
+
+bench: setup
+	$(BIN)/python scripts/bench.py $(ARGS)
+
+clean:
+	rm -rf runs multirun outputs .pytest_cache

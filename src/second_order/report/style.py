@@ -1,0 +1,140 @@
+"""One look for every figure: method colours, labels, line styles and paper rcParams.
+
+Figures are built on :class:`matplotlib.figure.Figure` with an explicit Agg canvas,
+so nothing here touches pyplot or the global backend (safe to import in notebooks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+FIG_WIDTH_IN = 3.4  # one column of a two-column paper
+FIG_HEIGHT_IN = 2.4
+PNG_DPI = 200
+FIGURE_FORMATS = ("png", "pdf")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodStyle:
+    """How one optimizer is drawn and named."""
+
+    label: str  # short legend label
+    name: str  # the paper's full name, used in tables and captions
+    color: str
+    linestyle: Any
+    marker: str
+    setting: str  # hyper-parameters of the paper protocol, for captions
+
+
+# Okabe-Ito colour-blind-safe palette; line styles also differ so greyscale prints work.
+STYLES: dict[str, MethodStyle] = {
+    "sgd": MethodStyle("SGD", "SGD", "#0072B2", "-", "o", "learning rate 0.1"),
+    "newton": MethodStyle("Newton", "Newton", "#D55E00", "--", "s", "exact Hessian, pseudo-inverse, damping 0"),
+    "newton_damped": MethodStyle("Damped Newton", "Damped Newton", "#E69F00", "-.", "D", "exact Hessian, damping 32"),
+    "hessian_free": MethodStyle(
+        "HF Newton", "Hessian-free Newton", "#009E73", (0, (5, 1.5)), "^", "Hessian-vector products + CG, damping 32"
+    ),
+    "gauss_newton": MethodStyle(
+        "HF Gauss-Newton", "Hessian-free Gauss-Newton", "#CC79A7", (0, (1, 1)), "v", "GGN-vector products + CG, damping 4"
+    ),
+}
+METHODS: tuple[str, ...] = tuple(STYLES)  # canonical order of the paper
+
+_FALLBACK_COLORS = ("#56B4E9", "#F0E442", "#000000", "#999999")
+
+PAPER_RC: dict[str, Any] = {
+    "font.family": "sans-serif",
+    "font.size": 8,
+    "axes.labelsize": 8,
+    "axes.titlesize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "legend.frameon": True,
+    "legend.framealpha": 0.9,
+    "legend.edgecolor": "0.85",
+    "legend.handlelength": 2.2,
+    "legend.columnspacing": 1.0,
+    "legend.handletextpad": 0.5,
+    "legend.borderaxespad": 0.4,
+    "axes.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.linewidth": 0.4,
+    "grid.alpha": 0.35,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "xtick.major.size": 3,
+    "ytick.major.size": 3,
+    "pdf.fonttype": 42,  # embed TrueType: editable, accepted by publishers
+    "ps.fonttype": 42,
+    "figure.dpi": 100,
+    "savefig.dpi": PNG_DPI,
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def method_style(name: str) -> MethodStyle:
+    """Style of a method; unknown optimizer names get a stable fallback style."""
+    if name in STYLES:
+        return STYLES[name]
+    color = _FALLBACK_COLORS[sum(map(ord, name)) % len(_FALLBACK_COLORS)]
+    return MethodStyle(name, name, color, "-", "o", "")
+
+
+def ordered_methods(names: Iterable[str]) -> list[str]:
+    """Names in the paper's order, unknown ones after them alphabetically."""
+    names = set(names)
+    return [m for m in METHODS if m in names] + sorted(names - set(METHODS))
+
+
+@contextlib.contextmanager
+def paper_style() -> Iterator[None]:
+    """Temporarily apply :data:`PAPER_RC` (fonts >= 8 pt, light grid, no top/right spines)."""
+    with matplotlib.rc_context(PAPER_RC):
+        yield
+
+
+def with_paper_style(fn: F) -> F:
+    """Decorator: run ``fn`` inside :func:`paper_style`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with paper_style():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@with_paper_style
+def new_figure(height: float = FIG_HEIGHT_IN, width: float = FIG_WIDTH_IN) -> Figure:
+    """A column-width figure with constrained layout on an Agg canvas."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+@with_paper_style
+def save_figure(fig: Figure, out_dir: Path | str, name: str) -> list[Path]:
+    """Write ``name.png`` (200 dpi) and ``name.pdf`` into ``out_dir``; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in FIGURE_FORMATS:
+        path = out_dir / f"{name}.{ext}"
+        meta = {"CreationDate": None} if ext == "pdf" else {}  # reproducible PDFs
+        fig.savefig(path, dpi=PNG_DPI, metadata=meta)
+        paths.append(path)
+    return paths

@@ -1,0 +1,234 @@
+"""The on-disk format of one training run, written by the trainer and read by plots.
+
+A run directory holds::
+
+    config.yaml        the resolved Hydra config of the run
+    environment.json   package versions, device, git commit, host
+    steps.csv          one row per optimizer step: step, epoch, train_loss, time_s, <diagnostics>
+    eval.csv           one row per evaluation: epoch, step, time_s, test_loss, test_acc
+    summary.json       final numbers and status (see ``SUMMARY_KEYS``)
+
+``time_s`` is the cumulative optimizer wall-clock time (compilation, evaluation and
+logging excluded).  Everything a figure or table needs is in these files; nothing
+here knows about optimizers.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+CONFIG_FILE = "config.yaml"
+ENV_FILE = "environment.json"
+STEPS_FILE = "steps.csv"
+EVAL_FILE = "eval.csv"
+SUMMARY_FILE = "summary.json"
+
+STEP_COLUMNS = ("step", "epoch", "train_loss", "time_s")
+EVAL_COLUMNS = ("epoch", "step", "time_s", "test_loss", "test_acc")
+SUMMARY_KEYS = (
+    "optimizer",
+    "experiment",
+    "seed",
+    "status",  # completed | diverged | interrupted | budget
+    "train_loss",
+    "test_loss",
+    "test_acc",
+    "steps",
+    "epochs_completed",
+    "train_time_s",
+    "compile_time_s",
+    "eval_time_s",
+    "diverged",
+    "diverged_step",
+    "param_count",
+    "log_time_s",
+    "checkpoint_time_s",
+    "signal",
+    "wandb_run_id",
+    "error",
+)
+
+
+class CsvLog:
+    """Append-only CSV table with a fixed header; ``flush`` makes rows durable."""
+
+    def __init__(self, path: Path | str, columns: Sequence[str]):
+        self.path = Path(path)
+        self.columns = tuple(columns)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if exists:
+            with open(self.path, newline="") as f:
+                header = next(csv.reader(f))
+            if tuple(header) != self.columns:
+                raise ValueError(
+                    f"{self.path}: existing columns {header} differ from {list(self.columns)}; "
+                    "use a fresh run directory (hydra.run.dir=...)"
+                )
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        if not exists:
+            self._writer.writerow(self.columns)
+
+    def write_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        self._writer.writerows(_fmt_row(r) for r in rows)
+
+    def flush(self, durable: bool = True) -> None:
+        """Hand rows to the OS; ``durable`` also fsyncs them to disk."""
+        self._file.flush()
+        if durable:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+
+def _fmt_row(row: Sequence[Any]) -> list[str]:
+    return [_fmt(v) for v in row]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))  # shortest round-trip representation
+    if isinstance(v, (np.integer,)):
+        return str(int(v))
+    return str(v)
+
+
+def truncate_after_step(path: Path | str, last_step: int) -> None:
+    """Drop rows whose ``step`` column exceeds ``last_step`` (used when resuming)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    i = header.index("step")
+    kept = [r for r in body if r and int(float(r[i])) <= last_step]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(kept)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path | str, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename), NaN/inf written as null."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(_json_safe(data), f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.generic,)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def read_table(path: Path | str) -> dict[str, np.ndarray]:
+    """Read a CSV table written by :class:`CsvLog` into column arrays (float)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return {}
+    header, body = rows[0], [r for r in rows[1:] if r]
+    cols: dict[str, np.ndarray] = {}
+    for j, name in enumerate(header):
+        cols[name] = np.array([_parse(r[j]) for r in body], dtype=np.float64)
+    return cols
+
+
+def _parse(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        return float("nan")
+
+
+@dataclasses.dataclass
+class Run:
+    """A run directory loaded into memory."""
+
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    steps: dict[str, np.ndarray]
+    evals: dict[str, np.ndarray]
+
+    @property
+    def optimizer(self) -> str:
+        return str(self.summary.get("optimizer") or _get(self.config, "optimizer.name", "unknown"))
+
+    @property
+    def experiment(self) -> str:
+        return str(self.summary.get("experiment") or _get(self.config, "experiment_name", "default"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.summary.get("seed", _get(self.config, "seed", 0)))
+
+
+def _get(cfg: Mapping[str, Any], dotted: str, default: Any) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def load_run(path: Path | str) -> Run:
+    """Load a run directory; raises FileNotFoundError naming the missing file."""
+    path = Path(path)
+    summary_path = path / SUMMARY_FILE
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{summary_path} not found: not a run directory (or the run never started)")
+    summary = json.loads(summary_path.read_text())
+    config: dict[str, Any] = {}
+    if (path / CONFIG_FILE).exists():
+        import yaml
+
+        config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
+    return Run(
+        path=path,
+        config=config,
+        summary=summary,
+        steps=read_table(path / STEPS_FILE),
+        evals=read_table(path / EVAL_FILE),
+    )
+
+
+def find_runs(roots: Iterable[Path | str]) -> list[Run]:
+    """All run directories (those holding summary.json) below the given roots, sorted by path."""
+    found: list[Run] = []
+    for root in roots:
+        root = Path(root)
+        paths = [root] if (root / SUMMARY_FILE).exists() else sorted(p.parent for p in root.rglob(SUMMARY_FILE))
+        found.extend(load_run(p) for p in paths)
+    return found

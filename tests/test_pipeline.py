@@ -1,0 +1,134 @@
+"""End to end: the Hydra app on real MNIST, every optimizer, logs, divergence, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, compose_config
+from second_order import experiment, runs
+
+pytestmark = pytest.mark.slow
+
+
+def train_cli(*overrides: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run scripts/train.py as a user would (a real Hydra app in a fresh process)."""
+    full_env = {**os.environ, "WANDB_SILENT": "true", "WANDB_MODE": "", **(env or {})}
+    full_env.pop("WANDB_MODE")
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *overrides, "trainer.progress=false"],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO, env=full_env,
+    )
+
+
+def check_run_files(run_dir: Path) -> dict:
+    for name in (runs.CONFIG_FILE, runs.ENV_FILE, runs.STEPS_FILE, runs.EVAL_FILE, runs.SUMMARY_FILE):
+        assert (run_dir / name).stat().st_size > 0, name
+    summary = json.loads((run_dir / runs.SUMMARY_FILE).read_text())
+    for key in ("train_loss", "test_loss", "test_acc", "steps", "train_time_s", "compile_time_s",
+                "eval_time_s", "diverged"):
+        assert key in summary, key
+    env = json.loads((run_dir / runs.ENV_FILE).read_text())
+    assert env["packages"]["jax"] and env["device_kind"] and "git_commit" in env
+    return summary
+
+
+@pytest.mark.parametrize("name", ["sgd", "hessian_free", "gauss_newton"])
+def test_short_run_decreases_loss_and_writes_logs(name, real_mnist_dir, tmp_path):
+    run_dir = tmp_path / name
+    proc = train_cli(f"optimizer={name}", f"data.dir={real_mnist_dir}", "trainer.max_steps=60",
+                     "trainer.chunk_steps=20", f"hydra.run.dir={run_dir}", "logger.wandb.mode=offline")
+    assert proc.returncode == 0, proc.stderr
+    summary = check_run_files(run_dir)
+    assert summary["status"] == "budget" and summary["steps"] == 60 and not summary["diverged"]
+    run = runs.load_run(run_dir)
+    loss = run.steps["train_loss"]
+    assert len(loss) == 60 and np.array_equal(run.steps["step"], np.arange(1, 61))
+    assert loss[-10:].mean() < loss[:10].mean() - 0.3, loss
+    assert np.all(np.diff(run.steps["time_s"]) > 0)
+    assert summary["compile_time_s"] > 0 and summary["train_time_s"] > 0
+    if name != "sgd":
+        assert np.all(run.steps["cg_iterations"] >= 1)
+    # W&B's own offline files hold the same per-step losses as the local CSV.
+    from second_order.wandb_io import read_offline_runs
+
+    record = read_offline_runs(run_dir)
+    wb_loss = np.array([r["train/loss"] for r in record.history if "train/loss" in r])
+    np.testing.assert_array_equal(wb_loss, loss)
+    assert record.group == "default" and name in record.tags
+
+
+@pytest.mark.parametrize("name", ["newton", "newton_damped"])
+def test_exact_newton_runs(name, real_mnist_dir, tmp_path):
+    run_dir = tmp_path / name
+    proc = train_cli(f"optimizer={name}", f"data.dir={real_mnist_dir}", "trainer.max_steps=3",
+                     "model.hidden=[2]", f"hydra.run.dir={run_dir}", "logger.wandb.mode=disabled")
+    assert proc.returncode == 0, proc.stderr
+    summary = check_run_files(run_dir)
+    assert summary["steps"] == 3 or summary["diverged"]
+    run = runs.load_run(run_dir)
+    assert "solve_path" in run.steps and len(run.steps["train_loss"]) == summary["steps"]
+    assert np.all(run.steps["solve_path"] == (1 if name == "newton" else 0))
+
+
+def test_divergence_stops_cleanly_and_keeps_logs(real_mnist_dir, tmp_path):
+    run_dir = tmp_path / "div"
+    proc = train_cli("optimizer=sgd", "optimizer.learning_rate=1000", f"data.dir={real_mnist_dir}",
+                     "trainer.max_steps=300", f"hydra.run.dir={run_dir}", "logger.wandb.mode=offline")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["diverged"] is True and summary["status"] == "diverged"
+    steps = runs.read_table(run_dir / runs.STEPS_FILE)
+    assert summary["diverged_step"] == len(steps["step"]) < 300
+    assert not np.isfinite(steps["train_loss"][-1]) and np.all(np.isfinite(steps["train_loss"][:-2]))
+    from second_order.wandb_io import read_offline_runs
+
+    assert read_offline_runs(run_dir).summary["diverged"] is True
+
+
+def test_same_seed_gives_bitwise_identical_losses(real_mnist_dir, tmp_path):
+    overrides = ["optimizer=hessian_free", f"data.dir={real_mnist_dir}", "trainer.max_steps=40",
+                 "trainer.chunk_steps=20", "logger.wandb.mode=disabled", "trainer.progress=false"]
+    for name in ("a", "b"):
+        experiment.run(compose_config(overrides), tmp_path / name)
+    a = (tmp_path / "a" / runs.STEPS_FILE).read_text().splitlines()
+    b = (tmp_path / "b" / runs.STEPS_FILE).read_text().splitlines()
+    column = lambda lines: [line.split(",")[2] for line in lines]  # train_loss, as written
+    assert column(a) == column(b) and len(a) == 41
+    experiment.run(compose_config(overrides + ["seed=1"]), tmp_path / "c")
+    assert column((tmp_path / "c" / runs.STEPS_FILE).read_text().splitlines()) != column(a)
+
+
+def test_bad_value_is_one_line_no_traceback(tmp_path):
+    proc = train_cli("optimizer=hessian_free", "optimizer.damping=-1", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["error: optimizer.damping = -1 is invalid: must be a number >= 0"], proc.stderr
+    assert not (tmp_path / "steps.csv").exists()
+
+
+def test_unknown_optimizer_names_the_choices(tmp_path):
+    proc = train_cli("optimizer=adam", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "optimizer/adam" in proc.stderr and "hessian_free" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    proc = train_cli(f"data.dir={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(tmp_path / "nope") in proc.stderr
+
+
+def test_existing_run_dir_needs_resume(real_mnist_dir, tmp_path):
+    overrides = ["optimizer=sgd", f"data.dir={real_mnist_dir}", "trainer.max_steps=5",
+                 "logger.wandb.mode=disabled", "trainer.progress=false"]
+    experiment.run(compose_config(overrides), tmp_path)
+    with pytest.raises(Exception, match="trainer.resume=true"):
+        experiment.run(compose_config(overrides), tmp_path)

@@ -1,0 +1,182 @@
+"""Figures and tables of the report from synthetic run directories (no training)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from second_order.report import style
+from second_order.report.figures import FIGURES, accuracy_curve, aggregate, moving_average
+from second_order.runs import find_runs
+from second_order.runs import ENV_FILE, EVAL_COLUMNS, EVAL_FILE, STEP_COLUMNS, STEPS_FILE, SUMMARY_FILE, CsvLog, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# method -> (final loss, decay steps, seconds per step); newton stays near ln 10
+SYNTH = {
+    "sgd": (0.35, 60.0, 0.002),
+    "newton": (2.30, math.inf, 0.5),
+    "newton_damped": (0.60, 150.0, 0.8),
+    "hessian_free": (0.40, 80.0, 0.003),
+    "gauss_newton": (0.38, 70.0, 0.003),
+}
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "scripts" / "make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(
+    root: Path,
+    method: str,
+    seed: int,
+    *,
+    n_steps: int = 300,
+    per_epoch: int = 50,
+    status: str = "completed",
+    diverge_at: int | None = None,
+) -> dict:
+    """One synthetic run directory; returns its summary."""
+    final, tau, dt = SYNTH[method]
+    rng = np.random.default_rng(1000 * seed + len(method))
+    run_dir = root / f"{method}_s{seed}_{status}"
+    run_dir.mkdir(parents=True)
+    step = np.arange(1, n_steps + 1)
+    loss = final + (math.log(10) - final) * np.exp(-step / tau) + rng.normal(0, 0.08, n_steps)
+    if diverge_at is not None:
+        loss[diverge_at - 20 : diverge_at] *= np.linspace(1.0, 30.0, 20)
+        loss[diverge_at:] = np.nan
+    time_s = np.cumsum(dt * (1 + 0.1 * rng.random(n_steps)))
+    epoch = (step - 1) // per_epoch
+    log = CsvLog(run_dir / STEPS_FILE, STEP_COLUMNS + ("cg_iterations",))
+    log.write_rows(zip(step, epoch, loss, time_s, rng.integers(1, 10, n_steps)))
+    log.close()
+    accs = []
+    evals = CsvLog(run_dir / EVAL_FILE, EVAL_COLUMNS)
+    eval_steps = list(range(per_epoch, n_steps + 1, per_epoch))
+    if status != "diverged" and n_steps % per_epoch:
+        eval_steps.append(n_steps)  # like the trainer: final eval at a mid-epoch stop, floored epoch
+    for s in eval_steps:
+        bad = diverge_at is not None and s >= diverge_at
+        acc = float("nan") if bad else 1.0 - 0.3 * loss[s - 1] + rng.normal(0, 0.01)
+        accs.append(acc)
+        evals.write_rows([(s // per_epoch, s, time_s[s - 1], loss[s - 1], acc)])
+    evals.close()
+    write_json(run_dir / ENV_FILE, {"backend": "cpu", "device_kind": "cpu"})
+    summary = {
+        "optimizer": method,
+        "experiment": "synthetic",
+        "seed": seed,
+        "status": status,
+        "train_loss": float(np.mean(loss[-per_epoch:])),
+        "test_loss": float(loss[-1]),
+        "test_acc": accs[-1] if accs else float("nan"),
+        "steps": n_steps,
+        "epochs_completed": n_steps // per_epoch,
+        "train_time_s": float(time_s[-1]),
+        "compile_time_s": 1.5,
+        "eval_time_s": 0.2,
+        "diverged": diverge_at is not None,
+        "diverged_step": diverge_at,
+    }
+    write_json(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def make_synthetic_runs(root: Path, n_steps: int = 300, per_epoch: int = 50) -> dict[str, list[dict]]:
+    """5 methods x 3 seeds, plus a budget-limited and a diverged newton run."""
+    summaries: dict[str, list[dict]] = {m: [] for m in SYNTH}
+    for method in SYNTH:
+        for seed in range(3):
+            summaries[method].append(write_run(root, method, seed, n_steps=n_steps, per_epoch=per_epoch))
+    kw = dict(per_epoch=per_epoch)
+    summaries["newton"].append(write_run(root, "newton", 3, n_steps=n_steps * 2 // 5, status="budget", **kw))
+    summaries["newton"].append(write_run(root, "newton", 4, n_steps=n_steps // 3, status="diverged",
+                                         diverge_at=n_steps // 4, **kw))  # fmt: skip
+    return summaries
+
+
+def _pm(values: list[float], scale: float, decimals: int) -> str:
+    x = np.array([v for v in values if v is not None and math.isfinite(v)]) * scale
+    return f"{np.mean(x):.{decimals}f} ± {np.std(x, ddof=1):.{decimals}f}"
+
+
+def test_make_figures_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    summaries = make_synthetic_runs(tmp_path / "runs")
+    out = tmp_path / "results"
+    assert _load_script().main([str(tmp_path / "runs"), "--out", str(out), "--smooth", "20"]) == 0
+
+    names = [spec.name for spec in FIGURES]
+    assert len(names) == 12 and names[0].startswith("fig00") and names[-1].startswith("fig11")
+    for name in names:
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").stat().st_size > 1000, name
+    for table in ("table1_training_time", "table2_train_loss", "table3_test_accuracy"):
+        for ext in ("md", "csv"):
+            assert (out / f"{table}.{ext}").stat().st_size > 0
+
+    t3 = (out / "table3_test_accuracy.md").read_text()
+    for method in ("sgd", "hessian_free", "gauss_newton", "newton"):
+        assert _pm([s["test_acc"] for s in summaries[method]], 100.0, 2) in t3, method
+    t2 = (out / "table2_train_loss.md").read_text()
+    assert _pm([s["train_loss"] for s in summaries["newton_damped"]], 1.0, 4) in t2
+
+    with open(out / "table1_training_time.csv", newline="") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert {m: float(rows[m]["paper_v100_time_s"]) for m in SYNTH} == {
+        "sgd": 222, "newton": 21257, "newton_damped": 34933, "hessian_free": 244, "gauss_newton": 246,
+    }  # fmt: skip
+    times = [s["train_time_s"] for s in summaries["sgd"]]
+    assert float(rows["sgd"]["train_time_s_mean"]) == pytest.approx(np.mean(times))
+    per_step = np.mean([s["train_time_s"] / s["steps"] for s in summaries["newton"]])
+    assert float(rows["newton"]["extrapolated_time_s_mean"]) == pytest.approx(per_step * 6566)
+    assert rows["newton"]["budget_limited_runs"] == "1"
+    t1 = (out / "table1_training_time.md").read_text()
+    assert "21257" in t1 and "34933" in t1 and "xtrapolated" in t1 and "budget" in t1
+    assert "Our hardware: cpu." in t1
+
+    printed = capsys.readouterr()
+    assert "wrote" in printed.out and "warning: no runs" not in printed.err
+
+
+def test_missing_methods_and_single_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(style, "FIGURE_FORMATS", ("png",))  # PDFs are covered above; keep this test fast
+    write_run(tmp_path / "runs", "sgd", 0, n_steps=120)
+    write_run(tmp_path / "runs", "hessian_free", 0, n_steps=120, status="budget")
+    out = tmp_path / "results"
+    assert _load_script().main([str(tmp_path / "runs"), "--out", str(out), "--log-loss", "--band", "minmax"]) == 0
+    err = capsys.readouterr().err
+    for method in ("newton", "newton_damped", "gauss_newton"):
+        assert f"no runs for method '{method}'" in err
+    assert all((out / f"{spec.name}.png").exists() for spec in FIGURES)
+    assert "222" in (out / "table1_training_time.md").read_text()
+
+
+def test_no_runs_is_an_error(tmp_path: Path) -> None:
+    assert _load_script().main([str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+
+
+def test_moving_average_and_aggregate() -> None:
+    y = np.array([1.0, 3.0, np.nan, 5.0, np.inf])
+    np.testing.assert_allclose(moving_average(y, 2), [1.0, 2.0, np.nan, 5.0, np.nan])
+    np.testing.assert_allclose(moving_average(y, 1), [1.0, 3.0, np.nan, 5.0, np.nan])
+    mean, lo, hi = aggregate(np.array([[1.0, 2.0, np.nan], [3.0, np.nan, np.nan]]))
+    np.testing.assert_allclose(mean, [2.0, 2.0, np.nan])
+    np.testing.assert_allclose(hi - mean, [np.std([1.0, 3.0], ddof=1), np.nan, np.nan])
+
+
+def test_budget_eval_at_fractional_epoch(tmp_path: Path) -> None:
+    write_run(tmp_path, "newton", 0, n_steps=120, per_epoch=50, status="budget")
+    curve = accuracy_curve(find_runs([tmp_path]))
+    np.testing.assert_allclose(curve.x, [1.0, 2.0, 2.4])  # final eval logged as epoch 2, step 120
+    assert [(x, kind) for x, _, kind in curve.ends] == [(2.4, "budget")]

@@ -1,0 +1,330 @@
+"""W&B mirror of the run logs: offline runs, reading them back, conversion, failure modes.
+
+Everything runs in W&B offline mode (or against a closed localhost port); the
+W&B home/config/cache folders point into a temporary directory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+wandb = pytest.importorskip("wandb")
+
+from second_order import runs  # noqa: E402
+from second_order.wandb_io import (  # noqa: E402
+    WandbRecord,
+    download_project,
+    iter_transaction_log,
+    offline_run_dirs,
+    read_offline_run,
+    read_offline_runs,
+    record_to_run_dir,
+)
+from second_order.wandb_logger import WandbLogger, WandbWarning  # noqa: E402
+
+CLOSED_URL = "http://127.0.0.1:9"  # discard port: connection refused at once
+
+
+@pytest.fixture(scope="module", autouse=True)
+def wandb_sandbox(tmp_path_factory: pytest.TempPathFactory):
+    """Isolate W&B from the user's home and the network for this module."""
+    home = tmp_path_factory.mktemp("wandb_home")
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_RUN_ID", "WANDB_RESUME"):
+            mp.delenv(var, raising=False)
+        env = {
+            "WANDB_SILENT": "true",
+            "WANDB_BASE_URL": CLOSED_URL,
+            "WANDB_DIR": str(home / "dir"),
+            "WANDB_CONFIG_DIR": str(home / "config"),
+            "WANDB_CACHE_DIR": str(home / "cache"),
+            "WANDB_DATA_DIR": str(home / "data"),
+            "WANDB_ARTIFACT_DIR": str(home / "artifacts"),
+            "XDG_CACHE_HOME": str(home / "xdg_cache"),  # wandb-core debug logs
+            "XDG_CONFIG_HOME": str(home / "xdg_config"),
+            "NETRC": str(home / "netrc"),  # absent: no stored credentials
+        }
+        for k, v in env.items():
+            mp.setenv(k, v)
+        wandb.teardown()  # a W&B singleton set up earlier would keep stale settings
+        yield home
+        wandb.teardown()
+
+
+def _step_rows(steps: range) -> list[dict[str, Any]]:
+    rows = []
+    for i in steps:
+        rows.append(
+            {
+                "step": i,
+                "epoch": i // 20,
+                "time_s": 0.0137 * i + 1e-9 * i * i,
+                "train/loss": 2.3 / (1 + 0.1 * i),
+                "opt/damping": np.float32(1e-3 * 1.5 ** (i % 7)),  # numpy scalar: exact float32 value
+                "opt/cg_iters": i % 9,
+                "opt/rho": math.nan if i == 10 else (math.inf if i == 11 else 0.25 + 1 / i),
+            }
+        )
+    return rows
+
+
+def _eval_row(step: int) -> dict[str, Any]:
+    return {"step": step, "epoch": step // 20, "time_s": 0.0137 * step + 0.5, "eval/loss": 1.0 / step, "eval/acc": 0.9 + step / 1e4}
+
+
+CONFIG = {
+    "optimizer": {"name": "hf_gauss_newton", "lr": 1.0, "cg": {"max_iters": 50, "tol": 1e-4}},
+    "seed": 3,
+    "experiment_name": "unit",
+    "layers": [784, 32, 10],
+}
+SUMMARY = {
+    "optimizer": "hf_gauss_newton",
+    "experiment": "unit",
+    "seed": 3,
+    "status": "completed",
+    "train_loss": 0.123,
+    "test_loss": 0.2,
+    "test_acc": 0.905,
+    "steps": 50,
+    "epochs_completed": 2,
+    "train_time_s": 1.25,
+    "diverged": False,
+    "diverged_step": None,
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Exact equality, NaN equal to NaN.  (W&B's JSON history form writes 1.0 as 1.)"""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def _expected(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}
+
+
+def _user_keys(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def _logger(run_dir: Path, mode: str = "offline", **kw: Any) -> WandbLogger:
+    args: dict[str, Any] = dict(
+        mode=mode, project="second-order-tests", entity=None, run_dir=run_dir, name="hfgn-s3",
+        group="unit-group", tags=["unit", "mnist"], config=CONFIG, job_type="train",
+    )
+    args.update(kw)
+    return WandbLogger(**args)
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory: pytest.TempPathFactory, wandb_sandbox: Path):
+    """One real offline run: 50 step rows in chunks, 2 eval rows, a summary."""
+    run_dir = tmp_path_factory.mktemp("run")
+    t0 = time.perf_counter()
+    logger = _logger(run_dir)
+    init_s = time.perf_counter() - t0
+    assert logger.active and logger.run_id
+    rows = _step_rows(range(1, 51))
+    logged: list[dict[str, Any]] = []
+    for lo in range(0, 50, 16):
+        chunk = rows[lo : lo + 16]
+        logger.log_steps(chunk)
+        logged += chunk
+        for ev in (25, 50):
+            if chunk[0]["step"] <= ev <= chunk[-1]["step"]:
+                logger.log_eval(_eval_row(ev))
+                logged.append(_eval_row(ev))
+    logger.set_summary(SUMMARY)
+    logger.finish()
+    logger.finish()  # idempotent
+    print(f"offline wandb.init: {init_s:.2f} s")
+    return run_dir, logger.run_id, [_expected(r) for r in logged]
+
+
+def test_offline_history_roundtrip(offline_run):
+    run_dir, run_id, logged = offline_run
+    dirs = offline_run_dirs(run_dir)
+    assert len(dirs) == 1 and dirs[0].name.startswith("offline-run-") and dirs[0].parent == run_dir / "wandb"
+    rec = read_offline_run(dirs[0])
+
+    assert len(rec.history) == len(logged)
+    for got, want in zip(rec.history, logged):
+        got_user = _user_keys(got)
+        assert got_user.keys() == want.keys()
+        assert all(_same(got_user[k], want[k]) for k in want), (got_user, want)
+        assert {"_step", "_runtime", "_timestamp"} <= got.keys()
+    assert [r["_step"] for r in rec.history] == list(range(len(logged)))
+
+    assert rec.config == CONFIG
+    assert {k: rec.summary[k] for k in SUMMARY} == SUMMARY
+    assert rec.summary["eval/acc"] == logged[-1]["eval/acc"]  # W&B's automatic last-value summary
+    assert (rec.run_id, rec.name, rec.group, rec.tags) == (run_id, "hfgn-s3", "unit-group", ["unit", "mnist"])
+    assert (rec.project, rec.job_type, rec.exit_code) == ("second-order-tests", "train", 0)
+
+    # define_metric made it into the log: train/opt/eval against "step", time_s declared
+    metrics = {}
+    for r in iter_transaction_log(next(dirs[0].glob("run-*.wandb"))):
+        if r.WhichOneof("record_type") == "metric":
+            metrics[r.metric.name or r.metric.glob_name] = r.metric.step_metric
+    assert metrics == {"step": "", "time_s": "", "epoch": "step", "train/*": "step", "opt/*": "step", "eval/*": "step"}
+
+
+def test_record_to_run_dir_loads(offline_run, tmp_path):
+    run_dir, _, logged = offline_run
+    rec = read_offline_runs(run_dir)
+    out = record_to_run_dir(rec, tmp_path / "converted")
+    run = runs.load_run(out)
+
+    steps = [r for r in logged if "train/loss" in r]
+    evals = [r for r in logged if "eval/loss" in r]
+    cols = {"step": "step", "epoch": "epoch", "train_loss": "train/loss", "time_s": "time_s",
+            "damping": "opt/damping", "cg_iters": "opt/cg_iters", "rho": "opt/rho"}
+    assert list(run.steps) == list(runs.STEP_COLUMNS) + ["cg_iters", "damping", "rho"]
+    for col, key in cols.items():
+        np.testing.assert_array_equal(run.steps[col], np.array([r[key] for r in steps], dtype=float))
+    assert list(run.evals) == list(runs.EVAL_COLUMNS)
+    for col, key in {"epoch": "epoch", "step": "step", "time_s": "time_s", "test_loss": "eval/loss", "test_acc": "eval/acc"}.items():
+        np.testing.assert_array_equal(run.evals[col], np.array([r[key] for r in evals], dtype=float))
+    assert run.summary == {k: v for k, v in SUMMARY.items()}
+    assert run.config == CONFIG
+    assert (run.optimizer, run.experiment, run.seed) == ("hf_gauss_newton", "unit", 3)
+
+
+class _FakeRun:
+    """Just the ``wandb.apis.public.Run`` attributes download_project reads."""
+
+    def __init__(self, rec: WandbRecord, run_id: str, group: str):
+        self.id, self.name, self.group, self.tags = run_id, rec.name, group, rec.tags
+        self.config = dict(rec.config, _wandb={"internal": 1})
+        self.summary = dict(rec.summary, _wandb={"runtime": 1})
+        self._rows = rec.history
+        self.scans = 0
+
+    def scan_history(self):
+        self.scans += 1
+        return iter([dict(r) for r in self._rows])
+
+    def history(self, *a: Any, **k: Any):  # the sampled API must not be used
+        raise AssertionError("download_project must use scan_history()")
+
+
+class _FakeApi:
+    def __init__(self, all_runs: list[_FakeRun]):
+        self.all_runs = all_runs
+        self.calls: list[tuple[str, dict]] = []
+
+    def runs(self, path: str, filters: dict | None = None):
+        self.calls.append((path, filters))
+        group = (filters or {}).get("group")
+        return [r for r in self.all_runs if group is None or r.group == group]
+
+
+def test_download_project_with_fake_api(offline_run, tmp_path):
+    run_dir, _, logged = offline_run
+    rec = read_offline_runs(run_dir)  # real W&B output rows
+    fake = _FakeApi([_FakeRun(rec, "aaa111", "g1"), _FakeRun(rec, "bbb222", "g1"), _FakeRun(rec, "ccc333", "g2")])
+
+    written = download_project("ent/proj", tmp_path / "dl", group="g1", api=fake)
+    assert fake.calls == [("ent/proj", {"group": "g1"})]
+    assert written == [tmp_path / "dl" / "g1" / "hfgn-s3", tmp_path / "dl" / "g1" / "hfgn-s3-bbb222"]
+    n_steps = sum("train/loss" in r for r in logged)
+    for path in written:
+        run = runs.load_run(path)
+        assert len(run.steps["step"]) == n_steps and len(run.evals["step"]) == 2
+        np.testing.assert_array_equal(run.steps["train_loss"], [r["train/loss"] for r in logged if "train/loss" in r])
+        assert run.summary["status"] == "completed" and run.config == CONFIG
+    assert all(r.scans == (1 if r.group == "g1" else 0) for r in fake.all_runs)
+
+    everything = download_project("ent/proj", tmp_path / "all", api=fake)
+    assert fake.calls[-1] == ("ent/proj", {})
+    assert [p.parent for p in everything] == [tmp_path / "all" / "proj"] * 3
+
+
+def test_resumed_run_continues_and_merges(tmp_path):
+    first = _logger(tmp_path)
+    first.log_steps(_step_rows(range(1, 31)))
+    first.finish(exit_code=1)
+    # restart from a checkpoint at step 20: steps 21..30 are logged again
+    second = _logger(tmp_path, resume_id=first.run_id)
+    assert second.run_id == first.run_id
+    second.log_steps(_step_rows(range(21, 41)))
+    second.log_eval(_eval_row(40))
+    second.finish()
+
+    assert len(offline_run_dirs(tmp_path)) == 2
+    rec = read_offline_runs(tmp_path)
+    assert rec.run_id == first.run_id and rec.exit_code == 0
+    run = runs.load_run(record_to_run_dir(rec, tmp_path / "local"))
+    np.testing.assert_array_equal(run.steps["step"], np.arange(1, 41))
+    np.testing.assert_array_equal(run.evals["step"], [40])
+
+
+def test_truncated_log_reads_prefix(offline_run, tmp_path):
+    run_dir, _, logged = offline_run
+    src = next(offline_run_dirs(run_dir)[0].glob("run-*.wandb"))
+    cut = tmp_path / "run-cut.wandb"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="truncated|ends inside"):
+        rec = read_offline_run(cut)
+    assert 0 < len(rec.history) < len(logged)
+    assert all(_user_keys(g).keys() == w.keys() for g, w in zip(rec.history, logged))
+    with pytest.raises(ValueError, match="not a W&B transaction log"):
+        (tmp_path / "junk.wandb").write_bytes(b"not a log at all")
+        read_offline_run(tmp_path / "junk.wandb")
+
+
+def test_log_failure_degrades_to_warning(tmp_path, monkeypatch):
+    logger = _logger(tmp_path)
+    assert logger.active
+
+    def boom(*a: Any, **k: Any) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(logger._run, "log", boom)
+    with pytest.warns(WandbWarning, match=r"W&B logging disabled.*disk on fire.*local logs in"):
+        logger.log_steps(_step_rows(range(1, 3)))
+    assert not logger.active
+    logger.log_eval(_eval_row(2))  # no-ops, no second warning
+    logger.set_summary({"status": "completed"})
+    logger.finish()
+
+
+@pytest.mark.parametrize("api_key", [None, "x" * 40], ids=["no-key", "key-but-no-server"])
+def test_online_without_network_warns_and_continues(tmp_path, monkeypatch, api_key, wandb_sandbox):
+    if api_key:
+        monkeypatch.setenv("WANDB_API_KEY", api_key)
+    t0 = time.perf_counter()
+    with pytest.warns(WandbWarning, match=r"W&B logging disabled \(online\).*local logs in"):
+        logger = _logger(tmp_path, mode="online", init_timeout=2.0)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 20, elapsed
+    assert not logger.active and logger.run_id is None
+    logger.log_steps(_step_rows(range(1, 5)))
+    logger.log_eval(_eval_row(4))
+    logger.set_summary(SUMMARY)
+    logger.finish(exit_code=0)
+    assert not (wandb_sandbox / "netrc").exists()  # never stored credentials
+
+
+def test_disabled_is_noop(tmp_path, monkeypatch):
+    def no_init(*a: Any, **k: Any) -> None:
+        raise AssertionError("wandb.init must not be called when disabled")
+
+    monkeypatch.setattr(wandb, "init", no_init)
+    logger = _logger(tmp_path / "run", mode="disabled")
+    assert not logger.active and logger.run_id is None
+    logger.log_steps(_step_rows(range(1, 5)))
+    logger.log_eval(_eval_row(4))
+    logger.set_summary(SUMMARY)
+    logger.finish()
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="mode"):
+        _logger(tmp_path, mode="dryrun")
