@@ -139,3 +139,26 @@ def test_sgd_ignores_extra_arguments_when_wrapped():
     grads = jax.grad(prob.value_fn)(prob.params)
     upd, _ = tx.update(grads, tx.init(prob.params), prob.params, value_fn=prob.value_fn)
     np.testing.assert_allclose(ravel_pytree(upd)[0], -0.1 * ravel_pytree(grads)[0])
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.5])
+def test_newton_low_rank_path_equals_pseudo_inverse(damping):
+    """A batch of 2 makes H (n = 43) rank 14: the low-rank path must give pinv(H + λI) g."""
+    prob = make_problem(seed=1, activation=jax.nn.relu, batch=2, hidden=5)
+    h, g = dense_hessian_ref(prob), flat_grad(prob)
+    assert np.linalg.matrix_rank(h) < 30 < len(g)
+    upd, diag, _ = jitted_update(newton(LR, damping, max_rank=30), prob)
+    expected = -LR * np.linalg.pinv(h + damping * np.eye(len(g))) @ g
+    np.testing.assert_allclose(upd, expected, rtol=1e-7, atol=1e-9 * np.abs(expected).max())
+    assert int(diag["solve_path"]) == 2
+    assert int(diag["rank"]) == np.linalg.matrix_rank(h)
+    assert float(diag["range_residual"]) < 1e-12
+
+
+def test_newton_low_rank_falls_back_to_dense_when_rank_is_not_low():
+    prob = make_problem(seed=1, activation=jax.nn.relu, batch=2, hidden=5)
+    h, g = dense_hessian_ref(prob), flat_grad(prob)
+    upd, diag, _ = jitted_update(newton(LR, 0.0, max_rank=8), prob)  # rank 14 > 8
+    assert int(diag["solve_path"]) == 1
+    assert float(diag["range_residual"]) > 1e-6
+    np.testing.assert_allclose(upd, -LR * np.linalg.pinv(h) @ g, rtol=1e-7, atol=1e-9 * np.abs(upd).max())

@@ -100,3 +100,27 @@ def test_damped_solve_singular_psd_does_not_take_cholesky():
     g = np.random.default_rng(11).normal(size=n)
     res = damped_solve(jnp.asarray(h), jnp.asarray(g), 0.0)
     np.testing.assert_allclose(res.x, np.linalg.pinv(h) @ g, rtol=1e-7, atol=1e-9)
+
+
+def test_low_rank_solve_matches_pinv_of_explicit_low_rank_matrix():
+    from second_order.solvers import low_rank_damped_solve
+
+    n, r = 60, 9
+    rng = np.random.default_rng(12)
+    u = np.linalg.qr(rng.normal(size=(n, r)))[0]
+    h = (u * (np.linspace(-3.0, 5.0, r) + 0.5)) @ u.T  # symmetric, indefinite, rank 9
+    g = rng.normal(size=n)
+    key = jax.random.PRNGKey(0)
+    for lam in (0.0, 2.0):
+        res = jax.jit(lambda g, lam: low_rank_damped_solve(lambda v: jnp.asarray(h) @ v, g, lam, 16, key))(g, lam)
+        assert bool(res.verified) and int(res.rank) == r
+        np.testing.assert_allclose(res.x, np.linalg.pinv(h + lam * np.eye(n)) @ g, rtol=1e-9, atol=1e-11)
+    full = spd_matrix(n, np.linspace(1.0, 2.0, n))
+    assert not bool(low_rank_damped_solve(lambda v: jnp.asarray(full) @ v, jnp.asarray(g), 0.0, 16, key).verified)
+
+
+def test_damped_solve_with_non_finite_hessian_does_not_raise():
+    h = jnp.full((6, 6), jnp.nan)
+    res = jax.jit(damped_solve)(h, jnp.ones(6), 1.0)
+    assert not bool(res.used_cholesky)
+    assert not np.all(np.isfinite(np.asarray(res.x)))
