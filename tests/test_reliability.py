@@ -1,0 +1,91 @@
+"""Interruption and resume, sweeps that survive a bad job, W&B faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, compose_config
+from second_order import experiment, runs
+from test_pipeline import train_cli
+
+pytestmark = pytest.mark.slow
+
+
+def losses_as_written(run_dir: Path) -> list[str]:
+    lines = (run_dir / runs.STEPS_FILE).read_text().splitlines()[1:]
+    return [line.split(",")[2] for line in lines]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupt_then_resume_matches_uninterrupted_run(sig, real_mnist_dir, tmp_path):
+    common = ["optimizer=hessian_free", f"data.dir={real_mnist_dir}", "trainer.max_steps=1500",
+              "trainer.chunk_steps=1", "logger.wandb.mode=disabled", "trainer.progress=false"]
+    run_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *common, f"hydra.run.dir={run_dir}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    steps_file = run_dir / runs.STEPS_FILE
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if steps_file.exists() and steps_file.read_text().count("\n") > 30:
+            break
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr
+    summary = json.loads((run_dir / runs.SUMMARY_FILE).read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == sig
+    stopped_at = summary["steps"]
+    assert 30 <= stopped_at < 1500, "interrupt arrived too late to test resuming"
+    assert len(losses_as_written(run_dir)) == stopped_at  # every step run is logged
+    assert (run_dir / "checkpoint" / "meta.json").exists()
+
+    resumed = train_cli(*common, f"hydra.run.dir={run_dir}", "trainer.resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / runs.SUMMARY_FILE).read_text())["steps"] == 1500
+
+    reference = tmp_path / "reference"
+    experiment.run(compose_config(common), reference)
+    assert losses_as_written(run_dir) == losses_as_written(reference)  # bitwise, as written
+
+
+def test_resume_of_a_finished_run_changes_nothing(real_mnist_dir, tmp_path):
+    overrides = ["optimizer=sgd", f"data.dir={real_mnist_dir}", "trainer.max_steps=50",
+                 "logger.wandb.mode=disabled", "trainer.progress=false"]
+    experiment.run(compose_config(overrides), tmp_path)
+    before = losses_as_written(tmp_path)
+    summary = experiment.run(compose_config(overrides + ["trainer.resume=true"]), tmp_path)
+    assert summary["steps"] == 50 and losses_as_written(tmp_path) == before
+
+
+def test_sweep_survives_failing_and_diverging_jobs(real_mnist_dir, tmp_path):
+    proc = train_cli("-m", "optimizer=sgd", "optimizer.learning_rate=0.1,-1,1000", f"data.dir={real_mnist_dir}",
+                     "trainer.max_steps=100", f"hydra.sweep.dir={tmp_path}", "logger.wandb.mode=disabled")
+    assert proc.returncode == 0, proc.stderr
+    jobs = json.loads((tmp_path / "sweep_summary.json").read_text())["jobs"]
+    by_lr = {j["run_dir"].rsplit("=", 1)[-1]: j for j in jobs}
+    assert set(by_lr) == {"0.1", "-1", "1000"}
+    assert by_lr["0.1"]["status"] == "budget"
+    assert by_lr["-1"]["status"] == "failed" and "optimizer.learning_rate" in by_lr["-1"]["error"]
+    assert by_lr["1000"]["status"] == "diverged"
+
+
+def test_wandb_online_failure_degrades_to_warning(real_mnist_dir, tmp_path):
+    env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40, "WANDB_SILENT": "true"}
+    proc = train_cli("optimizer=sgd", f"data.dir={real_mnist_dir}", "trainer.max_steps=30",
+                     f"hydra.run.dir={tmp_path}", "logger.wandb.mode=online", "logger.wandb.init_timeout_s=3",
+                     env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "W&B logging disabled" in proc.stderr
+    assert len(losses_as_written(tmp_path)) == 30
+    assert json.loads((tmp_path / runs.SUMMARY_FILE).read_text())["status"] == "budget"
