@@ -15,6 +15,7 @@ PYTEST_ARGS ?=
 ARGS ?=
 
 .PHONY: setup test test-fast train reproduce figures bench clean
+FULL ?=
 
 setup: $(STAMP)
 
@@ -35,8 +36,11 @@ test-fast: setup
 train: setup
 	$(BIN)/python scripts/train.py $(ARGS)
 
+reproduce: setup
+	$(BIN)/python scripts/reproduce.py $(if $(FULL),--full,) $(ARGS)
+
 figures: setup
-	$(BIN)/python scripts/make_figures.py runs --out results
+	$(BIN)/python scripts/make_figures.py runs/paper --out results
 
 bench: setup
 	$(BIN)/python scripts/bench.py $(ARGS)

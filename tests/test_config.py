@@ -36,6 +36,8 @@ def test_optimizer_configs_have_paper_defaults_and_build(name):
         assert rc.optimizer.kwargs["tol"] == 1e-5 and rc.optimizer.kwargs["maxiter"] is None
     assert rc.trainer.epochs == 7 and rc.trainer.batch_size == 64
     assert rc.model.hidden == (10,)
+    if name.startswith("newton"):
+        assert rc.optimizer.kwargs["max_rank"] == 1024 and rc.trainer.chunk_steps == 1
     assert callable(tx.update)
 
 

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Re-run every experiment of the paper, then regenerate its figures and tables.
+
+    python scripts/reproduce.py            # CPU protocol (make reproduce), ≈ 15 min on 2 cores
+    python scripts/reproduce.py --full     # the paper's complete protocol for every method (a GPU)
+
+SGD, Hessian-free Newton and Hessian-free Gauss-Newton always run the full 7-epoch
+protocol with seeds 0, 1, 2.  Exact Newton (undamped and damped) costs seconds per
+step on a CPU, so by default each of its runs gets an optimizer-time budget
+(``--newton-budget-s``) and stops there, marked ``budget`` in its summary and in the
+figures.  Every job runs with ``trainer.resume=true``: re-running continues
+unfinished runs from their checkpoints (``--full`` after a CPU run extends the
+budget-limited Newton runs to the full protocol) and leaves finished ones alone.
+Writes ``<out>/manifest.json`` (machine, versions, commit, wall time, budgets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_METHODS = "sgd,hessian_free,gauss_newton"
+NEWTON_METHODS = "newton,newton_damped"
+
+
+def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str]) -> None:
+    cmd = [
+        sys.executable, str(REPO / "scripts" / "train.py"), "-m", "experiment=paper",
+        f"optimizer={optimizers}", f"seed={seeds}", "trainer.resume=true", "trainer.progress=false",
+        f"hydra.sweep.dir={run_root}", *extra,
+    ]
+    print("+", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="no budget: the paper's full protocol for Newton too")
+    parser.add_argument("--newton-budget-s", type=float, default=75.0,
+                        help="optimizer seconds per exact-Newton run without --full (default 75)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "paper", help="where run directories go")
+    parser.add_argument("--out", type=Path, default=REPO / "results", help="figures, tables and manifest")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke tests)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job (e.g. data.dir=...)")
+    args = parser.parse_args(argv)
+
+    start = time.time()
+    extra = list(args.overrides) + ([f"trainer.max_steps={args.max_steps}"] if args.max_steps else [])
+    sweep(args.runs, FAST_METHODS, args.seeds, extra)
+    newton_extra = extra if args.full else extra + [f"trainer.max_time_s={args.newton_budget_s}"]
+    sweep(args.runs, NEWTON_METHODS, args.seeds, newton_extra)
+    train_wall = time.time() - start
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_figures.py"), str(args.runs), "--out", str(args.out)],
+                   cwd=REPO, check=True)
+    write_manifest(args, train_wall, time.time() - start)
+    return 0
+
+
+def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: float) -> None:
+    from second_order import environment, runs
+
+    jobs = [
+        {"run_dir": str(r.path.relative_to(args.runs)), **{k: r.summary.get(k) for k in
+         ("optimizer", "seed", "status", "steps", "train_time_s", "compile_time_s", "test_acc", "train_loss")}}
+        for r in runs.find_runs([args.runs])
+    ]
+    manifest = {
+        "command": "make reproduce" + (" FULL=1" if args.full else ""),
+        "protocol": "full" if args.full else f"cpu: exact Newton budget {args.newton_budget_s:g} optimizer-s per run",
+        "seeds": args.seeds,
+        "max_steps": args.max_steps,
+        "overrides": args.overrides,
+        "wall_time_s": {"training": round(train_wall_s, 1), "total": round(total_wall_s, 1)},
+        "environment": environment.record(),
+        "runs": jobs,
+    }
+    runs.write_json(args.out / "manifest.json", manifest)
+    print(f"wrote {args.out / 'manifest.json'} (total wall time {total_wall_s / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
