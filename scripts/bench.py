@@ -113,9 +113,9 @@ def make_settings(args: argparse.Namespace) -> Settings:
         cg_batches=2 if q else 8, sgd_steps=100 if q else 937,
         epoch_steps=50 if q else 937, trainer_repeats=1 if q else 2,
         eager_steps=2 if q else 20,
-        newton_base_hidden=1 if q else 2, newton_base_steps=2 if q else 3,
-        widths=tuple(args.widths) if args.widths else ((1, 2) if q else (10, 32, 64, 128)),
-        batches=tuple(args.batches) if args.batches else ((64, 128) if q else (64, 256, 1024)),
+        newton_base_hidden=1 if q else 2, newton_base_steps=3 if q else 4,
+        widths=tuple(args.widths) if args.widths else ((1, 2, 3) if q else (10, 32, 64, 128)),
+        batches=tuple(args.batches) if args.batches else ((64,) if q else (64, 256, 1024)),
         eigh=not (q or args.skip_slow) and args.eigh,
         newton_step=args.newton_step and not args.skip_slow,
     )
@@ -204,6 +204,32 @@ def med(t: Any) -> float | None:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
+
+
+class CpuMonitor:
+    """CPU time used by other processes while a section ran (/proc/stat busy − this process)."""
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def snapshot(self) -> tuple[float, float | None, float]:
+        busy = None
+        try:
+            f = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+            busy = (sum(f[:8]) - f[3] - f[4]) / self.tick  # all but idle and iowait
+        except (OSError, ValueError, IndexError):
+            pass
+        t = os.times()
+        return _now(), busy, t.user + t.system + t.children_user + t.children_system
+
+    def since(self, start: tuple[float, float | None, float]) -> dict:
+        end = self.snapshot()
+        wall, own = end[0] - start[0], end[2] - start[2]
+        out = {"wall_s": wall, "own_cpu_s": own, "load_average_1m": round(os.getloadavg()[0], 2)}
+        if start[1] is not None and end[1] is not None:
+            foreign = max(0.0, (end[1] - start[1]) - own)
+            out.update(foreign_cpu_s=foreign, foreign_cpu_share=foreign / max(wall * (os.cpu_count() or 1), 1e-9))
+        return out
 
 
 def log(msg: str) -> None:
@@ -523,6 +549,7 @@ def trainer_run(method: str, steps: int, mnist_dir: str, workdir: Path, *, hidde
 
     table = runs.read_table(run_dir / runs.STEPS_FILE)
     summary["_losses"] = np.asarray(table["train_loss"], dtype=np.float64)
+    summary["_time_s"] = np.asarray(table["time_s"], dtype=np.float64)
     return summary
 
 
@@ -600,15 +627,19 @@ def section_baseline(data, s: Settings, mnist_dir: str, workdir: Path, cache: di
             float(warm_l)
             compile_s = _now() - t0
             t0 = _now()
+            marks = [t0]
             for i in range(steps):
                 idx = perm[i]
                 params, loss = step(params, x_np[idx], y_np[idx])
                 loss = float(loss)
                 run.log({"train/loss": loss, "step": i + 1})
+                marks.append(_now())
             total = _now() - t0
         finally:
             run.finish()
+        per = np.diff(marks)
         return {"steps": steps, "total_s": total, "per_step_s": total / steps, "compile_s": compile_s,
+                "median_step_s": float(np.median(per)), "step_s": [float(v) for v in per] if steps <= 50 else None,
                 "final_loss": loss}
 
     def ours(method, hidden, steps):
@@ -617,7 +648,12 @@ def section_baseline(data, s: Settings, mnist_dir: str, workdir: Path, cache: di
             cache[key] = [trainer_run(method, steps, mnist_dir, workdir, hidden=hidden, tag="-base")]
         runs_ = cache[key]
         t = float(np.median([r["train_time_s"] for r in runs_]))
-        return {"train_time_s": t, "steps": steps, "per_step_s": t / steps, "hidden": [hidden]}
+        out = {"train_time_s": t, "steps": steps, "per_step_s": t / steps, "hidden": [hidden]}
+        times = runs_[0]["_time_s"]
+        if len(times) == steps and steps <= 50:  # exact Newton logs one chunk (= one step) per row
+            per = np.diff(np.concatenate([[0.0], times]))
+            out.update(median_step_s=float(np.median(per)), step_s=[float(v) for v in per])
+        return out
 
     for method in ("sgd", "hessian_free", "gauss_newton"):
         prob = Problem(data, 10, 64)
@@ -638,7 +674,7 @@ def section_baseline(data, s: Settings, mnist_dir: str, workdir: Path, cache: di
         out["methods"][method] = m
 
     hb = s.newton_base_hidden
-    for method in ("newton", "newton_damped"):
+    for method in ("newton",) if s.quick else ("newton", "newton_damped"):
         prob = Problem(data, hb, 64)
         perm = np.asarray(prob.perm(0))
         m = {"hidden": [hb], "batch": 64, "param_count": prob.n,
@@ -647,11 +683,15 @@ def section_baseline(data, s: Settings, mnist_dir: str, workdir: Path, cache: di
              "ours": ours(method, hb, s.newton_base_steps)}
         r = loop(make_baseline_step(prob, method, eager=False), prob.params, perm, s.newton_base_steps,
                  f"baseline-{method}")
-        r["speedup"] = r["per_step_s"] / m["ours"]["per_step_s"]
+        # Few steps of seconds each: compare medians of the per-step times (the trainer's first
+        # call of a compiled LAPACK-heavy step can be much slower than the next ones).
+        r["speedup"] = r["median_step_s"] / m["ours"].get("median_step_s", m["ours"]["per_step_s"])
+        r["speedup_mean"] = r["per_step_s"] / m["ours"]["per_step_s"]
         m["jit"] = r
         m["speedup"] = r["speedup"]
         out["methods"][method] = m
-        log(f"baseline {method} @hidden {hb}: {r['per_step_s']:.3f} s/step, ours {m['ours']['per_step_s']:.3f} s/step, "
+        log(f"baseline {method} @hidden {hb}: {r['median_step_s']:.3f} s/step, "
+            f"ours {m['ours'].get('median_step_s', m['ours']['per_step_s']):.3f} s/step (medians), "
             f"speed-up {r['speedup']:.1f}x")
     return out
 
@@ -920,9 +960,13 @@ def write_markdown(res: dict, path: Path) -> None:
         for m, v in b["methods"].items():
             for var in ("jit", "eager"):
                 if var in v:
+                    if "note" in v:  # exact Newton: medians of per-step times
+                        base_t = v[var]["median_step_s"]
+                        ours_t = v["ours"].get("median_step_s", v["ours"]["per_step_s"])
+                    else:
+                        base_t, ours_t = v[var]["per_step_s"], v["ours"]["per_step_s"]
                     L.append(f"| {m} ({var}, {v[var]['steps']} steps) | {v['hidden'][0]} | "
-                             f"{v[var]['per_step_s'] * 1e3:.3f} ms | {v['ours']['per_step_s'] * 1e3:.3f} ms | "
-                             f"{v[var]['speedup']:.1f}× |")
+                             f"{base_t * 1e3:.3f} ms | {ours_t * 1e3:.3f} ms | {v[var]['speedup']:.1f}× |")
         for m, v in b["methods"].items():
             if "note" in v:
                 L.append(f"\n{m}: {v['note']}.")
@@ -944,6 +988,10 @@ def write_markdown(res: dict, path: Path) -> None:
             L += ["", "Skipped:"] + [f"- {nt}" for nt in sc["notes"]]
         L.append("")
     L += ["## Wall-clock per section", "", " · ".join(f"{k} {v:.0f} s" for k, v in res["wall_s"].items()), ""]
+    cc = {k: v for k, v in res.get("cpu_contention", {}).items() if isinstance(v, dict) and "foreign_cpu_share" in v}
+    if cc:
+        L += ["CPU used by other processes during each section (share of all cores; > 0.1 disturbs the timings): "
+              + " · ".join(f"{k} {v['foreign_cpu_share']:.2f}" for k, v in cc.items()), ""]
     path.write_text("\n".join(L))
 
 
@@ -973,6 +1021,9 @@ def print_summary(res: dict) -> None:
             for m, v in b["methods"].items()))
     print("files: " + ", ".join(str(v) for v in res["files"].values()))
     print("wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["wall_s"].items()))
+    cc = {k: v for k, v in res.get("cpu_contention", {}).items() if isinstance(v, dict) and "foreign_cpu_share" in v}
+    if cc:
+        print("other processes' CPU share: " + ", ".join(f"{k} {v['foreign_cpu_share']:.2f}" for k, v in cc.items()))
 
 
 def strip_private(obj: Any) -> Any:
@@ -1007,32 +1058,41 @@ def main(argv: list[str] | None = None) -> int:
     res["environment"]["cpu_count"] = os.cpu_count()
     data = load_mnist(args.mnist_dir)
     wall: dict[str, float] = {}
+    mon, cpu = CpuMonitor(), {}
+    m0 = mon.snapshot()
     workdir = Path(tempfile.mkdtemp(prefix="second_order_bench-"))
     cache: dict = {}
     try:
-        t0 = _now()
+        t0, ms = _now(), mon.snapshot()
         res["parts"] = section_parts(data, s, args.low_rank_max_rank)
         wall["parts"] = _now() - t0
+        cpu["parts"] = mon.since(ms)
         if args.epoch:
-            t0 = _now()
+            t0, ms = _now(), mon.snapshot()
             res["epoch"] = section_epoch(data, s, args.mnist_dir, workdir, cache)
             wall["epoch"] = _now() - t0
+            cpu["epoch"] = mon.since(ms)
         if args.baseline:
-            t0 = _now()
+            t0, ms = _now(), mon.snapshot()
             res["baseline"] = section_baseline(data, s, args.mnist_dir, workdir, cache)
             wall["baseline"] = _now() - t0
+            cpu["baseline"] = mon.since(ms)
         files = {"json": str(out_dir / f"{device}.json"), "markdown": str(out_dir / f"{device}.md")}
         if args.scaling:
-            t0 = _now()
+            t0, ms = _now(), mon.snapshot()
             res["scaling"] = section_scaling(data, s, res["parts"], args.low_rank_max_rank)
             plot = out_dir / f"scaling_{device}.png"
             plot_scaling(res["scaling"], plot, device)
             files["plot"] = plot.name
             wall["scaling"] = _now() - t0
+            cpu["scaling"] = mon.since(ms)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     wall["total"] = _now() - t_start
     res["wall_s"] = wall
+    cpu["total"] = mon.since(m0)
+    res["cpu_contention"] = {"note": "foreign_cpu_share: CPU time of other processes / (wall × cores) while "
+                                     "the section ran; > ~0.1 means the timings are disturbed", **cpu}
     res["files"] = files
     res["load_average"]["end"] = [round(v, 2) for v in os.getloadavg()]
     res = strip_private(res)

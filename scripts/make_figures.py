@@ -31,13 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-loss", action="store_true", help="logarithmic loss axis")
     p.add_argument("--band", choices=BANDS, default="std", help="seed band: ±1 std or min-max (default: std)")
     p.add_argument("--experiment", help="use only runs of this experiment name (summary 'experiment')")
-    # ---- W&B source ------------------------------------------------------------------
-    # Downloads a W&B project into local run directories first, then proceeds as for
-    # RUN_ROOTs.  The lead owns second_order.wandb_io; extend the options here.
-    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read runs from this W&B project")
+    # W&B sources: converted into local run directories first, then read like RUN_ROOTs.
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read runs from this W&B project (full history)")
     p.add_argument("--wandb-group", metavar="G", help="only the W&B runs of this group")
+    p.add_argument("--wandb-offline", metavar="DIR", type=Path,
+                   help="also read W&B offline runs (wandb/offline-run-* folders) found below DIR")
     p.add_argument("--wandb-dir", type=Path, help="where W&B runs are written (default: OUT/runs/wandb)")
-    # ------------------------------------------------------------------------------------
     return p
 
 
@@ -47,6 +46,19 @@ def fetch_wandb(project: str, group: str | None, out_root: Path) -> Path:
 
     out_root.mkdir(parents=True, exist_ok=True)
     download_project(project, out_root, group)
+    return out_root
+
+
+def convert_wandb_offline(root: Path, out_root: Path) -> Path:
+    """Every run dir below ``root`` holding ``wandb/offline-run-*`` → a local run dir under ``out_root``."""
+    from second_order.wandb_io import read_offline_runs, record_to_run_dir
+
+    run_dirs = sorted({p.parent.parent for p in root.rglob("offline-run-*") if p.parent.name == "wandb"})
+    if not run_dirs:
+        raise FileNotFoundError(f"no W&B offline runs (wandb/offline-run-*) below {root}")
+    for run_dir in run_dirs:
+        record = read_offline_runs(run_dir)
+        record_to_run_dir(record, out_root / run_dir.relative_to(root))
     return out_root
 
 
@@ -84,14 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --smooth must be >= 1", file=sys.stderr)
         return 2
     roots = list(args.roots)
-    if args.wandb:
-        try:
-            roots.append(fetch_wandb(args.wandb, args.wandb_group, args.wandb_dir or args.out / "runs" / "wandb"))
-        except ImportError as err:
-            print(f"error: --wandb needs second_order.wandb_io and wandb ({err})", file=sys.stderr)
-            return 2
+    wandb_dir = args.wandb_dir or args.out / "runs" / "wandb"
+    try:
+        if args.wandb:
+            roots.append(fetch_wandb(args.wandb, args.wandb_group, wandb_dir / "online"))
+        if args.wandb_offline:
+            roots.append(convert_wandb_offline(args.wandb_offline, wandb_dir / "offline"))
+    except Exception as err:  # no network, no credentials, no such project, no files: one line
+        print(f"error: reading W&B runs failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
     if not roots:
-        print("error: give at least one RUN_ROOT or --wandb ENTITY/PROJECT", file=sys.stderr)
+        print("error: give at least one RUN_ROOT, --wandb ENTITY/PROJECT or --wandb-offline DIR", file=sys.stderr)
         return 2
     runs = load(roots, args.experiment)
     if not runs:

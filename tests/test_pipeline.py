@@ -133,3 +133,22 @@ def test_existing_run_dir_needs_resume(real_mnist_dir, tmp_path):
     experiment.run(compose_config(overrides), tmp_path)
     with pytest.raises(Exception, match="trainer.resume=true"):
         experiment.run(compose_config(overrides), tmp_path)
+
+
+def test_figures_from_wandb_offline_files_match_local(real_mnist_dir, tmp_path):
+    """Plot from the files W&B itself wrote: same numbers as from the local CSVs."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import make_figures
+
+    root = tmp_path / "runs"
+    for name in ("sgd", "gauss_newton"):
+        experiment.run(compose_config([f"optimizer={name}", f"data.dir={real_mnist_dir}", "trainer.max_steps=40",
+                                       "trainer.chunk_steps=20", "logger.wandb.mode=offline",
+                                       "trainer.progress=false"]), root / name)
+    assert make_figures.main([str(root), "--out", str(tmp_path / "local")]) == 0
+    assert make_figures.main(["--wandb-offline", str(root), "--out", str(tmp_path / "wb")]) == 0
+    for table in ("table2_train_loss.csv", "table3_test_accuracy.csv"):
+        assert (tmp_path / "wb" / table).read_text() == (tmp_path / "local" / table).read_text()
+    assert (tmp_path / "wb" / "fig11_acc_vs_epoch_gauss_newton.png").stat().st_size > 0
+    converted = runs.load_run(tmp_path / "wb" / "runs" / "wandb" / "offline" / "gauss_newton")
+    np.testing.assert_array_equal(converted.steps["train_loss"], runs.load_run(root / "gauss_newton").steps["train_loss"])
