@@ -37,7 +37,7 @@ def test_optimizer_configs_have_paper_defaults_and_build(name):
     assert rc.trainer.epochs == 7 and rc.trainer.batch_size == 64
     assert rc.model.hidden == (10,)
     if name.startswith("newton"):
-        assert rc.optimizer.kwargs["max_rank"] == 1024 and rc.trainer.chunk_steps == 1
+        assert rc.optimizer.kwargs["max_rank"] == 640 and rc.trainer.chunk_steps == 1
     assert callable(tx.update)
 
 

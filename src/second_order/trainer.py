@@ -63,34 +63,36 @@ class Outcome:
 
 
 def _make_chunk_fn(apply_fn: Callable, tx: optax.GradientTransformationExtraArgs) -> Callable:
-    """(params, opt_state, X, Y, idx[K, B]) → (params, opt_state, losses[K], ok[K], diagnostics{[K]})."""
+    """(params, opt_state, X, Y, idx[K, B]) → (params, opt_state, losses[K], params_ok, diagnostics{[K]}).
 
-    def one_step(carry, idx):
-        params, opt_state, x_all, y_all = carry
-        x, y = x_all[idx], y_all[idx]
-
-        def predict_fn(p):
-            return apply_fn({"params": p}, x)
-
-        def output_loss_fn(logits):
-            return cross_entropy(logits, y)
-
-        def value_fn(p):
-            return output_loss_fn(predict_fn(p))
-
-        loss, grads = jax.value_and_grad(value_fn)(params)
-        updates, opt_state = tx.update(
-            grads, opt_state, params, value_fn=value_fn, predict_fn=predict_fn, output_loss_fn=output_loss_fn
-        )
-        params = optax.apply_updates(params, updates)
-        ok = jnp.isfinite(loss) & _all_finite(params)
-        return (params, opt_state, x_all, y_all), (loss, ok, collect_diagnostics(opt_state))
+    ``params_ok`` says whether the parameters after the chunk are all finite; a
+    non-finite parameter makes every later loss non-finite, so per-step losses plus
+    this one flag locate a divergence without a per-step reduction over parameters.
+    """
 
     def chunk(params, opt_state, x_all, y_all, idx):
-        (params, opt_state, _, _), (losses, ok, diags) = jax.lax.scan(
-            one_step, (params, opt_state, x_all, y_all), idx
-        )
-        return params, opt_state, losses, ok, diags
+        def one_step(carry, batch_idx):
+            params, opt_state = carry
+            x, y = x_all[batch_idx], y_all[batch_idx]
+
+            def predict_fn(p):
+                return apply_fn({"params": p}, x)
+
+            def output_loss_fn(logits):
+                return cross_entropy(logits, y)
+
+            def value_fn(p):
+                return output_loss_fn(predict_fn(p))
+
+            loss, grads = jax.value_and_grad(value_fn)(params)
+            updates, opt_state = tx.update(
+                grads, opt_state, params, value_fn=value_fn, predict_fn=predict_fn, output_loss_fn=output_loss_fn
+            )
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state), (loss, collect_diagnostics(opt_state))
+
+        (params, opt_state), (losses, diags) = jax.lax.scan(one_step, (params, opt_state), idx)
+        return params, opt_state, losses, _all_finite(params), diags
 
     # Donating params/opt_state lets XLA update them in place (unsupported on CPU).
     donate = (0, 1) if jax.default_backend() != "cpu" else ()
@@ -204,9 +206,11 @@ def fit(
             with clock.measure("train"):
                 out = compiled[k](params, opt_state, x_train, y_train, idx)
                 out = jax.block_until_ready(out)
-            params, opt_state, losses, ok, diags = out
+            params, opt_state, losses, params_ok, diags = out
             with clock.measure("log"):
-                losses, ok, diags = jax.device_get((losses, ok, diags))
+                losses, params_ok, diags = jax.device_get((losses, params_ok, diags))
+                ok = np.isfinite(losses)
+                ok[-1] &= bool(params_ok)  # bad parameters after the last step of the chunk
                 n_ok = k if ok.all() else int(np.argmin(ok)) + 1  # keep the first bad step's row
                 times = t0 + (clock["train"] - t0) * np.arange(1, k + 1) / k
                 logger.log_steps(step + np.arange(1, n_ok + 1), epoch, losses[:n_ok], times[:n_ok],

@@ -1,0 +1,99 @@
+"""scripts/bench.py --quick on real MNIST: it runs end to end and writes every section.
+
+No timing assertions: the numbers depend on the machine and its load; only their
+presence, positivity and the output files are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def positive(t) -> bool:
+    return isinstance(t, dict) and isinstance(t.get("median_s"), (int, float)) and t["median_s"] > 0
+
+
+@pytest.fixture(scope="module")
+def quick_bench(real_mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "WANDB_SILENT": "true", "MNIST_DIR": str(real_mnist_dir)}
+    env.pop("WANDB_MODE", None)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jsons = list(out.glob("*.json"))
+    assert len(jsons) == 1, jsons
+    return out, json.loads(jsons[0].read_text()), proc.stdout
+
+
+def test_writes_json_markdown_and_plot(quick_bench):
+    out, res, stdout = quick_bench
+    device = res["device"]
+    assert device and (out / f"{device}.md").stat().st_size > 0
+    assert (out / f"scaling_{device}.png").stat().st_size > 0
+    assert res["quick"] is True and "bench summary" in stdout
+    env = res["environment"]
+    assert env["packages"]["jax"] and env["device_kind"] and env["x64"] is True
+    assert set(res["wall_s"]) >= {"parts", "epoch", "baseline", "scaling", "total"}
+
+
+def test_parts_and_ratios(quick_bench):
+    _, res, _ = quick_bench
+    p = res["parts"]
+    assert p["param_count"] > 0 and p["batch"] == 64 and p["solve_dtype"] == "float64"
+    for key in ("gradient", "gradient_f64", "hvp", "ggn_vp", "dense_hessian", "jax_hessian", "cholesky"):
+        assert positive(p["parts"][key]), key
+        assert p["parts"][key]["compile_s"] > 0 and p["parts"][key]["warmup_s"] > 0
+    assert "skipped" in p["parts"]["eigh"]  # --quick never runs the n x n eigendecomposition
+    for method in ("hessian_free", "gauss_newton"):
+        for state in ("init", "trained"):
+            c = p["cg"][method][state]
+            assert c["iterations_median"] >= 1 and c["time_per_iteration_s"] > 0
+    for method in ("sgd", "hessian_free", "gauss_newton", "newton_damped"):
+        assert positive(p["steps"][method]), method
+    assert p["steps"]["hessian_free"]["diagnostics"]["cg_iterations"] >= 1
+    assert p["steps"]["newton_damped"]["diagnostics"]["solve_path"] == 0  # Cholesky
+    if p["low_rank_available"]:
+        assert positive(p["steps"]["newton_lowrank"])
+    r = p["ratios"]
+    for key in ("hvp_over_gradient", "ggn_over_gradient", "newton_damped_step_over_hessian_plus_cholesky",
+                "jax_hessian_over_dense_hessian"):
+        assert r[key] > 0 and math.isfinite(r[key]), key
+    assert all(r["step_over_gradient"][m] > 0 for m in ("sgd", "hessian_free", "gauss_newton", "newton_damped"))
+
+
+def test_epoch_trainer_vs_yardstick(quick_bench):
+    _, res, _ = quick_bench
+    e = res["epoch"]
+    assert set(e["methods"]) == {"sgd", "hessian_free", "gauss_newton"}
+    for m, v in e["methods"].items():
+        assert v["trainer_median_s"] > 0 and positive(v["yardstick"]) and v["ratio"] > 0, m
+        assert all(st == "budget" for st in v["trainer_status"])  # max_steps < one epoch in --quick
+
+
+def test_baseline_speedups(quick_bench):
+    _, res, _ = quick_bench
+    b = res["baseline"]["methods"]
+    for m in ("sgd", "hessian_free", "gauss_newton", "newton"):
+        assert b[m]["speedup"] > 0 and b[m]["jit"]["per_step_s"] > 0 and b[m]["ours"]["per_step_s"] > 0, m
+    for m in ("hessian_free", "gauss_newton"):
+        assert b[m]["eager"]["speedup"] > 0
+    assert "note" in b["newton"]  # the reduced width is said in the output
+
+
+def test_scaling_rows(quick_bench):
+    _, res, _ = quick_bench
+    sc = res["scaling"]
+    measured = [r for r in sc["rows"] if positive(r["step"])]
+    assert {r["method"] for r in measured} >= {"sgd", "hessian_free", "gauss_newton"}
+    assert len({r["param_count"] for r in measured}) == len(sc["widths"]) >= 2
