@@ -186,11 +186,24 @@ def loss_curve(runs: Sequence[Run], *, axis: str = "step", smooth: int = 50, ban
         return None
     keys = [r.steps["step"] for r in runs]
     steps, matrix = align(keys, [moving_average(r.steps["train_loss"], smooth) for r in runs])
-    x = steps if axis == "step" else aggregate(align(keys, [r.steps["time_s"] for r in runs])[1])[0]
+    x = steps if axis == "step" else mean_cumulative_time(keys, [r.steps["time_s"] for r in runs])
     curve = _curve(runs[0].optimizer, runs, x, matrix, band)
     if curve is not None and curve.lo is not None:
         curve.lo = np.maximum(curve.lo, 0.0)  # a loss is >= 0; mean - std may not be
     return curve
+
+
+def mean_cumulative_time(keys: Sequence[np.ndarray], times: Sequence[np.ndarray]) -> np.ndarray:
+    """Time axis shared by a method's seeds: the running sum of the mean per-step time.
+
+    Averaging the cumulative times themselves would jump backwards where the slower
+    seeds have stopped (budget ends at different steps); averaging the increments
+    over the seeds still running keeps the axis increasing.
+    """
+    increments = [np.diff(np.asarray(t, dtype=np.float64), prepend=0.0) for t in times]
+    _, matrix = align(keys, increments)
+    mean_increment = aggregate(matrix)[0]
+    return np.cumsum(np.where(np.isfinite(mean_increment), mean_increment, 0.0))
 
 
 def steps_per_epoch(run: Run) -> int | None:
