@@ -334,6 +334,9 @@ def _text_below(ax: Axes, curve: Curve, x: float, y: float) -> bool:
     return bool(before > y)
 
 
+AUTO_LOG_FACTOR = 10.0  # switch a loss figure to a log axis when a curve exceeds this × its start
+
+
 def _limit_loss_axis(ax: Axes, curves: Sequence[Curve], log_loss: bool) -> float | None:
     """On a linear axis, cap exploding losses at ``CLIP_FACTOR`` x the initial loss.
 
@@ -392,6 +395,8 @@ def plot_loss(
 ) -> Figure:
     """Train loss of ``methods`` (default: all present) against ``"step"`` or ``"time"``."""
     curves = _curves(runs, methods, lambda rs: loss_curve(rs, axis=axis, smooth=smooth, band=band))
+    # A loss that grows by orders of magnitude (undamped Newton) is readable only on a log axis.
+    log_loss = log_loss or any(np.nanmax(c.y) > AUTO_LOG_FACTOR * abs(float(c.y[0])) for c in curves if c.y.size)
     fig = new_figure(height=_height(curves))
     ax = fig.add_subplot()
     if log_loss:
@@ -404,7 +409,7 @@ def plot_loss(
     for curve in curves:
         _mark_ends(ax, curve, ytop)
     ax.set_xlabel("step" if axis == "step" else "wall-clock time (s)" + (", log scale" if log_time else ""))
-    ax.set_ylabel(loss_label(smooth))
+    ax.set_ylabel(loss_label(smooth) + (", log scale" if log_loss else ""))
     if axis == "step":
         ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
     _legend(fig, ax, curves, band)
