@@ -89,3 +89,15 @@ def test_wandb_online_failure_degrades_to_warning(real_mnist_dir, tmp_path):
     assert "W&B logging disabled" in proc.stderr
     assert len(losses_as_written(tmp_path)) == 30
     assert json.loads((tmp_path / runs.SUMMARY_FILE).read_text())["status"] == "budget"
+
+
+def test_resuming_a_budget_limited_run_keeps_its_budget(real_mnist_dir, tmp_path):
+    overrides = ["optimizer=sgd", f"data.dir={real_mnist_dir}", "trainer.chunk_steps=1", "trainer.max_time_s=0.000001",
+                 "logger.wandb.mode=disabled", "trainer.progress=false"]
+    first = experiment.run(compose_config(overrides), tmp_path)
+    assert first["status"] == "budget" and first["steps"] == 1
+    again = experiment.run(compose_config(overrides + ["trainer.resume=true"]), tmp_path)
+    assert again["status"] == "budget" and again["steps"] == 1 and len(losses_as_written(tmp_path)) == 1
+    longer = experiment.run(compose_config(overrides[:3] + ["trainer.max_steps=5", "logger.wandb.mode=disabled",
+                                                            "trainer.progress=false", "trainer.resume=true"]), tmp_path)
+    assert longer["steps"] == 5 and len(losses_as_written(tmp_path)) == 5

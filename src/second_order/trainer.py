@@ -145,7 +145,6 @@ def fit(
     seed: int,
     run_dir: Path,
     logger: RunLogger,
-    on_start: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Outcome:
     """Train ``model`` with ``tx`` on ``data`` (arrays with train/test images and labels)."""
     clock = Clock()
@@ -168,9 +167,6 @@ def fit(
             logger.truncate_after(step)
         chunk_fn = _make_chunk_fn(model.apply, tx)
         eval_fn = _make_eval_fn(model.apply)
-    if on_start is not None:
-        on_start({"steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "resumed_at_step": step})
-
     compiled: dict[int, Any] = {}
     last_eval: dict[str, float] = dict(meta.get("last_eval", {}))
     status, diverged_step = "completed", None
@@ -192,6 +188,9 @@ def fit(
 
     with _StopSignals() as signals:
         while step < total_steps:
+            if settings.max_time_s is not None and clock["train"] >= settings.max_time_s:
+                status = "budget"  # checked before a chunk too, so a resumed run keeps its budget
+                break
             epoch, pos = divmod(step, steps_per_epoch)
             if epoch != perm_epoch:
                 perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)[
@@ -223,7 +222,7 @@ def fit(
                 bar.update(n_ok)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(losses[n_ok - 1]):.4f}", refresh=False)
             step += n_ok
-            if n_ok < k or not ok.all():
+            if not ok.all():
                 status, diverged_step = "diverged", step
                 break
             if step % steps_per_epoch == 0 and ((step // steps_per_epoch) % settings.eval_every == 0):
@@ -235,9 +234,6 @@ def fit(
                 last_ckpt = time.monotonic()
             if signals.received is not None:
                 status = "interrupted"
-                break
-            if settings.max_time_s is not None and clock["train"] >= settings.max_time_s and step < total_steps:
-                status = "budget"
                 break
         bar.close()
         if status == "completed" and settings.max_steps is not None and step < settings.epochs * steps_per_epoch:
