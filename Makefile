@@ -22,7 +22,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,tfds]"
+	$(BIN)/python -m pip install --quiet -e ".[suite,dev,tfds]"
 	if [ "$(JAX_VARIANT)" != "cpu" ]; then $(BIN)/python -m pip install --quiet "jax[$(JAX_VARIANT)]"; fi
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -72,8 +72,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
-from second_order import curvature, environment  # noqa: E402
-from second_order.model import MLP, cross_entropy  # noqa: E402
+from second_order import curvature  # noqa: E402
+from second_order.suite.tracking import environment  # noqa: E402
+from second_order.suite.model import MLP, cross_entropy  # noqa: E402
 from second_order.optim import collect_diagnostics, gauss_newton, hessian_free, newton  # noqa: E402
 
 NUM_CLASSES = 10
@@ -612,7 +613,7 @@ def compose(overrides: list[str]) -> dict:
 def trainer_run(method: str, steps: int, mnist_dir: str, workdir: Path, *, hidden: int = 10,
                 tag: str = "", overrides: tuple[str, ...] = ()) -> dict:
     """One real trainer run (experiment.run, W&B offline + CSV); its summary.json."""
-    from second_order import experiment
+    from second_order.suite import experiment
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"{method}{tag}-", dir=workdir))
     shutil.rmtree(run_dir)
@@ -625,7 +626,7 @@ def trainer_run(method: str, steps: int, mnist_dir: str, workdir: Path, *, hidde
         summary = experiment.run(cfg, run_dir)
     summary["wall_s"] = _now() - t0
     summary["run_dir"] = str(run_dir)
-    from second_order import runs
+    from second_order.suite.tracking import runs
 
     table = runs.read_table(run_dir / runs.STEPS_FILE)
     summary["_losses"] = np.asarray(table["train_loss"], dtype=np.float64)
@@ -706,7 +707,7 @@ def trainer_breakdown(prob: Problem, tx, idx: jax.Array, s: Settings) -> dict:
     """Where the trainer's time goes beyond the yardstick: its own jitted chunk function
     (batch gather on the device, finiteness check and per-step diagnostics as outputs) run
     over the whole epoch in one call, and in chunks of ``chunk_steps`` like the trainer."""
-    from second_order.trainer import TrainSettings, _make_chunk_fn
+    from second_order.suite.training.trainer import TrainSettings, _make_chunk_fn
 
     chunk = TrainSettings(epochs=1, batch_size=prob.batch).chunk_steps
     chunk_fn = _make_chunk_fn(prob.model.apply, tx)
@@ -1236,7 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.mnist_dir:
         print("error: no MNIST directory: pass --mnist-dir or set MNIST_DIR", file=sys.stderr)
         return 2
-    from second_order.data import load_mnist
+    from second_order.suite.data import load_mnist
 
     t_start = _now()
     out_dir = Path(args.out)

@@ -17,10 +17,10 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from second_order.report.figures import BANDS, MissingMethodWarning, make_all_figures
-from second_order.report.style import METHODS
-from second_order.report.tables import group_by_method, status_counts, write_all_tables
-from second_order.runs import Run, find_runs
+from second_order.suite.report.figures import BANDS, MissingMethodWarning, make_all_figures
+from second_order.suite.report.style import METHODS
+from second_order.suite.report.tables import group_by_method, status_counts, write_all_tables
+from second_order.suite.tracking.runs import Run, find_runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def fetch_wandb(project: str, group: str | None, out_root: Path) -> Path:
     """Download a W&B project as local run directories under ``out_root`` (lazy import)."""
-    from second_order.wandb_io import download_project  # optional dependency, imported only here
+    from second_order.suite.tracking.wandb_io import download_project  # optional dependency, imported only here
 
     out_root.mkdir(parents=True, exist_ok=True)
     download_project(project, out_root, group)
@@ -51,7 +51,7 @@ def fetch_wandb(project: str, group: str | None, out_root: Path) -> Path:
 
 def convert_wandb_offline(root: Path, out_root: Path) -> Path:
     """Every run dir below ``root`` holding ``wandb/offline-run-*`` → a local run dir under ``out_root``."""
-    from second_order.wandb_io import read_offline_runs, record_to_run_dir
+    from second_order.suite.tracking.wandb_io import read_offline_runs, record_to_run_dir
 
     run_dirs = sorted({p.parent.parent for p in root.rglob("offline-run-*") if p.parent.name == "wandb"})
     if not run_dirs:

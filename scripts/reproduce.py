@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: float) -> None:
-    from second_order import environment, runs
+    from second_order.suite.tracking import environment, runs
 
     jobs = [
         {"run_dir": str(r.path.relative_to(args.runs)), **{k: r.summary.get(k) for k in

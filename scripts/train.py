@@ -30,15 +30,16 @@ DEBUG = os.environ.get("SECOND_ORDER_DEBUG", "") not in ("", "0")
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    from second_order.config import ConfigError
-    from second_order.data import DataError
+    from second_order.suite.config import ConfigError
+    from second_order.suite.data import DataError
 
     return (ConfigError, DataError, OmegaConfBaseException)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from second_order import experiment, runs
+    from second_order.suite import experiment
+    from second_order.suite.tracking import runs
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -72,7 +73,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def _record_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
-    from second_order import runs
+    from second_order.suite.tracking import runs
 
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / runs.SUMMARY_FILE

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, compose_config
-from second_order.config import ConfigError, validate
-from second_order.experiment import build_optimizer, prepare
+from second_order.suite.config import ConfigError, validate
+from second_order.suite.experiment import build_optimizer, prepare
 
 OPTIMIZERS = sorted(p.stem for p in (REPO / "configs" / "optimizer").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))

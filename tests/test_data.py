@@ -1,4 +1,4 @@
-"""Tests for second_order.data: IDX round trip, every failure mode, real MNIST, TFDS glue."""
+"""Tests for second_order.suite.data: IDX round trip, every failure mode, real MNIST, TFDS glue."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from second_order import data
-from second_order.data import DataError, load_mnist, write_idx
+from second_order.suite import data
+from second_order.suite.data import DataError, load_mnist, write_idx
 
 def _small(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from second_order.model import MLP, accuracy, cross_entropy, param_count
+from second_order.suite.model import MLP, accuracy, cross_entropy, param_count
 
 
 def test_paper_model_has_7960_parameters():

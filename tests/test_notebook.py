@@ -29,7 +29,7 @@ def _data_dir(tmp_path: Path) -> tuple[Path, list[str]]:
     real = mnist_dir()
     if real is not None:
         return real, []
-    from second_order.data import write_idx
+    from second_order.suite.data import write_idx
 
     rng = np.random.default_rng(0)
     d = tmp_path / "mnist"
@@ -59,7 +59,7 @@ def test_notebook_executes_on_runs(tmp_path):
     nbclient = pytest.importorskip("nbclient")
     nbformat = pytest.importorskip("nbformat")
     pytest.importorskip("ipykernel")
-    from second_order import experiment
+    from second_order.suite import experiment
 
     data_dir, extra = _data_dir(tmp_path)
     root = tmp_path / "runs"

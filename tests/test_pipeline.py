@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, compose_config
-from second_order import experiment, runs
+from second_order.suite import experiment
+from second_order.suite.tracking import runs
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,7 @@ def test_short_run_decreases_loss_and_writes_logs(name, real_mnist_dir, tmp_path
     if name != "sgd":
         assert np.all(run.steps["cg_iterations"] >= 1)
     # W&B's own offline files hold the same per-step losses as the local CSV.
-    from second_order.wandb_io import read_offline_runs
+    from second_order.suite.tracking.wandb_io import read_offline_runs
 
     record = read_offline_runs(run_dir)
     wb_loss = np.array([r["train/loss"] for r in record.history if "train/loss" in r])
@@ -88,7 +89,7 @@ def test_divergence_stops_cleanly_and_keeps_logs(real_mnist_dir, tmp_path):
     steps = runs.read_table(run_dir / runs.STEPS_FILE)
     assert summary["diverged_step"] == len(steps["step"]) < 300
     assert not np.isfinite(steps["train_loss"][-1]) and np.all(np.isfinite(steps["train_loss"][:-2]))
-    from second_order.wandb_io import read_offline_runs
+    from second_order.suite.tracking.wandb_io import read_offline_runs
 
     assert read_offline_runs(run_dir).summary["diverged"] is True
 

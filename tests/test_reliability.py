@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, compose_config
-from second_order import experiment, runs
+from second_order.suite import experiment
+from second_order.suite.tracking import runs
 from test_pipeline import train_cli
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from second_order.report import style
-from second_order.report.figures import FIGURES, accuracy_curve, aggregate, moving_average
-from second_order.runs import find_runs
-from second_order.runs import ENV_FILE, EVAL_COLUMNS, EVAL_FILE, STEP_COLUMNS, STEPS_FILE, SUMMARY_FILE, CsvLog, write_json
+from second_order.suite.report import style
+from second_order.suite.report.figures import FIGURES, accuracy_curve, aggregate, moving_average
+from second_order.suite.tracking.runs import find_runs
+from second_order.suite.tracking.runs import ENV_FILE, EVAL_COLUMNS, EVAL_FILE, STEP_COLUMNS, STEPS_FILE, SUMMARY_FILE, CsvLog, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,8 @@ import pytest
 
 wandb = pytest.importorskip("wandb")
 
-from second_order import runs  # noqa: E402
-from second_order.wandb_io import (  # noqa: E402
+from second_order.suite.tracking import runs  # noqa: E402
+from second_order.suite.tracking.wandb_io import (  # noqa: E402
     WandbRecord,
     download_project,
     iter_transaction_log,
@@ -26,7 +26,7 @@ from second_order.wandb_io import (  # noqa: E402
     read_offline_runs,
     record_to_run_dir,
 )
-from second_order.wandb_logger import WandbLogger, WandbWarning  # noqa: E402
+from second_order.suite.tracking.wandb_logger import WandbLogger, WandbWarning  # noqa: E402
 
 CLOSED_URL = "http://127.0.0.1:9"  # discard port: connection refused at once
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from second_order import runs
+from second_order.suite.tracking import runs
 
 
 class RunLogger:

@@ -6,7 +6,7 @@ the overview; :mod:`.tables` writes tables 1-3 as Markdown and CSV.
 ``scripts/make_figures.py`` is the command-line entry point.
 """
 
-from second_order.report.figures import (
+from second_order.suite.report.figures import (
     FIGURES,
     MissingMethodWarning,
     make_all_figures,
@@ -15,8 +15,8 @@ from second_order.report.figures import (
     plot_loss_vs_time,
     plot_overview,
 )
-from second_order.report.style import METHODS, STYLES, method_style
-from second_order.report.tables import write_all_tables
+from second_order.suite.report.style import METHODS, STYLES, method_style
+from second_order.suite.report.tables import write_all_tables
 
 __all__ = [
     "FIGURES",

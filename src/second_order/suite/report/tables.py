@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from second_order.report.style import METHODS, method_style, ordered_methods
-from second_order.runs import ENV_FILE, Run
+from second_order.suite.report.style import METHODS, method_style, ordered_methods
+from second_order.suite.tracking.runs import ENV_FILE, Run
 
 FULL_PROTOCOL_STEPS = 6566  # 7 epochs x 938 steps of batch 64 on MNIST's 60k images
 PAPER_TRAIN_TIME_S: dict[str, float] = {  # paper Table 1, one V100

@@ -9,7 +9,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from second_order import runs
+from second_order.suite.tracking import runs
 
 log = logging.getLogger(__name__)
 SWEEP_SUMMARY = "sweep_summary.json"

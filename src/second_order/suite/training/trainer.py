@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from second_order import checkpoint as ckpt
-from second_order.clock import Clock
-from second_order.model import accuracy, cross_entropy
+from second_order.suite.training import checkpoint as ckpt
+from second_order.suite.training.clock import Clock
+from second_order.suite.model import accuracy, cross_entropy
 from second_order.optim import collect_diagnostics
-from second_order.run_logger import RunLogger
+from second_order.suite.tracking.run_logger import RunLogger
 
 
 @dataclasses.dataclass(frozen=True)

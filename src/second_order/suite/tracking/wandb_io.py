@@ -1,4 +1,4 @@
-"""Read W&B runs back into the local run-directory format of :mod:`second_order.runs`.
+"""Read W&B runs back into the local run-directory format of :mod:`second_order.suite.tracking.runs`.
 
 Two sources:
 
@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from second_order.runs import (
+from second_order.suite.tracking.runs import (
     CONFIG_FILE,
     EVAL_COLUMNS,
     EVAL_FILE,
@@ -329,7 +329,7 @@ def split_history(history: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, 
 
     When a resumed run logs a step that was already logged (it restarted from an
     earlier checkpoint), the earlier rows from that step on are dropped, as
-    :func:`second_order.runs.truncate_after_step` does for the local CSVs.
+    :func:`second_order.suite.tracking.runs.truncate_after_step` does for the local CSVs.
     """
     steps: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
@@ -362,10 +362,10 @@ def record_to_run_dir(
     """Write ``record`` as a run directory: steps.csv, eval.csv, summary.json, config.yaml.
 
     Columns: ``train/loss`` -> ``train_loss``, ``opt/<x>`` -> ``<x>`` (after the
-    fixed :data:`~second_order.runs.STEP_COLUMNS`, sorted by name),
+    fixed :data:`~second_order.suite.tracking.runs.STEP_COLUMNS`, sorted by name),
     ``eval/loss`` -> ``test_loss``, ``eval/acc`` -> ``test_acc``; missing values
     are written as ``nan``.  ``summary.json`` keeps the ``summary_keys`` (default
-    :data:`~second_order.runs.SUMMARY_KEYS`) present in the W&B summary (``train_loss``,
+    :data:`~second_order.suite.tracking.runs.SUMMARY_KEYS`) present in the W&B summary (``train_loss``,
     ``test_loss``, ``test_acc`` fall back to W&B's last ``train/loss``,
     ``eval/loss``, ``eval/acc``).  Existing files in ``out_dir`` are replaced.
     """

@@ -27,9 +27,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from second_order.report.style import METHODS, method_style, new_figure, save_figure, with_paper_style
-from second_order.report.tables import group_by_method, percent_scale, run_status, status_counts
-from second_order.runs import Run
+from second_order.suite.report.style import METHODS, method_style, new_figure, save_figure, with_paper_style
+from second_order.suite.report.tables import group_by_method, percent_scale, run_status, status_counts
+from second_order.suite.tracking.runs import Run
 
 BANDS = ("std", "minmax")
 END_TEXT = {"budget": "budget end", "interrupted": "interrupted", "diverged": "diverged"}

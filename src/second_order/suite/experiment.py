@@ -13,12 +13,13 @@ import numpy as np
 import optax
 import yaml
 
-from second_order import checkpoint, environment, runs
-from second_order.config import ConfigError, OptimizerConfig, RunConfig, validate
-from second_order.model import MLP, param_count
+from second_order.suite.training import checkpoint
+from second_order.suite.tracking import environment, runs
+from second_order.suite.config import ConfigError, OptimizerConfig, RunConfig, validate
+from second_order.suite.model import MLP, param_count
 from second_order.optim import collect_diagnostics
-from second_order.run_logger import RunLogger
-from second_order.trainer import TrainSettings, fit, mean_last_epoch_loss
+from second_order.suite.tracking.run_logger import RunLogger
+from second_order.suite.training.trainer import TrainSettings, fit, mean_last_epoch_loss
 
 
 def build_optimizer(opt: OptimizerConfig) -> optax.GradientTransformationExtraArgs:
@@ -67,7 +68,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 
 def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
     """Run one experiment into ``run_dir`` and return its summary (also in summary.json)."""
-    from second_order.data import load_mnist  # imported here: config errors surface before any data I/O
+    from second_order.suite.data import load_mnist  # imported here: config errors surface before any data I/O
 
     run_dir = Path(run_dir)
     rc, tx = prepare(cfg)
@@ -124,7 +125,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
 def _wandb_logger(rc: RunConfig, run_dir: Path, cfg: Mapping[str, Any], resuming: bool):
     if rc.wandb.mode == "disabled":
         return None
-    from second_order.wandb_logger import WandbLogger
+    from second_order.suite.tracking.wandb_logger import WandbLogger
 
     resume_id = None
     if resuming and (run_dir / runs.SUMMARY_FILE).exists():

@@ -1,6 +1,6 @@
 """Optional Weights & Biases logging for the trainer.
 
-The local run directory (see :mod:`second_order.runs`) is always the source of
+The local run directory (see :mod:`second_order.suite.tracking.runs`) is always the source of
 truth; W&B is a mirror.  :class:`WandbLogger` therefore never lets W&B break a
 run: if ``wandb.init`` or any later call fails, it emits one
 :class:`WandbWarning` and turns into a no-op.
@@ -240,7 +240,7 @@ class WandbLogger:
             return
         sync_file = self._sync_file
         if sync_file is not None and sync_file.exists():
-            from second_order.wandb_io import wait_for_transaction_log
+            from second_order.suite.tracking.wandb_io import wait_for_transaction_log
 
             if not wait_for_transaction_log(sync_file, self._flush_timeout):
                 warnings.warn(
