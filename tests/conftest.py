@@ -14,21 +14,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def mnist_dir() -> Path | None:
-    """MNIST_DIR when set, else ../shared/data/mnist beside the checkout, else None."""
+    """MNIST_DIR when set (and only it), else ../shared/data/mnist beside the checkout, else None."""
     env = os.environ.get("MNIST_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO.parent / "shared" / "data" / "mnist")
+    candidates = [Path(env)] if env else [REPO.parent / "shared" / "data" / "mnist"]
     for c in candidates:
         if (c / "train-images-idx3-ubyte.gz").exists():
             return c
     return None
 
 
+#: Set (CI sets it) when real data must be there: then its absence fails the tests instead of skipping them.
+REQUIRE_DATA = os.environ.get("SECOND_ORDER_REQUIRE_DATA", "") not in ("", "0")
+
+
 @pytest.fixture(scope="session")
 def real_mnist_dir() -> Path:
     d = mnist_dir()
     if d is None:
-        pytest.skip("real MNIST not found: set MNIST_DIR to a directory with the four IDX files")
+        message = "real MNIST not found: set MNIST_DIR to a directory with the four IDX files"
+        if REQUIRE_DATA:
+            pytest.fail(message + " (SECOND_ORDER_REQUIRE_DATA is set)")
+        pytest.skip(message)
     return d
 
 
@@ -36,6 +42,10 @@ def compose_config(overrides: list[str] | None = None) -> dict:
     """The resolved config that ``scripts/train.py`` would run with these overrides."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+
+    from second_order.suite.config import register
+
+    register()
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides or []))

@@ -111,15 +111,15 @@ def test_bad_value_is_one_line_no_traceback(tmp_path):
     proc = train_cli("optimizer=hessian_free", "optimizer.damping=-1", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines == ["error: optimizer.damping = -1 is invalid: must be a number >= 0"], proc.stderr
+    assert lines == ["error: optimizer.damping = -1 is invalid: must be >= 0"], proc.stderr
     assert not (tmp_path / "steps.csv").exists()
 
 
 def test_unknown_optimizer_names_the_choices(tmp_path):
-    proc = train_cli("optimizer=adam", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode != 0
-    assert "optimizer/adam" in proc.stderr and "hessian_free" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    proc = train_cli("optimizer=no_such_method", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "optimizer/no_such_method" in proc.stderr and "hessian_free" in proc.stderr
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):

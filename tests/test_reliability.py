@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO, compose_config
 from second_order.suite import experiment
 from second_order.suite.tracking import runs
+from second_order.suite.training import checkpoint
 from test_pipeline import train_cli
 
 pytestmark = pytest.mark.slow
@@ -24,6 +25,12 @@ pytestmark = pytest.mark.slow
 def losses_as_written(run_dir: Path) -> list[str]:
     lines = (run_dir / runs.STEPS_FILE).read_text().splitlines()[1:]
     return [line.split(",")[2] for line in lines]
+
+
+def evals_as_written(run_dir: Path) -> list[list[str]]:
+    """eval.csv rows without the time column (epoch, step, test_loss, test_acc)."""
+    lines = (run_dir / runs.EVAL_FILE).read_text().splitlines()[1:]
+    return [[f for i, f in enumerate(line.split(",")) if i != 2] for line in lines]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -49,7 +56,7 @@ def test_interrupt_then_resume_matches_uninterrupted_run(sig, real_mnist_dir, tm
     stopped_at = summary["steps"]
     assert 30 <= stopped_at < 1500, "interrupt arrived too late to test resuming"
     assert len(losses_as_written(run_dir)) == stopped_at  # every step run is logged
-    assert (run_dir / "checkpoint" / "meta.json").exists()
+    assert checkpoint.exists(run_dir)
 
     resumed = train_cli(*common, f"hydra.run.dir={run_dir}", "trainer.resume=true")
     assert resumed.returncode == 0, resumed.stderr
@@ -58,6 +65,7 @@ def test_interrupt_then_resume_matches_uninterrupted_run(sig, real_mnist_dir, tm
     reference = tmp_path / "reference"
     experiment.run(compose_config(common), reference)
     assert losses_as_written(run_dir) == losses_as_written(reference)  # bitwise, as written
+    assert evals_as_written(run_dir) == evals_as_written(reference)  # no extra row at the interruption
 
 
 def test_resume_of_a_finished_run_changes_nothing(real_mnist_dir, tmp_path):

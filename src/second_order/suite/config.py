@@ -1,66 +1,229 @@
-"""Validation of a composed experiment config into typed dataclasses.
+"""The experiment config: one dataclass per group, registered in Hydra's ConfigStore.
 
-Every value is checked before any work starts; a bad one raises :class:`ConfigError`
+These dataclasses are the one place where each key's type, default and allowed
+range live.  ``configs/config.yaml`` extends the schema ``run_schema``, so Hydra
+type-checks every value while composing; :func:`validate` then checks the ranges
+kept in each field's metadata and the optimizer's own keyword arguments, and
+returns the config as typed dataclasses.  A bad value raises :class:`ConfigError`
 whose message is one line naming the key, the value and what is allowed, e.g.
-``optimizer.damping = -1.0 is invalid: must be a number >= 0``.
+``trainer.batch_size = 0 is invalid: must be an integer >= 1``.
+
+The optimizer group is open: each YAML file in ``configs/optimizer/`` names a
+function (``_target_``) returning an optax transformation, and its other keys are
+that function's keyword arguments, checked against its signature and type hints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+import typing
+from typing import Any, Callable, Mapping
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 WANDB_MODES = ("offline", "online", "disabled")
+SEED_MAX = 2**31 - 1  # PRNGKey seeds: 32-bit without x64; one range for both modes
 
 
 class ConfigError(ValueError):
     """A user error in the configuration (printed as one line, no traceback)."""
 
 
-@dataclasses.dataclass(frozen=True)
+def setting(default: Any = MISSING, *, help: str, minimum: float | None = None, maximum: float | None = None,
+            choices: tuple[Any, ...] | None = None, check: Callable[[Any], bool] | None = None,
+            allowed: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field with its documentation and allowed range in the metadata."""
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "check": check,
+            "allowed": allowed}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass
 class DataConfig:
-    dir: str | None
-    verify_checksums: bool
+    dir: str | None = setting(
+        help="directory with the dataset's files (a preset sets its default); null: TensorFlow Datasets",
+        check=lambda v: v is None or bool(v), allowed="a directory path or null (null: TensorFlow Datasets)")
+    verify_checksums: bool = setting(True, help="check the MD5 of the canonical 60k/10k files")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class ModelConfig:
-    hidden: tuple[int, ...]
-    num_classes: int
+    hidden: list[int] = setting(
+        help="widths of the hidden ReLU layers (the paper: [10], 7,960 parameters)",
+        check=lambda v: len(v) > 0 and all(h >= 1 for h in v),
+        allowed="a non-empty list of layer widths, each an integer >= 1 (e.g. [10])")
+    num_classes: int = setting(help="output logits (the dataset's classes)", minimum=2)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class TrainerConfig:
-    epochs: int
-    batch_size: int
-    max_steps: int | None
-    max_time_s: float | None
-    eval_every: int
-    chunk_steps: int
-    checkpoint_every_s: float
-    resume: bool
-    progress: bool
+    epochs: int = setting(7, help="passes over the training set (the paper: 7)", minimum=1)
+    batch_size: int = setting(64, help="examples per step (the paper: 64)", minimum=1)
+    max_steps: int | None = setting(None, help="cap on optimizer steps (a budget); null: none", minimum=1)
+    max_time_s: float | None = setting(None, help="cap on optimizer seconds (a budget); null: none", minimum=0)
+    eval_every: int = setting(1, help="evaluate on the test set every this many epochs", minimum=1)
+    chunk_steps: int = setting(100, help="steps per compiled chunk (logs, signals, budgets checked between)",
+                               minimum=1)
+    checkpoint_every_s: float = setting(300.0, help="also checkpointed after every evaluation and on stop",
+                                        minimum=0)
+    resume: bool = setting(False, help="continue from <run dir>/checkpoint (same config + trainer.resume=true)")
+    progress: bool = setting(True, help="progress bar on stderr")
+
+
+@dataclasses.dataclass
+class WandbConfig:
+    mode: str = setting("offline", help="offline: files under <run dir>/wandb; online: needs wandb login",
+                        choices=WANDB_MODES)
+    project: str = setting("second-order", help="W&B project", check=bool, allowed="a non-empty name")
+    entity: str | None = setting(None, help="W&B entity (user or team); null: your default")
+    tags: list[str] = setting(factory=list, help="extra W&B tags")
+    init_timeout_s: float = setting(60.0, help="seconds to wait for wandb.init", minimum=0)
+
+
+@dataclasses.dataclass
+class LoggerConfig:
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The whole config of one run (the ``hydra`` node aside)."""
+
+    seed: int = setting(0, help="seeds initialisation, data order and random sketches", minimum=0,
+                        maximum=SEED_MAX)
+    experiment_name: str = setting("default", help="groups runs in runs/<experiment_name>/",
+                                   check=lambda v: bool(v) and "/" not in v, allowed="a non-empty name without '/'")
+    x64: bool = setting(True, help="enable float64 in JAX (the second-order solves run in float64)")
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    optimizer: Any = MISSING  # open group: see validate_optimizer
+    logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
+
+
+def register() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="trainer", name="default", node=TrainerConfig)
+    cs.store(group="logger", name="wandb", node=LoggerConfig)
+
+
+register()
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
+    """The optimizer group: its name, the function and the function's keyword arguments."""
+
     name: str
     target: str
-    kwargs: dict[str, Any]  # everything passed to the optimizer function
+    kwargs: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key} = {value!r} is invalid: must be {allowed}")
+
+
+def _field(full_key: str) -> dataclasses.Field[Any] | None:
+    """The schema field of a dotted key, e.g. ``trainer.epochs``."""
+    node: Any = RunConfig
+    found = None
+    for part in full_key.split("."):
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return None
+        found = {f.name: f for f in dataclasses.fields(node)}.get(part)
+        if found is None:
+            return None
+        node = typing.get_type_hints(node).get(part)
+    return found
+
+
+def expected(full_key: str) -> str | None:
+    """What a schema key allows, in words: ``an integer >= 1``, ``true or false or null``..."""
+    f = _field(full_key)
+    if f is None:
+        return None
+    kind = str(f.type)
+    optional = "None" in kind
+    if f.metadata.get("allowed") or f.metadata.get("choices"):
+        return _describe(f.metadata, optional)
+    for word, phrase in (("bool", "true or false"), ("int", "an integer"), ("float", "a number"),
+                         ("str", "a string")):
+        if kind.replace("None", "").strip(" |").startswith(word):
+            lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
+            bounds = " and ".join(b for b in (f">= {lo:g}" if lo is not None else "",
+                                              f"<= {hi:g}" if hi is not None else "") if b)
+            return phrase + (" " + bounds if bounds else "") + (" or null" if optional else "")
+    return None
+
+
+def from_omegaconf_error(err: OmegaConfBaseException) -> ConfigError:
+    """One line for a type error OmegaConf raised against the schema."""
+    key = str(getattr(err, "full_key", None) or getattr(err, "key", None) or "config")
+    allowed = expected(key)
+    if allowed is not None:
+        return _fail(key, getattr(err, "value", None), allowed)
+    message = str(getattr(err, "msg", "") or err).strip().splitlines()[0]
+    return ConfigError(f"{key}: {message}")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _describe(meta: Mapping[str, Any], optional: bool) -> str:
+    if meta.get("allowed"):
+        return str(meta["allowed"])
+    if meta.get("choices"):
+        return "one of " + ", ".join(map(str, meta["choices"]))
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    text = "a number" if lo is None and hi is None else "a number " + " and ".join(
+        part for part in (f">= {lo:g}" if lo is not None else "", f"<= {hi:g}" if hi is not None else "") if part)
+    return text + (" or null" if optional else "")
+
+
+def _check_dataclass(obj: Any, prefix: str) -> None:
+    """Check every field of a typed config against the rules in its metadata."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_dataclass(value, f"{prefix}{f.name}.")
+            continue
+        meta = f.metadata
+        if not meta or value is None:
+            continue
+        key = prefix + f.name
+        optional = "None" in str(f.type)
+        ok = True
+        if isinstance(value, float) and not math.isfinite(value):
+            ok = False
+        if meta.get("minimum") is not None and isinstance(value, (int, float)) and value < meta["minimum"]:
+            ok = False
+        if meta.get("maximum") is not None and isinstance(value, (int, float)) and value > meta["maximum"]:
+            ok = False
+        if meta.get("choices") is not None and value not in meta["choices"]:
+            ok = False
+        if meta.get("check") is not None and not meta["check"](value):
+            ok = False
+        if not ok:
+            described = _describe(meta, optional)
+            if isinstance(value, int) and not isinstance(value, bool) and "number" in described:
+                described = described.replace("a number", "an integer")
+            raise _fail(key, value, described)
 
 
 @dataclasses.dataclass(frozen=True)
-class WandbConfig:
-    mode: str
-    project: str
-    entity: str | None
-    tags: tuple[str, ...]
-    init_timeout_s: float
+class ValidConfig:
+    """A validated config: the typed groups and the optimizer's call."""
 
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
     seed: int
     experiment_name: str
     x64: bool
@@ -68,149 +231,49 @@ class RunConfig:
     model: ModelConfig
     trainer: TrainerConfig
     optimizer: OptimizerConfig
-    wandb: WandbConfig
+    logger: LoggerConfig
 
 
-def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{key} = {value!r} is invalid: must be {allowed}")
-
-
-def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    node = cfg.get(key)
-    if not isinstance(node, Mapping):
-        raise _fail(key, node, "a config group (see configs/)")
-    return node
-
-
-def _check_keys(node: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
-    for k in node:
-        if k not in allowed:
-            raise ConfigError(f"{prefix}{k} is not a known key; known keys: {', '.join(sorted(allowed))}")
-
-
-def _int(node: Mapping[str, Any], key: str, prefix: str, minimum: int, optional: bool = False) -> int | None:
-    v = node.get(key)
-    if v is None and optional:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        extra = " or null" if optional else ""
-        raise _fail(prefix + key, v, f"an integer >= {minimum}{extra}")
-    return v
-
-
-def _float(
-    node: Mapping[str, Any], key: str, prefix: str, minimum: float = 0.0, *, open_interval: tuple[float, float] | None = None,
-    optional: bool = False,
-) -> float | None:
-    v = node.get(key)
-    if v is None and optional:
-        return None
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if open_interval is not None:
-        lo, hi = open_interval
-        if not ok or not lo < v < hi:
-            raise _fail(prefix + key, v, f"a number in the open interval ({lo:g}, {hi:g})")
-    elif not ok or v < minimum:
-        raise _fail(prefix + key, v, f"a number >= {minimum:g}" + (" or null" if optional else ""))
-    return float(v)
-
-
-def _bool(node: Mapping[str, Any], key: str, prefix: str) -> bool:
-    v = node.get(key)
-    if not isinstance(v, bool):
-        raise _fail(prefix + key, v, "true or false")
-    return v
-
-
-def validate(cfg: Mapping[str, Any]) -> RunConfig:
+def validate(cfg: Mapping[str, Any]) -> ValidConfig:
     """Check a resolved config (plain dict) and return it typed; raise ConfigError on the first bad value."""
-    top = {"seed", "experiment_name", "x64", "data", "model", "trainer", "optimizer", "logger"}
-    _check_keys({k: v for k, v in cfg.items() if k != "hydra"}, "", top)
-    seed = _int(cfg, "seed", "", 0)
-    name = cfg.get("experiment_name")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise _fail("experiment_name", name, "a non-empty name without '/'")
-    x64 = _bool(cfg, "x64", "")
+    plain = {k: v for k, v in dict(cfg).items() if k != "hydra"}
+    optimizer = plain.pop("optimizer", None)
+    try:
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), {**plain, "optimizer": {}}))
+    except OmegaConfBaseException as err:
+        if type(err).__name__ == "ConfigKeyError":
+            key = getattr(err, "full_key", None) or getattr(err, "key", "?")
+            raise ConfigError(f"{key} is not a known key; see `python scripts/train.py --cfg job` "
+                              "for the keys (new keys need a '+' only in optimizer configs)") from None
+        raise from_omegaconf_error(err) from None
+    assert isinstance(typed, RunConfig)
+    _check_dataclass(typed, "")
+    from second_order.suite.optimizer_config import validate_optimizer
 
-    d = _section(cfg, "data")
-    _check_keys(d, "data.", {"dir", "verify_checksums"})
-    ddir = d.get("dir")
-    if ddir is not None and (not isinstance(ddir, str) or not ddir):
-        raise _fail("data.dir", ddir, "a directory path or null (null: TensorFlow Datasets)")
-    data = DataConfig(dir=ddir, verify_checksums=_bool(d, "verify_checksums", "data."))
-
-    m = _section(cfg, "model")
-    _check_keys(m, "model.", {"hidden", "num_classes"})
-    hidden = m.get("hidden")
-    if isinstance(hidden, int) and not isinstance(hidden, bool):
-        hidden = [hidden]
-    if not isinstance(hidden, (list, tuple)) or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-        raise _fail("model.hidden", hidden, "a list of layer widths, each an integer >= 1 (e.g. [10])")
-    model = ModelConfig(hidden=tuple(hidden), num_classes=_int(m, "num_classes", "model.", 2))
-
-    t = _section(cfg, "trainer")
-    tkeys = {f.name for f in dataclasses.fields(TrainerConfig)}
-    _check_keys(t, "trainer.", tkeys)
-    trainer = TrainerConfig(
-        epochs=_int(t, "epochs", "trainer.", 1),
-        batch_size=_int(t, "batch_size", "trainer.", 1),
-        max_steps=_int(t, "max_steps", "trainer.", 1, optional=True),
-        max_time_s=_float(t, "max_time_s", "trainer.", 0.0, optional=True),
-        eval_every=_int(t, "eval_every", "trainer.", 1),
-        chunk_steps=_int(t, "chunk_steps", "trainer.", 1),
-        checkpoint_every_s=_float(t, "checkpoint_every_s", "trainer.", 0.0),
-        resume=_bool(t, "resume", "trainer."),
-        progress=_bool(t, "progress", "trainer."),
-    )
-    if trainer.batch_size > 60000:
-        raise _fail("trainer.batch_size", trainer.batch_size, "at most the 60,000 training images")
-
-    optimizer = _validate_optimizer(_section(cfg, "optimizer"))
-
-    lg = _section(cfg, "logger")
-    _check_keys(lg, "logger.", {"wandb"})
-    w = _section(lg, "wandb") if "wandb" in lg else {}
-    _check_keys(w, "logger.wandb.", {"mode", "project", "entity", "tags", "init_timeout_s"})
-    mode = w.get("mode", "offline")
-    if mode not in WANDB_MODES:
-        raise _fail("logger.wandb.mode", mode, "one of " + ", ".join(WANDB_MODES))
-    tags = w.get("tags") or []
-    if not isinstance(tags, (list, tuple)) or not all(isinstance(x, str) for x in tags):
-        raise _fail("logger.wandb.tags", tags, "a list of strings")
-    wandb = WandbConfig(
-        mode=mode,
-        project=str(w.get("project") or "second-order"),
-        entity=w.get("entity"),
-        tags=tuple(tags),
-        init_timeout_s=_float(w, "init_timeout_s", "logger.wandb.", 0.0) if "init_timeout_s" in w else 60.0,
-    )
-    return RunConfig(seed, name, x64, data, model, trainer, optimizer, wandb)
+    return ValidConfig(typed.seed, typed.experiment_name, typed.x64, typed.data, typed.model, typed.trainer,
+                       validate_optimizer(optimizer), typed.logger)
 
 
-# Hyperparameters every optimizer config may carry, with their rules.
-_OPTIMIZER_RULES = {
-    "learning_rate": dict(minimum=0.0),
-    "damping": dict(minimum=0.0),
-    "tol": dict(open_interval=(0.0, 1.0)),
-}
+def one_line(err: BaseException) -> str | None:
+    """The one-line message of a user error (bad config, data or checkpoint), else None (a bug).
 
+    Hydra's composition errors (an unknown group option, a new key without '+', a
+    value of the wrong type) are user errors too: their lines are joined into one.
+    """
+    from hydra.errors import HydraException
 
-def _validate_optimizer(o: Mapping[str, Any]) -> OptimizerConfig:
-    name, target = o.get("name"), o.get("_target_")
-    if not isinstance(name, str) or not name:
-        raise _fail("optimizer.name", name, "the optimizer's name (the file name in configs/optimizer/)")
-    if not isinstance(target, str) or "." not in target:
-        raise _fail("optimizer._target_", target, "a dotted path to an optimizer function")
-    kwargs: dict[str, Any] = {}
-    for key, value in o.items():
-        if key in ("name", "_target_"):
-            continue
-        if key in _OPTIMIZER_RULES:
-            kwargs[key] = _float(o, key, "optimizer.", **_OPTIMIZER_RULES[key])
-        elif key == "maxiter":
-            kwargs[key] = _int(o, key, "optimizer.", 1, optional=True)
-        else:
-            kwargs[key] = value
-    if "learning_rate" not in kwargs:
-        raise ConfigError("optimizer.learning_rate is missing: every optimizer config needs one")
-    return OptimizerConfig(name=name, target=target, kwargs=kwargs)
+    from second_order.suite.data import DataError
+    from second_order.suite.training.checkpoint import CheckpointError
+
+    if isinstance(err, (ConfigError, DataError, CheckpointError)):
+        text = str(err).strip()
+        return text.splitlines()[0] if text else type(err).__name__
+    cause = err.__cause__
+    if isinstance(err, HydraException) and isinstance(cause, OmegaConfBaseException) and \
+            type(cause).__name__ == "ValidationError":
+        return str(from_omegaconf_error(cause))
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        lines = [line for line in lines if not line.startswith(("full_key", "object_type", "reference_type"))]
+        return "; ".join(lines) or type(err).__name__
+    return None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,90 +11,125 @@ import numpy as np
 import optax
 import yaml
 
-from second_order.suite.training import checkpoint
-from second_order.suite.tracking import environment, runs
-from second_order.suite.config import ConfigError, OptimizerConfig, RunConfig, validate
-from second_order.suite.model import MLP, param_count
 from second_order.optim import collect_diagnostics
+from second_order.suite.config import ConfigError, ValidConfig, validate
+from second_order.suite.model import MLP, describe_mlp
+from second_order.suite.optimizer_config import build_optimizer
+from second_order.suite.tracking import environment, runs
 from second_order.suite.tracking.run_logger import RunLogger
-from second_order.suite.training.trainer import TrainSettings, fit, mean_last_epoch_loss
+from second_order.suite.training import checkpoint
+from second_order.suite.training.trainer import fit, mean_last_epoch_loss
+
+#: Keys that may differ when a run is resumed: budgets and bookkeeping, never the experiment.
+RESUMABLE_KEYS = (
+    "trainer.resume", "trainer.progress", "trainer.max_steps", "trainer.max_time_s", "trainer.chunk_steps",
+    "trainer.checkpoint_every_s", "data.dir", "logger.wandb.mode", "logger.wandb.project", "logger.wandb.entity",
+    "logger.wandb.tags", "logger.wandb.init_timeout_s",
+)
 
 
-def build_optimizer(opt: OptimizerConfig) -> optax.GradientTransformationExtraArgs:
-    """Call the function named by ``optimizer._target_`` with the config's hyperparameters.
-
-    Adding a method is one function returning an optax transformation plus one YAML
-    file in ``configs/optimizer/`` naming it.  Plain optax transformations (SGD) get
-    ``with_extra_args_support`` so that every optimizer is called the same way.
-    """
-    module_name, _, attr = opt.target.rpartition(".")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):
-        raise ConfigError(f"optimizer._target_ = {opt.target!r} is invalid: no such function") from None
-    accepted = inspect.signature(fn).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    for key in opt.kwargs:
-        if key not in accepted and not takes_any:
-            allowed = ", ".join(k for k in accepted if k not in ("self",))
-            raise ConfigError(f"optimizer.{key} is not a parameter of {opt.target}; it takes: {allowed}")
-    try:
-        tx = fn(**opt.kwargs)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"optimizer ({opt.name}): {err}") from None
-    return optax.with_extra_args_support(tx)
-
-
-def prepare(cfg: Mapping[str, Any]) -> tuple[RunConfig, optax.GradientTransformationExtraArgs]:
+def prepare(cfg: Mapping[str, Any]) -> tuple[ValidConfig, optax.GradientTransformationExtraArgs]:
     """Validate everything that can be checked without data; raise ConfigError otherwise."""
     rc = validate(cfg)
     jax.config.update("jax_enable_x64", rc.x64)
     return rc, build_optimizer(rc.optimizer)
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to mix a new run into a directory that already holds one."""
-    summary = run_dir / runs.SUMMARY_FILE
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two configs, budgets and bookkeeping aside."""
+    a, b = _flatten(_plain(old)), _flatten(_plain(new))
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")
+                  and not k.startswith(RESUMABLE_KEYS))
+
+
+def check_run_dir(run_dir: Path, cfg: Mapping[str, Any], resume: bool) -> None:
+    """Refuse to mix a new run, or a run of another configuration, into ``run_dir``."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} is an existing file; choose another with hydra.run.dir=<dir>")
+    summary, config = run_dir / runs.SUMMARY_FILE, run_dir / runs.CONFIG_FILE
+    differing: list[str] = []
+    if config.exists():
+        try:
+            differing = config_differences(yaml.safe_load(config.read_text()) or {}, cfg)
+        except yaml.YAMLError:
+            raise ConfigError(f"{config} is unreadable; start the run in a new directory (hydra.run.dir=<dir>)") from None
+    if differing:
+        shown = ", ".join(differing[:6]) + (" ..." if len(differing) > 6 else "")
+        raise ConfigError(f"run directory {run_dir} holds a run with another configuration (differs in: {shown}); "
+                          "start this one elsewhere with hydra.run.dir=<dir>")
     if resume or not summary.exists():
         return
-    status = json.loads(summary.read_text()).get("status", "unknown")
-    raise ConfigError(
-        f"run directory {run_dir} already holds a run (status: {status}); continue it with "
-        "trainer.resume=true, or start a new one elsewhere with hydra.run.dir=<dir>"
-    )
+    try:
+        status = json.loads(summary.read_text()).get("status", "unknown")
+    except (OSError, ValueError):
+        status = "unreadable summary"
+    raise ConfigError(f"run directory {run_dir} already holds this run (status: {status}); continue it with "
+                      "trainer.resume=true, or start a new one elsewhere with hydra.run.dir=<dir>")
 
 
 def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
     """Run one experiment into ``run_dir`` and return its summary (also in summary.json)."""
-    from second_order.suite.data import load_mnist  # imported here: config errors surface before any data I/O
+    from second_order.suite.data import load_mnist  # here: config errors surface before any data I/O
 
     run_dir = Path(run_dir)
     rc, tx = prepare(cfg)
-    check_run_dir(run_dir, rc.trainer.resume)
+    check_run_dir(run_dir, cfg, rc.trainer.resume)
     data = load_mnist(rc.data.dir, verify_checksums=rc.data.verify_checksums)
+    n_train, n_test = len(data.train_labels), len(data.test_labels)
+    if rc.trainer.batch_size > n_train:
+        raise ConfigError(f"trainer.batch_size = {rc.trainer.batch_size} is invalid: must be at most the "
+                          f"{n_train} training examples")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / runs.CONFIG_FILE).write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
-    runs.write_json(run_dir / runs.ENV_FILE, environment.record())
+    resuming = rc.trainer.resume and checkpoint.exists(run_dir)
+    if not (run_dir / runs.CONFIG_FILE).exists():
+        runs.write_text(run_dir / runs.CONFIG_FILE, yaml.safe_dump(_plain(cfg), sort_keys=False))
 
-    model = MLP(hidden=rc.model.hidden, num_classes=rc.model.num_classes)
+    model = MLP(hidden=tuple(rc.model.hidden), num_classes=rc.model.num_classes)
     abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_images[:1])["params"]
     diag_names = list(collect_diagnostics(jax.eval_shape(tx.init, abstract_params)))
-    resuming = rc.trainer.resume and checkpoint.exists(run_dir)
-    wandb = _wandb_logger(rc, run_dir, cfg, resuming)
+    previous = _read_summary(run_dir) if resuming else {}
+    wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id"))
     logger = RunLogger(run_dir, diag_names, wandb)
+    per_epoch = n_train // rc.trainer.batch_size
     base = {
         "optimizer": rc.optimizer.name,
         "experiment": rc.experiment_name,
         "seed": rc.seed,
         "param_count": int(sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract_params))),
         "wandb_run_id": getattr(wandb, "run_id", None),
+        "dataset": "mnist",
+        "model": describe_mlp(int(np.prod(data.train_images.shape[1:])), rc.model.hidden, rc.model.num_classes),
+        "train_examples": n_train,
+        "test_examples": n_test,
+        "batch_size": rc.trainer.batch_size,
+        "epochs": rc.trainer.epochs,
+        "steps_per_epoch": per_epoch,
+        "protocol_steps": rc.trainer.epochs * per_epoch,
+        "x64": rc.x64,
     }
-    runs.write_json(run_dir / runs.SUMMARY_FILE, {**base, "status": "running"})
-    settings = TrainSettings(**{k: getattr(rc.trainer, k) for k in TrainSettings.__dataclass_fields__})
+    record = environment.record()
+    start = checkpoint.latest_step(run_dir) if resuming else 0
+    environment.append_segment(run_dir / runs.ENV_FILE, record, start)
+    # Earlier segments, cut at the checkpoint this one continues from (later rows are redone).
+    segments = [{**s, "end_step": min(int(s.get("end_step") or 0), start)}
+                for s in previous.get("segments") or [] if int(s.get("start_step", 0)) < start]
+    runs.write_json(run_dir / runs.SUMMARY_FILE, {**previous, **base, "status": "running", "segments": segments})
     try:
-        outcome = fit(model=model, tx=tx, data=data, settings=settings, seed=rc.seed, run_dir=run_dir, logger=logger)
+        outcome = fit(model=model, tx=tx, data=data, settings=rc.trainer, seed=rc.seed, run_dir=run_dir,
+                      logger=logger)
     finally:
         logger.close()
+    segments.append({"start_step": outcome.start_step, "end_step": outcome.steps, "backend": record["backend"],
+                     "device_kind": record["device_kind"], "host": record["host"]})
     steps = runs.read_table(run_dir / runs.STEPS_FILE)
     summary = {
         **base,
@@ -114,6 +147,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
         "diverged": outcome.status == "diverged",
         "diverged_step": outcome.diverged_step,
         "signal": outcome.signal,
+        "segments": segments,
     }
     runs.write_json(run_dir / runs.SUMMARY_FILE, summary)
     if wandb is not None:
@@ -122,25 +156,30 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
     return summary
 
 
-def _wandb_logger(rc: RunConfig, run_dir: Path, cfg: Mapping[str, Any], resuming: bool):
-    if rc.wandb.mode == "disabled":
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((run_dir / runs.SUMMARY_FILE).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _wandb_logger(rc: ValidConfig, run_dir: Path, cfg: Mapping[str, Any], resume_id: str | None) -> Any:
+    w = rc.logger.wandb
+    if w.mode == "disabled":
         return None
     from second_order.suite.tracking.wandb_logger import WandbLogger
 
-    resume_id = None
-    if resuming and (run_dir / runs.SUMMARY_FILE).exists():
-        resume_id = json.loads((run_dir / runs.SUMMARY_FILE).read_text()).get("wandb_run_id")
     return WandbLogger(
-        mode=rc.wandb.mode,
-        project=rc.wandb.project,
-        entity=rc.wandb.entity,
+        mode=w.mode,
+        project=w.project,
+        entity=w.entity,
         run_dir=run_dir,
         name=f"{rc.experiment_name}/{rc.optimizer.name}/seed{rc.seed}",
         group=rc.experiment_name,
-        tags=[rc.optimizer.name, rc.experiment_name, *rc.wandb.tags],
+        tags=[rc.optimizer.name, rc.experiment_name, *w.tags],
         config=_plain(cfg),
         resume_id=resume_id,
-        init_timeout=rc.wandb.init_timeout_s,
+        init_timeout=w.init_timeout_s,
     )
 
 
@@ -148,4 +187,4 @@ def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in dict(cfg).items() if k != "hydra"}
 
 
-__all__ = ["run", "prepare", "build_optimizer", "param_count"]
+__all__ = ["run", "prepare", "build_optimizer", "check_run_dir", "config_differences", "RESUMABLE_KEYS"]

@@ -37,5 +37,10 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
 
+def describe_mlp(inputs: int, hidden: Sequence[int], num_classes: int) -> str:
+    """``"MLP 784-10-10"``: the layer widths, for captions and tables."""
+    return "MLP " + "-".join(str(w) for w in (inputs, *hidden, num_classes))
+
+
 def param_count(params) -> int:
     return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

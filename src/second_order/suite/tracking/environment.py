@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import socket
 import subprocess
@@ -51,3 +52,23 @@ def record() -> dict[str, Any]:
         "git_commit": git_commit(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def append_segment(path: Path, record_now: dict[str, Any], start_step: int) -> None:
+    """Add this (re)start to ``environment.json``; never overwrite earlier segments.
+
+    The file keeps the first segment's record at top level (where older readers look)
+    and every segment ever started, each with its ``start_step``, under ``segments``.
+    """
+    from second_order.suite.tracking.runs import write_json
+
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            data = {}
+    segments = list(data.get("segments") or ([{"start_step": 0, **data}] if data else []))
+    segments.append({"start_step": int(start_step), **record_now})
+    top = {k: v for k, v in (data or record_now).items() if k != "segments"}
+    write_json(path, {**top, "segments": segments})

@@ -3,7 +3,8 @@
 A run directory holds::
 
     config.yaml        the resolved Hydra config of the run
-    environment.json   package versions, device, git commit, host
+    environment.json   package versions, device, git commit, host; one record per segment
+                       (a run resumed on another machine has several)
     steps.csv          one row per optimizer step: step, epoch, train_loss, time_s, <diagnostics>
     eval.csv           one row per evaluation: epoch, step, time_s, test_loss, test_acc
     summary.json       final numbers and status (see ``SUMMARY_KEYS``)
@@ -20,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -54,6 +56,17 @@ SUMMARY_KEYS = (
     "signal",
     "wandb_run_id",
     "error",
+    # the protocol, so that readers never assume a dataset or model
+    "dataset",
+    "model",
+    "train_examples",
+    "test_examples",
+    "batch_size",
+    "epochs",
+    "steps_per_epoch",
+    "protocol_steps",  # epochs x steps_per_epoch: the steps of a complete run
+    "x64",
+    "segments",  # one entry per (re)start: start_step, end_step, backend, device_kind, host
 )
 
 
@@ -66,7 +79,12 @@ class CsvLog:
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists:
             with open(self.path, newline="") as f:
-                header = next(csv.reader(f))
+                first = f.readline()
+            if not first.endswith(("\n", "\r")):  # a header torn by a kill: start the table again
+                self.path.write_text("")
+                exists = False
+        if exists:
+            header = next(csv.reader([first]))
             if tuple(header) != self.columns:
                 raise ValueError(
                     f"{self.path}: existing columns {header} differ from {list(self.columns)}; "
@@ -104,23 +122,57 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _complete_rows(path: Path) -> tuple[list[str], list[list[str]], int]:
+    """Header, complete data rows and the number of torn rows dropped.
+
+    A row is torn when a kill interrupted its write: it is the last line and has no
+    line terminator, or it has the wrong number of fields.  Such rows are dropped.
+    """
+    with open(path, newline="") as f:
+        text = f.read()
+    if not text:
+        return [], [], 0
+    lines = text.splitlines(keepends=True)
+    torn = 0
+    if not lines[-1].endswith(("\n", "\r")):
+        lines, torn = lines[:-1], 1
+    rows = list(csv.reader(lines))
+    if not rows:
+        return [], [], torn
+    header, body = rows[0], [r for r in rows[1:] if r]
+    complete = [r for r in body if len(r) == len(header)]
+    return header, complete, torn + len(body) - len(complete)
+
+
 def truncate_after_step(path: Path | str, last_step: int) -> None:
-    """Drop rows whose ``step`` column exceeds ``last_step`` (used when resuming)."""
+    """Keep only complete rows whose ``step`` is at most ``last_step`` (used when resuming)."""
     path = Path(path)
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
+    header, body, _ = _complete_rows(path)
+    if not header:
+        path.unlink()
         return
-    header, body = rows[0], rows[1:]
     i = header.index("step")
-    kept = [r for r in body if r and int(float(r[i])) <= last_step]
+    kept = [r for r in body if _parse(r[i]) <= last_step]
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text(path: Path | str, text: str) -> None:
+    """Write a text file atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -149,15 +201,16 @@ def _json_safe(x: Any) -> Any:
 
 
 def read_table(path: Path | str) -> dict[str, np.ndarray]:
-    """Read a CSV table written by :class:`CsvLog` into column arrays (float)."""
+    """Read a CSV table written by :class:`CsvLog` into column arrays (float).
+
+    Torn rows (a write cut short by a kill) are dropped with a warning naming the file.
+    """
     path = Path(path)
     if not path.exists():
         return {}
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return {}
-    header, body = rows[0], [r for r in rows[1:] if r]
+    header, body, torn = _complete_rows(path)
+    if torn:
+        warnings.warn(f"{path}: dropped {torn} torn row(s) (a write cut short)", stacklevel=2)
     cols: dict[str, np.ndarray] = {}
     for j, name in enumerate(header):
         cols[name] = np.array([_parse(r[j]) for r in body], dtype=np.float64)

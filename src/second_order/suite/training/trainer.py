@@ -1,53 +1,35 @@
-"""One trainer for every optimizer: jitted chunks of steps, honest time, durable logs.
+"""One trainer for every optimizer: jitted chunks of steps, an honest clock, durable logs.
 
-The trainer knows nothing optimizer-specific.  Every optimizer is an optax
-``GradientTransformationExtraArgs`` and is handed the same extra arguments for the
-current mini-batch: ``value_fn`` (params → loss), ``predict_fn`` (params → logits)
-and ``output_loss_fn`` (logits → loss).  Whatever diagnostics its state carries
-(:func:`second_order.optim.collect_diagnostics`) are logged per step.
-
-Hot loop: ``lax.scan`` over a chunk of ``chunk_steps`` steps, the whole dataset on
-the device, batches gathered on the device from a per-epoch permutation derived
-from the seed.  The optimizer clock runs only around the compiled chunk (after
-ahead-of-time compilation and one discarded warm-up execution per chunk shape,
-until ``block_until_ready``); compilation (with that warm-up), evaluation,
-logging and checkpointing have their own clocks.  Each epoch has
-``n_train // batch_size`` steps: the last partial batch (32 images at batch 64) is
-dropped, and since every epoch reshuffles, no image is systematically left out.
+``fit`` is a loop over chunks: the :class:`~.sampler.EpochSampler` says which
+batches come next, :class:`TimedChunks` runs them (compiled ahead of time, one
+discarded warm-up per chunk shape, the optimizer clock stopped after
+``block_until_ready``), the :class:`~.stop.StopPolicy` and
+:class:`~.stop.StopSignals` say when to stop, and :mod:`.checkpoint` commits the
+state after each evaluation, every ``checkpoint_every_s`` and on stop.  The step
+itself and the optimizer contract are in :mod:`.step`.  Compilation (with the
+warm-up), evaluation, logging and checkpointing have their own clocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from second_order.suite.config import TrainerConfig
 from second_order.suite.training import checkpoint as ckpt
 from second_order.suite.training.clock import Clock
-from second_order.suite.model import accuracy, cross_entropy
-from second_order.optim import collect_diagnostics
+from second_order.suite.training.sampler import EpochSampler
+from second_order.suite.training.step import make_chunk_fn, make_eval_fn
+from second_order.suite.training.stop import StopPolicy, StopSignals, finite_prefix
 from second_order.suite.tracking.run_logger import RunLogger
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    epochs: int
-    batch_size: int
-    max_steps: int | None = None
-    max_time_s: float | None = None
-    eval_every: int = 1
-    chunk_steps: int = 100
-    checkpoint_every_s: float = 300.0
-    resume: bool = False
-    progress: bool = True
 
 
 @dataclasses.dataclass
@@ -55,7 +37,9 @@ class Outcome:
     """How the run ended: ``status`` is completed | diverged | interrupted | budget."""
 
     status: str
+    start_step: int
     steps: int
+    steps_per_epoch: int
     epochs_completed: int
     diverged_step: int | None
     signal: int | None
@@ -63,100 +47,42 @@ class Outcome:
     clock: dict[str, float]
 
 
-def _make_chunk_fn(apply_fn: Callable, tx: optax.GradientTransformationExtraArgs) -> Callable:
-    """(params, opt_state, X, Y, idx[K, B]) → (params, opt_state, losses[K], params_ok, diagnostics{[K]}).
+class TimedChunks:
+    """Runs compiled chunks with compilation and warm-up off the optimizer clock."""
 
-    ``params_ok`` says whether the parameters after the chunk are all finite; a
-    non-finite parameter makes every later loss non-finite, so per-step losses plus
-    this one flag locate a divergence without a per-step reduction over parameters.
-    """
+    def __init__(self, chunk_fn: Any, clock: Clock):
+        self.chunk_fn, self.clock = chunk_fn, clock
+        self.compiled: dict[int, Any] = {}
 
-    def chunk(params, opt_state, x_all, y_all, idx):
-        def one_step(carry, batch_idx):
-            params, opt_state = carry
-            x, y = x_all[batch_idx], y_all[batch_idx]
-
-            def predict_fn(p):
-                return apply_fn({"params": p}, x)
-
-            def output_loss_fn(logits):
-                return cross_entropy(logits, y)
-
-            def value_fn(p):
-                return output_loss_fn(predict_fn(p))
-
-            loss, grads = jax.value_and_grad(value_fn)(params)
-            updates, opt_state = tx.update(
-                grads, opt_state, params, value_fn=value_fn, predict_fn=predict_fn, output_loss_fn=output_loss_fn
-            )
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state), (loss, collect_diagnostics(opt_state))
-
-        (params, opt_state), (losses, diags) = jax.lax.scan(one_step, (params, opt_state), idx)
-        return params, opt_state, losses, _all_finite(params), diags
-
-    # Donating params/opt_state lets XLA update them in place (unsupported on CPU).
-    donate = (0, 1) if jax.default_backend() != "cpu" else ()
-    return jax.jit(chunk, donate_argnums=donate)
-
-
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
-def _make_eval_fn(apply_fn: Callable) -> Callable:
-    def evaluate(params, x, y):
-        logits = apply_fn({"params": params}, x)
-        return cross_entropy(logits, y), accuracy(logits, y)
-
-    return jax.jit(evaluate)
-
-
-class _StopSignals:
-    """Turns SIGINT/SIGTERM into a flag checked between chunks (restored on exit)."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopSignals":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        del frame
-        self.received = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    def __call__(self, params: Any, opt_state: Any, x: jax.Array, y: jax.Array, idx: jax.Array) -> Any:
+        k = int(idx.shape[0])
+        if k not in self.compiled:
+            with self.clock.measure("compile"):
+                self.compiled[k] = self.chunk_fn.lower(params, opt_state, x, y, idx).compile()
+                # The first execution pays one-time costs (buffers, thread pools): run it on
+                # copies and discard the result, so that it stays off the time axis.
+                copies = jax.tree_util.tree_map(jnp.copy, (params, opt_state))
+                jax.block_until_ready(self.compiled[k](*copies, x, y, idx))
+        with self.clock.measure("train"):
+            return jax.block_until_ready(self.compiled[k](params, opt_state, x, y, idx))
 
 
 def fit(
-    *,
-    model: Any,
-    tx: optax.GradientTransformationExtraArgs,
-    data: Any,
-    settings: TrainSettings,
-    seed: int,
-    run_dir: Path,
-    logger: RunLogger,
+    *, model: Any, tx: optax.GradientTransformationExtraArgs, data: Any, settings: TrainerConfig, seed: int,
+    run_dir: Path, logger: RunLogger,
 ) -> Outcome:
-    """Train ``model`` with ``tx`` on ``data`` (arrays with train/test images and labels)."""
+    """Train ``model`` with ``tx`` on ``data`` (train/test images and labels) into ``run_dir``."""
     clock = Clock()
     with clock.measure("setup"):
         x_train, y_train = jax.device_put(data.train_images), jax.device_put(data.train_labels)
         x_test, y_test = jax.device_put(data.test_images), jax.device_put(data.test_labels)
-        n_train, batch = x_train.shape[0], settings.batch_size
-        steps_per_epoch = n_train // batch
-        total_steps = settings.epochs * steps_per_epoch
-        if settings.max_steps is not None:
-            total_steps = min(total_steps, settings.max_steps)
         init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
+        sampler = EpochSampler(data_key, int(x_train.shape[0]), settings.batch_size)
+        per_epoch = sampler.steps_per_epoch
+        last_step = settings.epochs * per_epoch
+        if settings.max_steps is not None:
+            last_step = min(last_step, settings.max_steps)
+        policy = StopPolicy(last_step, settings.max_time_s)
         params = model.init(init_key, x_train[:1])["params"]
         opt_state = tx.init(params)
         step, meta = 0, {}
@@ -164,69 +90,51 @@ def fit(
             params, opt_state, meta = ckpt.load(run_dir, params, opt_state)
             step = int(meta["step"])
             clock = Clock(meta["clock"])
-            logger.truncate_after(step)
-        chunk_fn = _make_chunk_fn(model.apply, tx)
-        eval_fn = _make_eval_fn(model.apply)
-    compiled: dict[int, Any] = {}
+        logger.truncate_after(step)  # rows past the checkpoint (or all rows: no checkpoint) are redone
+        run_chunk = TimedChunks(make_chunk_fn(model.apply, tx), clock)
+        eval_fn = make_eval_fn(model.apply)
+    start_step = step
     last_eval: dict[str, float] = dict(meta.get("last_eval", {}))
     status, diverged_step = "completed", None
     last_ckpt = time.monotonic()
-    perm_epoch, perm = -1, None
-    bar = _progress(settings.progress, total_steps, step)
+    bar = _progress(settings.progress, last_step, step)
 
-    def evaluate(epoch_done: int) -> None:
+    def evaluate() -> None:
         with clock.measure("eval"):
             loss, acc = jax.device_get(eval_fn(params, x_test, y_test))
-        last_eval.update(epoch=epoch_done, step=step, test_loss=float(loss), test_acc=float(acc))
+        epoch = step // per_epoch
+        last_eval.update(epoch=epoch, step=step, test_loss=float(loss), test_acc=float(acc))
         with clock.measure("log"):
-            logger.log_eval(epoch_done, step, clock["train"], float(loss), float(acc))
+            logger.log_eval(epoch, step, clock["train"], float(loss), float(acc))
 
     def save_checkpoint() -> None:
         with clock.measure("checkpoint"):
             logger.flush(durable=True)
             ckpt.save(run_dir, params, opt_state, {"step": step, "clock": clock.state(), "last_eval": last_eval})
 
-    with _StopSignals() as signals:
-        while step < total_steps:
-            if settings.max_time_s is not None and clock["train"] >= settings.max_time_s:
+    with StopSignals() as signals:
+        while step < policy.last_step:
+            if policy.out_of_time(clock["train"]):
                 status = "budget"  # checked before a chunk too, so a resumed run keeps its budget
                 break
-            epoch, pos = divmod(step, steps_per_epoch)
-            if epoch != perm_epoch:
-                perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)[
-                    : steps_per_epoch * batch
-                ].reshape(steps_per_epoch, batch)
-                perm_epoch = epoch
-            k = min(settings.chunk_steps - pos % settings.chunk_steps, steps_per_epoch - pos, total_steps - step)
-            idx = perm[pos : pos + k]
-            if k not in compiled:
-                with clock.measure("compile"):
-                    compiled[k] = chunk_fn.lower(params, opt_state, x_train, y_train, idx).compile()
-                    # The first execution pays one-time costs (buffer allocation, thread pools):
-                    # run it on copies and discard the result, so it stays off the time axis.
-                    state_copy = jax.tree_util.tree_map(jnp.copy, (params, opt_state))
-                    jax.block_until_ready(compiled[k](*state_copy, x_train, y_train, idx))
+            idx = sampler.chunk(step, settings.chunk_steps, policy.last_step)
             t0 = clock["train"]
-            with clock.measure("train"):
-                out = compiled[k](params, opt_state, x_train, y_train, idx)
-                out = jax.block_until_ready(out)
-            params, opt_state, losses, params_ok, diags = out
+            params, opt_state, losses, params_ok, diags = run_chunk(params, opt_state, x_train, y_train, idx)
             with clock.measure("log"):
                 losses, params_ok, diags = jax.device_get((losses, params_ok, diags))
-                ok = np.isfinite(losses)
-                ok[-1] &= bool(params_ok)  # bad parameters after the last step of the chunk
-                n_ok = k if ok.all() else int(np.argmin(ok)) + 1  # keep the first bad step's row
+                k = len(losses)
+                n_ok = finite_prefix(losses, bool(params_ok))
                 times = t0 + (clock["train"] - t0) * np.arange(1, k + 1) / k
-                logger.log_steps(step + np.arange(1, n_ok + 1), epoch, losses[:n_ok], times[:n_ok],
+                logger.log_steps(step + np.arange(1, n_ok + 1), step // per_epoch, losses[:n_ok], times[:n_ok],
                                  {name: v[:n_ok] for name, v in diags.items()})
                 bar.update(n_ok)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(losses[n_ok - 1]):.4f}", refresh=False)
+                bar.set_postfix(epoch=step // per_epoch + 1, loss=f"{float(losses[n_ok - 1]):.4f}", refresh=False)
             step += n_ok
-            if not ok.all():
+            if not (bool(params_ok) and np.isfinite(losses).all()):
                 status, diverged_step = "diverged", step
                 break
-            if step % steps_per_epoch == 0 and ((step // steps_per_epoch) % settings.eval_every == 0):
-                evaluate(step // steps_per_epoch)
+            if step % per_epoch == 0 and (step // per_epoch) % settings.eval_every == 0:
+                evaluate()
                 save_checkpoint()
                 last_ckpt = time.monotonic()
             elif time.monotonic() - last_ckpt > settings.checkpoint_every_s:
@@ -236,25 +144,23 @@ def fit(
                 status = "interrupted"
                 break
         bar.close()
-        if status == "completed" and settings.max_steps is not None and step < settings.epochs * steps_per_epoch:
+        if status == "completed" and step < settings.epochs * per_epoch:
             status = "budget"
-        if last_eval.get("step") != step and status != "diverged":
-            evaluate(step // steps_per_epoch)
+        # A finished run ends with an evaluation of its final parameters; an interrupted
+        # one does not (a resumed run must log exactly what an uninterrupted one logs).
+        if status in ("completed", "budget") and last_eval.get("step") != step:
+            evaluate()
         if status != "diverged":
             save_checkpoint()
         logger.flush(durable=True)
     return Outcome(
-        status=status,
-        steps=step,
-        epochs_completed=step // steps_per_epoch,
-        diverged_step=diverged_step,
-        signal=signals.received,
-        last_eval=last_eval,
-        clock=clock.state(),
+        status=status, start_step=start_step, steps=step, steps_per_epoch=per_epoch,
+        epochs_completed=step // per_epoch, diverged_step=diverged_step, signal=signals.received,
+        last_eval=last_eval, clock=clock.state(),
     )
 
 
-def _progress(enabled: bool, total: int, initial: int):
+def _progress(enabled: bool, total: int, initial: int) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=1.0)

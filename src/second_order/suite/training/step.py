@@ -1,0 +1,107 @@
+"""One training step, and the contract between the trainer and every optimizer.
+
+The optimizer contract
+----------------------
+Every optimizer is an optax ``GradientTransformationExtraArgs`` and is called as ::
+
+    updates, opt_state = tx.update(grads, opt_state, params, **loss_functions(...))
+
+with the same three keyword arguments for the current mini-batch, whatever the
+optimizer (each one takes what it needs and ignores the rest):
+
+* ``value_fn``: ``params → scalar`` mini-batch loss ``L(w)`` (Hessian-vector
+  products, line searches, ratios ρ);
+* ``predict_fn``: ``params → outputs`` ``z = f(w)``, the logits of the batch
+  (Gauss-Newton, K-FAC-style methods);
+* ``output_loss_fn``: ``outputs → scalar`` ``ℓ(z)``, so ``L = ℓ ∘ f``.
+
+Whatever diagnostics the optimizer's state carries
+(:func:`second_order.optim.collect_diagnostics`) are returned per step and logged;
+the trainer knows nothing optimizer-specific.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from second_order.optim import collect_diagnostics
+from second_order.suite.model import cross_entropy
+
+PyTree = Any
+ApplyFn = Callable[..., jax.Array]
+
+
+class LossFunctions(NamedTuple):
+    """The extra arguments every optimizer's ``update`` receives (see the module docstring)."""
+
+    value_fn: Callable[[PyTree], jax.Array]
+    predict_fn: Callable[[PyTree], jax.Array]
+    output_loss_fn: Callable[[jax.Array], jax.Array]
+
+
+def loss_functions(apply_fn: ApplyFn, x: jax.Array, y: jax.Array) -> LossFunctions:
+    """The batch ``(x, y)``'s loss as ``value_fn = output_loss_fn ∘ predict_fn``."""
+
+    def predict_fn(params: PyTree) -> jax.Array:
+        return apply_fn({"params": params}, x)
+
+    def output_loss_fn(logits: jax.Array) -> jax.Array:
+        return cross_entropy(logits, y)
+
+    def value_fn(params: PyTree) -> jax.Array:
+        return output_loss_fn(predict_fn(params))
+
+    return LossFunctions(value_fn, predict_fn, output_loss_fn)
+
+
+def train_step(
+    params: PyTree, opt_state: Any, batch: tuple[jax.Array, jax.Array], *, apply_fn: ApplyFn,
+    tx: optax.GradientTransformationExtraArgs,
+) -> tuple[PyTree, Any, jax.Array, dict[str, jax.Array]]:
+    """One optimizer step on ``batch = (images, labels)``: new params, state, loss, diagnostics."""
+    fns = loss_functions(apply_fn, *batch)
+    loss, grads = jax.value_and_grad(fns.value_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params, **fns._asdict())
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, loss, collect_diagnostics(opt_state)
+
+
+def make_chunk_fn(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs) -> Callable[..., Any]:
+    """Jitted ``(params, opt_state, X, Y, idx[K, B]) → (params, opt_state, losses[K], params_ok, diagnostics{[K]})``.
+
+    ``lax.scan`` of :func:`train_step` over the ``K`` batches ``X[idx[k]]``, the
+    dataset resident on the device.  ``params_ok`` says whether the parameters after
+    the chunk are all finite: a non-finite parameter makes every later loss
+    non-finite, so per-step losses plus this one flag locate a divergence.
+    """
+
+    def chunk(params, opt_state, x_all, y_all, idx):
+        def body(carry, batch_idx):
+            p, s = carry
+            p, s, loss, diagnostics = train_step(p, s, (x_all[batch_idx], y_all[batch_idx]), apply_fn=apply_fn, tx=tx)
+            return (p, s), (loss, diagnostics)
+
+        (params, opt_state), (losses, diagnostics) = jax.lax.scan(body, (params, opt_state), idx)
+        return params, opt_state, losses, all_finite(params), diagnostics
+
+    donate = (0, 1) if jax.default_backend() != "cpu" else ()  # in-place updates (unsupported on CPU)
+    return jax.jit(chunk, donate_argnums=donate)
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def make_eval_fn(apply_fn: ApplyFn) -> Callable[..., Any]:
+    """Jitted ``(params, X, Y) → (mean loss, accuracy)`` over a whole split."""
+    from second_order.suite.model import accuracy
+
+    def evaluate(params, x, y):
+        logits = apply_fn({"params": params}, x)
+        return cross_entropy(logits, y), accuracy(logits, y)
+
+    return jax.jit(evaluate)

@@ -1,0 +1,205 @@
+"""Runs that cannot be corrupted: atomic checkpoints, refused resumes, torn rows, segments."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, compose_config
+from second_order.suite import experiment
+from second_order.suite.config import ConfigError
+from second_order.suite.tracking import runs
+from second_order.suite.training import checkpoint
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+SAVER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from second_order.suite.training import checkpoint
+    run_dir, step = sys.argv[1], 0
+    while True:
+        step += 1
+        params = {"w": np.full(2000, float(step)), "b": {"c": np.full(3, float(step))}}
+        checkpoint.save(run_dir, params, {"count": np.int32(step)}, {"step": step, "clock": {"train": step}})
+        if step == 1:
+            print("saving", flush=True)
+""")
+
+
+def test_checkpoint_killed_at_any_instant_is_old_or_new_never_mixed(tmp_path):
+    template = ({"w": np.zeros(2000), "b": {"c": np.zeros(3)}}, {"count": np.int32(0)})
+    last = 0
+    for delay in (0.0, 0.001, 0.002, 0.003, 0.005, 0.008, 0.013, 0.021, 0.034):  # kill -9 at many instants
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"saving\n"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if not checkpoint.exists(tmp_path):
+            continue
+        params, opt_state, meta = checkpoint.load(tmp_path, *template)
+        step = meta["step"]
+        assert np.all(params["w"] == step) and np.all(params["b"]["c"] == step) and int(opt_state["count"]) == step
+        last = max(last, step)
+    assert last > 1, "no checkpoint after the first was ever committed: the test did not test anything"
+
+
+def test_checkpoint_ignores_uncommitted_directories(tmp_path):
+    params = {"w": np.arange(3.0)}
+    checkpoint.save(tmp_path, params, {"n": np.int32(1)}, {"step": 5, "clock": {}})
+    torn = tmp_path / checkpoint.DIR / ".tmp-step_000000009-123"
+    torn.mkdir()
+    (torn / checkpoint.STATE_FILE).write_bytes(b"\x00garbage")
+    assert checkpoint.latest_step(tmp_path) == 5
+    _, _, meta = checkpoint.load(tmp_path, params, {"n": np.int32(0)})
+    assert meta["step"] == 5
+    checkpoint.save(tmp_path, params, {"n": np.int32(1)}, {"step": 7, "clock": {}})
+    names = sorted(p.name for p in (tmp_path / checkpoint.DIR).iterdir())
+    assert names == ["step_000000007"]  # older and uncommitted ones are gone after a commit
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "no_meta"])
+def test_unusable_checkpoint_names_the_file(tmp_path, damage):
+    params = {"w": np.arange(300.0)}
+    d = checkpoint.save(tmp_path, params, {"n": np.int32(1)}, {"step": 3, "clock": {}})
+    state = d / checkpoint.STATE_FILE
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[:100])
+    elif damage == "garbage":
+        state.write_bytes(os.urandom(64))
+    elif damage == "empty":
+        state.write_bytes(b"")
+    else:
+        (d / checkpoint.META_FILE).unlink()
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load(tmp_path, params, {"n": np.int32(0)})
+    assert str(d) in str(err.value) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- CSV rows
+
+
+def test_torn_last_row_is_dropped_by_readers_and_by_resume(tmp_path):
+    path = tmp_path / runs.STEPS_FILE
+    path.write_text("step,epoch,train_loss,time_s\r\n1,0,2.3,0.1\r\n2,0,2.2,0.2\r\n3,0,2.")
+    with pytest.warns(UserWarning, match="torn"):
+        table = runs.read_table(path)
+    np.testing.assert_array_equal(table["step"], [1, 2])
+    path.write_text("step,epoch,train_loss,time_s\r\n1,0,2.3,0.1\r\n2,0\r\n")  # a short row
+    with pytest.warns(UserWarning, match="torn"):
+        assert len(runs.read_table(path)["step"]) == 1
+    path.write_text("step,epoch,train_loss,time_s\r\n1,0,2.3,0.1\r\n2,0,2.2,0.2\r\n3,0,2.")
+    runs.truncate_after_step(path, 10)
+    assert path.read_bytes() == b"step,epoch,train_loss,time_s\r\n1,0,2.3,0.1\r\n2,0,2.2,0.2\r\n"
+
+
+def test_torn_header_starts_the_table_again(tmp_path):
+    path = tmp_path / runs.EVAL_FILE
+    path.write_text("epoch,st")
+    log = runs.CsvLog(path, runs.EVAL_COLUMNS)
+    log.write_rows([(1, 937, 1.0, 0.5, 0.9)])
+    log.close()
+    assert path.read_text().splitlines() == [",".join(runs.EVAL_COLUMNS), "1,937,1.0,0.5,0.9"]
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def fake_run_dir(tmp_path: Path, overrides: list[str]) -> Path:
+    cfg = compose_config(overrides)
+    (tmp_path / runs.CONFIG_FILE).write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "hydra"}))
+    runs.write_json(tmp_path / runs.SUMMARY_FILE, {"status": "interrupted"})
+    return tmp_path
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_run_of_another_configuration_is_refused_naming_the_keys(tmp_path, resume):
+    base = ["optimizer=hessian_free", "data.dir=/nonexistent"]
+    run_dir = fake_run_dir(tmp_path, base + ["optimizer.damping=1"])
+    with pytest.raises(ConfigError) as err:
+        experiment.run(compose_config(base + ["optimizer.damping=4", f"trainer.resume={resume}"]), run_dir)
+    message = str(err.value)
+    assert "optimizer.damping" in message and "trainer.resume=true" not in message
+    with pytest.raises(ConfigError, match="optimizer._target_.*optimizer.name"):
+        experiment.run(compose_config(["optimizer=sgd", "data.dir=/nonexistent", "trainer.resume=true"]), run_dir)
+
+
+def test_budgets_and_bookkeeping_may_change_on_resume():
+    old = compose_config(["optimizer=sgd"])
+    new = compose_config(["optimizer=sgd", "trainer.max_steps=9", "trainer.max_time_s=3", "trainer.resume=true",
+                          "logger.wandb.mode=disabled", "data.dir=/elsewhere", "trainer.progress=false"])
+    assert experiment.config_differences(old, new) == []
+    assert experiment.config_differences(old, compose_config(["optimizer=sgd", "seed=1"])) == ["seed"]
+
+
+def test_single_runs_with_different_overrides_never_share_a_directory():
+    from hydra import compose, initialize_config_dir
+
+    dirs = set()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        for damping in (1, 4):
+            cfg = compose("config", overrides=["optimizer=hessian_free", f"optimizer.damping={damping}"],
+                          return_hydra_config=True)
+            from hydra.core.hydra_config import HydraConfig
+
+            HydraConfig.instance().set_config(cfg)
+            dirs.add(str(cfg.hydra.run.dir))
+    assert len(dirs) == 2, dirs
+
+
+SMALL = ["optimizer=sgd", "trainer.chunk_steps=10", "logger.wandb.mode=disabled", "trainer.progress=false"]
+
+
+@pytest.mark.slow
+def test_resume_without_checkpoint_does_not_duplicate_rows(real_mnist_dir, tmp_path):
+    overrides = SMALL + [f"data.dir={real_mnist_dir}", "trainer.max_steps=30"]
+    experiment.run(compose_config(overrides), tmp_path)
+    import shutil
+
+    shutil.rmtree(tmp_path / checkpoint.DIR)  # as if killed before its first checkpoint
+    experiment.run(compose_config(overrides + ["trainer.resume=true"]), tmp_path)
+    steps = runs.read_table(tmp_path / runs.STEPS_FILE)["step"]
+    np.testing.assert_array_equal(steps, np.arange(1, 31))
+
+
+@pytest.mark.slow
+def test_resume_keeps_config_and_records_every_segment(real_mnist_dir, tmp_path):
+    overrides = SMALL + [f"data.dir={real_mnist_dir}"]
+    experiment.run(compose_config(overrides + ["trainer.max_steps=20"]), tmp_path)
+    config_before = (tmp_path / runs.CONFIG_FILE).read_text()
+    with open(tmp_path / runs.STEPS_FILE, "a") as f:
+        f.write("21,0,2.")  # a torn row left by a kill
+    summary = experiment.run(compose_config(overrides + ["trainer.max_steps=40", "trainer.resume=true"]), tmp_path)
+    assert (tmp_path / runs.CONFIG_FILE).read_text() == config_before
+    env = json.loads((tmp_path / runs.ENV_FILE).read_text())
+    assert [s["start_step"] for s in env["segments"]] == [0, 20]
+    assert [(s["start_step"], s["end_step"]) for s in summary["segments"]] == [(0, 20), (20, 40)]
+    np.testing.assert_array_equal(runs.read_table(tmp_path / runs.STEPS_FILE)["step"], np.arange(1, 41))
+    assert summary["protocol_steps"] == summary["epochs"] * summary["steps_per_epoch"]
+    assert summary["steps_per_epoch"] == summary["train_examples"] // summary["batch_size"]
+
+
+@pytest.mark.slow
+def test_missing_data_fails_when_ci_requires_it(tmp_path):
+    env = {**os.environ, "MNIST_DIR": str(tmp_path / "absent"), "SECOND_ORDER_REQUIRE_DATA": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_data.py::test_real_mnist"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout[-2000:]
+    env.pop("SECOND_ORDER_REQUIRE_DATA")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_data.py::test_real_mnist"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout[-2000:]
