@@ -4,23 +4,30 @@
     python scripts/make_figures.py RUN_ROOT [RUN_ROOT ...] --out results/ [--smooth 50] [--log-loss]
 
 Reads only what the trainer wrote (steps.csv, eval.csv, summary.json, config.yaml);
-it never trains.  Prints each file it wrote and one warning line per paper method
-without runs.
+it never trains.  Runs are grouped by optimizer and config (seeds of one experiment
+per group; see second_order.suite.report.grouping).  Prints each file it wrote and
+one warning line per problem: a paper method without runs (its figures are
+skipped), an unreadable run or torn CSV row (skipped, the rest is drawn), a run
+trained on several devices (left out of time axes).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from second_order.suite.report.figures import BANDS, MissingMethodWarning, make_all_figures
+from second_order.suite.report.figures import BANDS, make_all_figures
+from second_order.suite.report.grouping import group_runs
+from second_order.suite.report.loading import ReportWarning, load_runs
+from second_order.suite.report.runinfo import status_counts
 from second_order.suite.report.style import METHODS
-from second_order.suite.report.tables import group_by_method, status_counts, write_all_tables
-from second_order.suite.tracking.runs import Run, find_runs
+from second_order.suite.report.tables import write_all_tables
+from second_order.suite.tracking.runs import Run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,14 +69,33 @@ def convert_wandb_offline(root: Path, out_root: Path) -> Path:
     return out_root
 
 
+_PRINTED: set[str] = set()  # warnings already printed by this build
+
+
+@contextlib.contextmanager
+def warning_lines() -> Iterator[None]:
+    """Print each distinct report warning once, as one ``warning: ...`` line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReportWarning)
+        yield
+    for w in caught:
+        if not issubclass(w.category, ReportWarning):  # record=True caught everything: pass the rest on
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ReportWarning)):
+        if ": no runs;" not in message and message not in _PRINTED:  # missing methods: see describe()
+            print(f"warning: {message}", file=sys.stderr)
+            _PRINTED.add(message)
+
+
 def load(roots: Sequence[Path], experiment: str | None) -> list[Run]:
-    """Find runs below ``roots``, warning about empty roots and mixed experiments."""
+    """Find runs below ``roots``, warning about empty roots, bad runs and mixed experiments."""
     runs: list[Run] = []
-    for root in roots:
-        found = find_runs([root])
-        if not found:
-            print(f"warning: no run directories (summary.json) under {root}", file=sys.stderr)
-        runs += found
+    with warning_lines():
+        for root in roots:
+            found = load_runs([root])
+            if not found:
+                print(f"warning: no usable run directories (summary.json) under {root}", file=sys.stderr)
+            runs += found
     if experiment is not None:
         return [r for r in runs if r.experiment == experiment]
     names = sorted({r.experiment for r in runs})
@@ -79,19 +105,22 @@ def load(roots: Sequence[Path], experiment: str | None) -> list[Run]:
 
 
 def describe(runs: Sequence[Run]) -> None:
-    """One line per method found, and one warning line per paper method missing."""
-    groups = group_by_method(runs)
-    for method, group in groups.items():
-        seeds = ", ".join(str(r.seed) for r in group)
-        print(f"found {method}: {len(group)} run(s) ({status_counts(group)}); seeds {seeds}")
+    """One line per group of runs found, and one warning line per paper method missing."""
+    groups = group_runs(runs)
+    for group in groups:
+        seeds = ", ".join(str(r.seed) for r in group.runs)
+        budgets = f"; budget {group.budgets()}" if group.budgets() else ""
+        print(f"found {group.label}: {len(group.runs)} run(s) ({status_counts(group.runs)}); seeds {seeds}{budgets}")
+    present = {g.optimizer for g in groups}
     for method in METHODS:
-        if method not in groups:
-            print(f"warning: no runs for method '{method}'; it is left out of every figure", file=sys.stderr)
+        if method not in present:
+            print(f"warning: no runs for method '{method}'; its figures are skipped", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    _PRINTED.clear()
     if args.smooth < 1:
         print("error: --smooth must be >= 1", file=sys.stderr)
         return 2
@@ -112,17 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs:
         print("error: no runs found; nothing to draw", file=sys.stderr)
         return 1
-    describe(runs)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MissingMethodWarning)
+    with warning_lines():
+        describe(runs)
+    with warning_lines():
         written = make_all_figures(runs, args.out, smooth=args.smooth, log_loss=args.log_loss, band=args.band)
-    for w in caught:
-        if w.category is not MissingMethodWarning:  # record=True caught everything: pass the rest on
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    for message in dict.fromkeys(str(w.message) for w in caught if w.category is MissingMethodWarning):
-        if ": no runs;" not in message:  # missing methods were already reported by describe()
-            print(f"warning: {message}", file=sys.stderr)
-    written += write_all_tables(runs, args.out)
+        written += write_all_tables(runs, args.out)
     kinds = collections.Counter(p.suffix for p in written)
     for path in written:
         print(f"wrote {path}")

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from second_order.suite.report import style
 from second_order.suite.report.figures import FIGURES, accuracy_curve, aggregate, moving_average
 from second_order.suite.tracking.runs import find_runs
-from second_order.suite.tracking.runs import ENV_FILE, EVAL_COLUMNS, EVAL_FILE, STEP_COLUMNS, STEPS_FILE, SUMMARY_FILE, CsvLog, write_json
+from second_order.suite.tracking.runs import (
+    CONFIG_FILE, ENV_FILE, EVAL_COLUMNS, EVAL_FILE, STEP_COLUMNS, STEPS_FILE, SUMMARY_FILE, CsvLog, write_json,
+)  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +37,36 @@ def _load_script():
     return module
 
 
+# optimizer settings of the synthetic config.yaml (the paper's, as in configs/optimizer/)
+OPT_CONFIG = {
+    "sgd": {"_target_": "optax.sgd", "learning_rate": 0.1},
+    "newton": {"_target_": "second_order.optim.newton", "learning_rate": 0.5, "damping": 0.0, "max_rank": 640},
+    "newton_damped": {"_target_": "second_order.optim.newton", "learning_rate": 0.5, "damping": 32.0, "max_rank": 640},
+    "hessian_free": {"_target_": "second_order.optim.hessian_free", "learning_rate": 0.5, "damping": 32.0, "tol": 1e-5},
+    "gauss_newton": {"_target_": "second_order.optim.gauss_newton", "learning_rate": 0.5, "damping": 4.0, "tol": 1e-5},
+}
+
+
+def run_config(method: str, seed: int, epochs: int, batch: int, overrides: dict | None = None) -> dict:
+    """A resolved config.yaml like the trainer's; ``overrides`` maps dotted keys to values."""
+    cfg = {
+        "seed": seed, "experiment_name": "synthetic", "x64": True,
+        "data": {"dir": f"/data/{seed}", "verify_checksums": True},
+        "model": {"hidden": [10], "num_classes": 10},
+        "trainer": {"epochs": epochs, "batch_size": batch, "max_steps": None, "max_time_s": None, "eval_every": 1,
+                    "chunk_steps": 100, "checkpoint_every_s": 300, "resume": False, "progress": False},
+        "optimizer": {"name": method, **OPT_CONFIG.get(method, {"_target_": f"optax.{method}", "learning_rate": 0.01})},
+        "logger": {"wandb": {"mode": "offline", "project": "second-order", "entity": None, "tags": []}},
+    }  # fmt: skip
+    for dotted, value in (overrides or {}).items():
+        *parents, last = dotted.split(".")
+        node = cfg
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return cfg
+
+
 def write_run(
     root: Path,
     method: str,
@@ -43,11 +76,24 @@ def write_run(
     per_epoch: int = 50,
     status: str = "completed",
     diverge_at: int | None = None,
+    epochs: int | None = None,
+    batch: int = 64,
+    config: dict | None = None,
+    write_config: bool = True,
+    new_keys: bool = True,
+    summary_extra: dict | None = None,
+    tag: str = "",
 ) -> dict:
-    """One synthetic run directory; returns its summary."""
-    final, tau, dt = SYNTH[method]
+    """One synthetic run directory; returns its summary.
+
+    ``epochs`` is the configured protocol (default: the epochs ``n_steps`` covers, rounded
+    up); ``config`` overrides config.yaml keys (dotted); ``new_keys=False`` leaves out the
+    summary keys old runs lack (steps_per_epoch, protocol_steps, dataset, model, segments, ...).
+    """
+    final, tau, dt = SYNTH.get(method, (0.5, 100.0, 0.004))
+    epochs = epochs or -(-n_steps // per_epoch)
     rng = np.random.default_rng(1000 * seed + len(method))
-    run_dir = root / f"{method}_s{seed}_{status}"
+    run_dir = root / f"{method}_s{seed}_{status}{tag}"
     run_dir.mkdir(parents=True)
     step = np.arange(1, n_steps + 1)
     loss = final + (math.log(10) - final) * np.exp(-step / tau) + rng.normal(0, 0.08, n_steps)
@@ -71,6 +117,8 @@ def write_run(
         evals.write_rows([(s // per_epoch, s, time_s[s - 1], loss[s - 1], acc)])
     evals.close()
     write_json(run_dir / ENV_FILE, {"backend": "cpu", "device_kind": "cpu"})
+    if write_config:
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(run_config(method, seed, epochs, batch, config), sort_keys=False))
     summary = {
         "optimizer": method,
         "experiment": "synthetic",
@@ -86,7 +134,16 @@ def write_run(
         "eval_time_s": 0.2,
         "diverged": diverge_at is not None,
         "diverged_step": diverge_at,
+        "param_count": 7960,
     }
+    if new_keys:
+        summary.update({
+            "steps_per_epoch": per_epoch, "protocol_steps": epochs * per_epoch, "epochs": epochs,
+            "batch_size": batch, "train_examples": per_epoch * batch + batch // 2, "test_examples": 2000,
+            "dataset": "synthmnist", "model": "MLP 784-10-10 (synthetic)",
+            "segments": [{"start_step": 0, "end_step": n_steps, "backend": "cpu", "device_kind": "cpu", "host": "h"}],
+        })  # fmt: skip
+    summary.update(summary_extra or {})
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
@@ -98,9 +155,11 @@ def make_synthetic_runs(root: Path, n_steps: int = 300, per_epoch: int = 50) -> 
         for seed in range(3):
             summaries[method].append(write_run(root, method, seed, n_steps=n_steps, per_epoch=per_epoch))
     kw = dict(per_epoch=per_epoch)
-    summaries["newton"].append(write_run(root, "newton", 3, n_steps=n_steps * 2 // 5, status="budget", **kw))
+    summaries["newton"].append(write_run(root, "newton", 3, n_steps=n_steps * 2 // 5, status="budget",
+                                         epochs=n_steps // per_epoch,
+                                         config={"trainer.max_steps": n_steps * 2 // 5}, **kw))  # fmt: skip
     summaries["newton"].append(write_run(root, "newton", 4, n_steps=n_steps // 3, status="diverged",
-                                         diverge_at=n_steps // 4, **kw))  # fmt: skip
+                                         diverge_at=n_steps // 4, epochs=n_steps // per_epoch, **kw))  # fmt: skip
     return summaries
 
 
@@ -137,7 +196,8 @@ def test_make_figures_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     times = [s["train_time_s"] for s in summaries["sgd"]]
     assert float(rows["sgd"]["train_time_s_mean"]) == pytest.approx(np.mean(times))
     per_step = np.mean([s["train_time_s"] / s["steps"] for s in summaries["newton"]])
-    assert float(rows["newton"]["extrapolated_time_s_mean"]) == pytest.approx(per_step * 6566)
+    assert float(rows["newton"]["protocol_steps_min"]) == 300  # 6 epochs x 50 steps, from the runs
+    assert float(rows["newton"]["extrapolated_time_s_mean"]) == pytest.approx(per_step * 300)
     assert rows["newton"]["budget_limited_runs"] == "1"
     t1 = (out / "table1_training_time.md").read_text()
     assert "21257" in t1 and "34933" in t1 and "xtrapolated" in t1 and "budget" in t1
@@ -158,7 +218,11 @@ def test_missing_methods_and_single_seed(
     err = capsys.readouterr().err
     for method in ("newton", "newton_damped", "gauss_newton"):
         assert f"no runs for method '{method}'" in err
-    assert all((out / f"{spec.name}.png").exists() for spec in FIGURES)
+    drawn = {"fig00_overview_loss_vs_time", "fig06_loss_vs_step_hessian_free", "fig07_loss_vs_time_hessian_free",
+             "fig08_acc_vs_epoch_hessian_free", "fig09_loss_vs_step_gauss_newton",
+             "fig10_loss_vs_time_gauss_newton", "fig11_acc_vs_epoch_gauss_newton"}  # fmt: skip
+    assert {spec.name for spec in FIGURES if (out / f"{spec.name}.png").exists()} == drawn
+    assert "warning: fig01_loss_vs_step_newton: no runs of newton; figure skipped" in err
     assert "222" in (out / "table1_training_time.md").read_text()
 
 

@@ -1,20 +1,18 @@
-"""The paper's figures (slides 1-11) and a five-method overview, drawn from runs.
+"""The paper's figures (slides 1-11) and an overview of every optimizer, drawn from runs.
 
-Aggregation over seeds: each seed's per-step training loss is first smoothed with a
-trailing moving average of ``smooth`` steps (1 = raw; non-finite losses stay
-missing), then seeds are aligned by step.  The line is the mean and the band is
-± 1 sample std (``band="std"``) or the min-max range (``band="minmax"``) over the
-seeds that have a finite value at that step; with one seed there is no band.  On
-time axes each step sits at its mean cumulative optimizer time over seeds.
+Runs are grouped by :func:`.grouping.group_runs` (optimizer and config); each group
+is one line, aggregated over its seeds as described in :mod:`.curves`.  A run that
+stopped early gets a marker where its loss ends: "o" with "budget end" (step/time
+budget over) or "interrupted", "x" with "diverged" (last finite loss).
 
-A run that stopped early gets a marker where its loss ends: "o" with "budget end"
-(step/time budget over) or "interrupted", "x" with "diverged" (last finite loss).
-Methods without runs are skipped with a :class:`MissingMethodWarning`.
+Warnings (:class:`MissingMethodWarning`, one line each) instead of errors: a figure
+whose methods have no runs is skipped; a method without runs is left out of a figure;
+a run whose segments ran on different devices is left out of time-axis figures (its
+seconds add up different machines) but kept on step and epoch axes.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import warnings
@@ -27,39 +25,64 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from second_order.suite.report.style import METHODS, method_style, new_figure, save_figure, with_paper_style
-from second_order.suite.report.tables import group_by_method, percent_scale, run_status, status_counts
+from second_order.suite.report.captions import caption as group_caption
+from second_order.suite.report.curves import (
+    BANDS,
+    END_TEXT,
+    Curve,
+    accuracy_curve,
+    aggregate,
+    align,
+    common_steps_per_epoch,
+    loss_curve,
+    moving_average,
+)
+from second_order.suite.report.grouping import Group, group_runs, groups_of
+from second_order.suite.report.loading import ReportWarning
+from second_order.suite.report.runinfo import devices, mixed_devices
+from second_order.suite.report.style import new_figure, save_figure, with_paper_style
 from second_order.suite.tracking.runs import Run
 
-BANDS = ("std", "minmax")
-END_TEXT = {"budget": "budget end", "interrupted": "interrupted", "diverged": "diverged"}
+__all__ = ["BANDS", "FIGURES", "Curve", "FigureSpec", "MissingMethodWarning", "accuracy_curve", "aggregate",
+           "align", "caption", "loss_curve", "make_all_figures", "moving_average", "plot_accuracy_vs_epoch",
+           "plot_loss", "plot_loss_vs_step", "plot_loss_vs_time", "plot_overview", "render"]  # fmt: skip
+
 MAX_POINTS = 2000  # per drawn line; smoothed curves are thinned to about this many points
-MNIST_TRAIN = 60000  # last-resort steps per epoch: MNIST_TRAIN // batch size
 CLIP_FACTOR = 1.5  # linear loss axes stop at 1.5 x the initial loss when a curve explodes
+BASELINE = "sgd"  # drawn in every paper figure beside the featured method(s)
 
 
-class MissingMethodWarning(UserWarning):
-    """A figure names a method for which there are no (usable) runs."""
+class MissingMethodWarning(ReportWarning):
+    """A figure names a method for which there are no (usable) runs, or leaves a run out."""
+
+
+def _missing(message: str) -> None:
+    warnings.warn(message, MissingMethodWarning, stacklevel=3)
 
 
 @dataclasses.dataclass(frozen=True)
 class FigureSpec:
-    """One output figure: file name, x axis kind, methods drawn, paper slide number."""
+    """One output figure: file name, x axis kind, methods drawn (None: all), paper slide."""
 
     name: str
     kind: str  # "step" | "time" | "epoch"
-    methods: tuple[str, ...]
+    methods: tuple[str, ...] | None
     slide: int | None = None
     log_time: bool = False
+
+    @property
+    def featured(self) -> tuple[str, ...]:
+        """The methods the figure is about (all but the SGD baseline); empty for the overview."""
+        return tuple(m for m in self.methods or () if m != BASELINE) or tuple(self.methods or ())
 
 
 def _pair(slide: int, kind: str, other: tuple[str, ...]) -> FigureSpec:
     what = {"step": "loss_vs_step", "time": "loss_vs_time", "epoch": "acc_vs_epoch"}[kind]
-    return FigureSpec(f"fig{slide:02d}_{what}_{other[-1]}", kind, ("sgd",) + other, slide)
+    return FigureSpec(f"fig{slide:02d}_{what}_{other[-1]}", kind, (BASELINE,) + other, slide)
 
 
 FIGURES: tuple[FigureSpec, ...] = (
-    FigureSpec("fig00_overview_loss_vs_time", "time", METHODS, None, log_time=True),
+    FigureSpec("fig00_overview_loss_vs_time", "time", None, None, log_time=True),  # every optimizer found
     _pair(1, "step", ("newton",)),
     _pair(2, "time", ("newton",)),
     _pair(3, "step", ("newton_damped",)),
@@ -74,198 +97,38 @@ FIGURES: tuple[FigureSpec, ...] = (
 )
 
 
-@dataclasses.dataclass
-class Curve:
-    """One method aggregated over seeds: line ``y`` over ``x``, optional band, run ends."""
-
-    method: str
-    x: np.ndarray
-    y: np.ndarray
-    lo: np.ndarray | None
-    hi: np.ndarray | None
-    n_runs: int
-    ends: list[tuple[float, float, str]]  # (x, y, status) of runs that stopped early
+def _groups(runs: Sequence[Run], groups: Sequence[Group] | None) -> Sequence[Group]:
+    return groups if groups is not None else group_runs(runs)
 
 
-# ------------------------------------------------------------------ aggregation
-
-
-def moving_average(y: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over the last ``window`` finite values (shorter at the start).
-
-    Non-finite entries (NaN/inf after divergence) are ignored in the windows and
-    stay NaN in the output; ``window <= 1`` returns the raw values (inf -> NaN).
-    """
-    y = np.asarray(y, dtype=np.float64)
-    finite = np.isfinite(y)
-    if window <= 1:
-        return np.where(finite, y, np.nan)
-    kernel = np.ones(int(window))
-    sums = np.convolve(np.where(finite, y, 0.0), kernel)[: y.size]
-    counts = np.convolve(finite.astype(np.float64), kernel)[: y.size]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = sums / counts
-    return np.where(finite, out, np.nan)
-
-
-def align(keys: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Put per-run ``values`` on the union of their ``keys`` (step or epoch).
-
-    Returns ``(grid, matrix)`` with one row per run, NaN where a run has no value.
-    """
-    keys = [np.asarray(k, dtype=np.float64) for k in keys]
-    grid = np.unique(np.concatenate([k[np.isfinite(k)] for k in keys])) if keys else np.array([])
-    matrix = np.full((len(keys), grid.size), np.nan)
-    for row, k, v in zip(matrix, keys, values):
-        ok = np.isfinite(k)
-        row[np.searchsorted(grid, k[ok])] = np.asarray(v, dtype=np.float64)[ok]
-    return grid, matrix
-
-
-def aggregate(matrix: np.ndarray, band: str = "std") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Column-wise ``(mean, lo, hi)`` over finite entries; band NaN below two values."""
-    if band not in BANDS:
-        raise ValueError(f"band must be one of {BANDS}, got {band!r}")
-    finite = np.isfinite(matrix)
-    count = finite.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        mean = np.where(finite, matrix, 0.0).sum(axis=0) / count
-        if band == "std":
-            var = np.where(finite, matrix - mean, 0.0) ** 2
-            std = np.sqrt(var.sum(axis=0) / (count - 1))
-            lo, hi = mean - std, mean + std
+def time_comparable(group: Group) -> list[Run]:
+    """The group's runs whose time axis is one device's; warns about each other one."""
+    kept = []
+    for run in group.runs:
+        if mixed_devices(run):
+            _missing(f"{run.path}: segments ran on different devices ({' + '.join(devices(run))}); "
+                     "left out of time-axis figures")  # fmt: skip
         else:
-            lo = np.where(finite, matrix, np.inf).min(axis=0)
-            hi = np.where(finite, matrix, -np.inf).max(axis=0)
-    several = count >= 2
-    return mean, np.where(several, lo, np.nan), np.where(several, hi, np.nan)
+            kept.append(run)
+    return kept
 
 
-def _has(table: dict[str, np.ndarray], *columns: str) -> bool:
-    return all(c in table and table[c].size for c in columns)
-
-
-def _ends(runs: Sequence[Run], matrix: np.ndarray, x: np.ndarray, y: np.ndarray) -> list[tuple[float, float, str]]:
-    """Where each run that stopped early ends on the aggregated curve."""
-    ends = []
-    for run, row in zip(runs, matrix):
-        status = run_status(run)
-        finite = np.flatnonzero(np.isfinite(row))
-        if status not in END_TEXT or finite.size == 0:
-            continue
-        i = finite[-1]
-        if math.isfinite(x[i]) and math.isfinite(y[i]):
-            ends.append((float(x[i]), float(y[i]), status))
-    return ends
-
-
-def _curve(method: str, runs: Sequence[Run], x: np.ndarray, matrix: np.ndarray, band: str) -> Curve | None:
-    y, lo, hi = aggregate(matrix, band)
-    keep = np.isfinite(x) & np.isfinite(y)
-    if not keep.any():
-        return None
-    has_band = bool(np.isfinite(lo[keep]).any())
-    return Curve(
-        method=method,
-        x=x[keep],
-        y=y[keep],
-        lo=lo[keep] if has_band else None,
-        hi=hi[keep] if has_band else None,
-        n_runs=len(runs),
-        ends=_ends(runs, matrix, x, y),
-    )
-
-
-def loss_curve(runs: Sequence[Run], *, axis: str = "step", smooth: int = 50, band: str = "std") -> Curve | None:
-    """Smoothed train loss of one method's runs against ``"step"`` or ``"time"``."""
-    if axis not in ("step", "time"):
-        raise ValueError(f"axis must be 'step' or 'time', got {axis!r}")
-    needed = ("step", "train_loss") + (("time_s",) if axis == "time" else ())
-    runs = [r for r in runs if _has(r.steps, *needed)]
-    if not runs:
-        return None
-    keys = [r.steps["step"] for r in runs]
-    steps, matrix = align(keys, [moving_average(r.steps["train_loss"], smooth) for r in runs])
-    x = steps if axis == "step" else mean_cumulative_time(keys, [r.steps["time_s"] for r in runs])
-    curve = _curve(runs[0].optimizer, runs, x, matrix, band)
-    if curve is not None and curve.lo is not None:
-        curve.lo = np.maximum(curve.lo, 0.0)  # a loss is >= 0; mean - std may not be
-    return curve
-
-
-def mean_cumulative_time(keys: Sequence[np.ndarray], times: Sequence[np.ndarray]) -> np.ndarray:
-    """Time axis shared by a method's seeds: the running sum of the mean per-step time.
-
-    Averaging the cumulative times themselves would jump backwards where the slower
-    seeds have stopped (budget ends at different steps); averaging the increments
-    over the seeds still running keeps the axis increasing.
-    """
-    increments = [np.diff(np.asarray(t, dtype=np.float64), prepend=0.0) for t in times]
-    _, matrix = align(keys, increments)
-    mean_increment = aggregate(matrix)[0]
-    return np.cumsum(np.where(np.isfinite(mean_increment), mean_increment, 0.0))
-
-
-def steps_per_epoch(run: Run) -> int | None:
-    """Optimizer steps per epoch, recovered from the logs (None if they cannot tell).
-
-    steps.csv gives it exactly (step ``spe + 1`` is the first row of epoch 1); else
-    the eval rows do (``step / epoch`` is smallest, and exact, at epoch boundaries).
-    """
-    step, epoch = run.steps.get("step", np.array([])), run.steps.get("epoch", np.array([]))
-    later = step[epoch >= 1] if step.size == epoch.size else np.array([])
-    if later.size:
-        return int(later.min()) - 1
-    e, s = run.evals.get("epoch", np.array([])), run.evals.get("step", np.array([]))
-    ratios = s[e >= 1] / e[e >= 1] if s.size == e.size else np.array([])
-    return int(ratios.min()) if ratios.size else None
-
-
-def common_steps_per_epoch(runs: Sequence[Run]) -> int | None:
-    """The steps per epoch most runs show, else MNIST's 60000 // ``trainer.batch_size``."""
-    found = [spe for spe in map(steps_per_epoch, runs) if spe is not None]
-    if found:
-        return collections.Counter(found).most_common(1)[0][0]
-    batches = [r.config.get("trainer", {}).get("batch_size") for r in runs if isinstance(r.config.get("trainer"), dict)]
-    batches = [b for b in batches if isinstance(b, int) and b > 0]
-    return MNIST_TRAIN // batches[0] if batches else None
-
-
-def eval_epochs(run: Run, default_spe: int | None = None) -> np.ndarray:
-    """Epoch of each evaluation as ``step / steps_per_epoch``.
-
-    The trainer's final evaluation after a budget stop is logged with the floored
-    epoch (``epoch 0`` after 200 steps); this places it at the fraction reached.
-    ``default_spe`` serves runs too short to show their own steps per epoch.
-    """
-    spe = steps_per_epoch(run) or default_spe
-    if spe is None or "step" not in run.evals:
-        return run.evals["epoch"]
-    return run.evals["step"] / spe
-
-
-def accuracy_curve(runs: Sequence[Run], *, band: str = "std", default_spe: int | None = None) -> Curve | None:
-    """Test accuracy (%) of one method's runs against (fractional) epoch."""
-    runs = [r for r in runs if _has(r.evals, "epoch", "test_acc")]
-    if not runs:
-        return None
-    scale = percent_scale(np.concatenate([r.evals["test_acc"] for r in runs]))
-    x = [eval_epochs(r, default_spe) for r in runs]
-    epochs, matrix = align(x, [r.evals["test_acc"] * scale for r in runs])
-    return _curve(runs[0].optimizer, runs, epochs, matrix, band)
-
-
-def _curves(runs: Sequence[Run], methods: Sequence[str] | None, build: Callable[[list[Run]], Curve | None]) -> list[Curve]:
-    """Build one curve per method, warning about methods without usable runs."""
-    groups = group_by_method(runs)
+def _curves(
+    groups: Sequence[Group], methods: Sequence[str] | None, build: Callable[[Sequence[Run], Group], Curve | None],
+    *, time_axis: bool = False,
+) -> list[Curve]:
+    """One curve per group of ``methods``, warning about methods without usable runs."""
     curves = []
-    for method in methods if methods is not None else list(groups):
-        curve = build(groups[method]) if method in groups else None
-        if curve is None:
-            why = "no runs" if method not in groups else "no usable data"
-            warnings.warn(f"{method}: {why}; left out of the figure", MissingMethodWarning, stacklevel=3)
-        else:
-            curves.append(curve)
+    for method, method_groups in groups_of(groups, methods).items():
+        if not method_groups:
+            _missing(f"{method}: no runs; left out of the figure")
+        for group in method_groups:
+            runs = time_comparable(group) if time_axis else group.runs
+            curve = build(runs, group) if runs else None
+            if curve is None:
+                _missing(f"{group.label}: no usable data; left out of the figure")
+            else:
+                curves.append(curve)
     return curves
 
 
@@ -273,13 +136,13 @@ def _curves(runs: Sequence[Run], methods: Sequence[str] | None, build: Callable[
 
 
 def _height(curves: Sequence[Curve]) -> float:
-    """Figure height: the axes keep ~2 in; legends above them take up to three rows."""
-    return 2.55 if len(curves) <= 2 else 2.9
+    """Figure height: the axes keep ~2 in; the legend above them grows with the groups drawn."""
+    return 2.55 if len(curves) <= 2 else 2.9 if len(curves) <= 5 else 2.9 + 0.17 * (len(curves) - 5)
 
 
 def _draw(ax: Axes, curve: Curve, *, stride: int = 1, markers: bool = False) -> None:
     """Mean line plus band for one curve, thinned by ``stride`` (last point kept)."""
-    st = method_style(curve.method)
+    st = curve.style
     idx = np.unique(np.r_[np.arange(0, curve.x.size, max(stride, 1)), curve.x.size - 1])
     ax.plot(curve.x[idx], curve.y[idx], color=st.color, linestyle=st.linestyle,
             marker=st.marker if markers else None, label=st.label, zorder=3)  # fmt: skip
@@ -305,7 +168,7 @@ def _axes_fraction(ax: Axes, value: float, which: str) -> float:
 
 def _mark_ends(ax: Axes, curve: Curve, ytop: float | None) -> None:
     """Marker at every early end, one annotation per kind of end and method."""
-    st = method_style(curve.method)
+    st = curve.style
     annotated: set[str] = set()
     for x, y, status in sorted(curve.ends):
         off_scale = ytop is not None and y > ytop
@@ -392,9 +255,14 @@ def plot_loss(
     log_loss: bool = False,
     band: str = "std",
     log_time: bool = False,
+    groups: Sequence[Group] | None = None,
 ) -> Figure:
-    """Train loss of ``methods`` (default: all present) against ``"step"`` or ``"time"``."""
-    curves = _curves(runs, methods, lambda rs: loss_curve(rs, axis=axis, smooth=smooth, band=band))
+    """Train loss of ``methods`` (default: all present) against ``"step"`` or ``"time"``.
+
+    One line per group of runs (``groups``, default: :func:`.grouping.group_runs` of ``runs``).
+    """
+    build = lambda rs, g: loss_curve(rs, axis=axis, smooth=smooth, band=band, style=g.style)  # noqa: E731
+    curves = _curves(_groups(runs, groups), methods, build, time_axis=axis == "time")
     # A loss that grows by orders of magnitude (undamped Newton) is readable only on a log axis.
     log_loss = log_loss or any(np.nanmax(c.y) > AUTO_LOG_FACTOR * abs(float(c.y[0])) for c in curves if c.y.size)
     fig = new_figure(height=_height(curves))
@@ -427,16 +295,19 @@ def plot_loss_vs_time(runs: Sequence[Run], methods: Sequence[str] | None = None,
 
 
 def plot_overview(runs: Sequence[Run], *, smooth: int = 50, log_loss: bool = False, band: str = "std") -> Figure:
-    """All five methods, loss against time on a log time axis (their speeds differ ~100x)."""
-    return plot_loss(runs, METHODS, axis="time", smooth=smooth, log_loss=log_loss, band=band,
-                     log_time=True)  # fmt: skip
+    """Every optimizer found, loss against time on a log time axis (their speeds differ ~100x)."""
+    return plot_loss(runs, None, axis="time", smooth=smooth, log_loss=log_loss, band=band, log_time=True)
 
 
 @with_paper_style
-def plot_accuracy_vs_epoch(runs: Sequence[Run], methods: Sequence[str] | None = None, *, band: str = "std") -> Figure:
-    """Test accuracy (%) after each epoch, mean and band over seeds."""
-    spe = common_steps_per_epoch(runs)
-    curves = _curves(runs, methods, lambda rs: accuracy_curve(rs, band=band, default_spe=spe))
+def plot_accuracy_vs_epoch(
+    runs: Sequence[Run], methods: Sequence[str] | None = None, *, band: str = "std",
+    groups: Sequence[Group] | None = None,
+) -> Figure:
+    """Test accuracy (%) after each epoch, mean and band over seeds, one line per group."""
+    groups = _groups(runs, groups)
+    spe = common_steps_per_epoch([r for g in groups for r in g.runs])
+    curves = _curves(groups, methods, lambda rs, g: accuracy_curve(rs, band=band, default_spe=spe, style=g.style))
     fig = new_figure(height=_height(curves))
     ax = fig.add_subplot()
     for curve in curves:
@@ -453,58 +324,47 @@ def plot_accuracy_vs_epoch(runs: Sequence[Run], methods: Sequence[str] | None = 
 # ---------------------------------------------------------------------- output
 
 
-def render(spec: FigureSpec, runs: Sequence[Run], *, smooth: int = 50, log_loss: bool = False, band: str = "std") -> Figure:
+def render(
+    spec: FigureSpec, runs: Sequence[Run], *, smooth: int = 50, log_loss: bool = False, band: str = "std",
+    groups: Sequence[Group] | None = None,
+) -> Figure:
     """Draw the figure described by ``spec``."""
+    groups = _groups(runs, groups)
     if spec.kind == "epoch":
-        return plot_accuracy_vs_epoch(runs, spec.methods, band=band)
+        return plot_accuracy_vs_epoch(runs, spec.methods, band=band, groups=groups)
     return plot_loss(runs, spec.methods, axis=spec.kind, smooth=smooth, log_loss=log_loss, band=band,
-                     log_time=spec.log_time)  # fmt: skip
+                     log_time=spec.log_time, groups=groups)  # fmt: skip
 
 
-def _method_phrase(method: str) -> str:
-    st = method_style(method)
-    short = f"“{st.label}”; " if st.label != st.name else ""
-    return f"{st.name} ({short}{st.setting})"
-
-
-def caption(spec: FigureSpec, runs: Sequence[Run], *, smooth: int = 50, log_loss: bool = False, band: str = "std") -> str:
-    """A paper-style caption: what is plotted, the runs behind it, how seeds were aggregated."""
-    groups = group_by_method(runs)
-    names = [_method_phrase(m) for m in spec.methods]
-    who = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
-    seeds = "; ".join(f"{method_style(m).label}: {status_counts(groups.get(m, []))}" for m in spec.methods)
-    spread = "±1 sample std" if band == "std" else "min–max range"
-    parts = {
-        "step": "Training loss against optimizer step",
-        "time": "Training loss against wall-clock optimizer time in seconds (compilation, evaluation and "
-        "logging excluded; each step placed at its mean time over seeds"
-        + ("; log time axis" if spec.log_time else "") + ")",
-        "epoch": "Test accuracy (%) after each epoch (a run stopped mid-epoch is evaluated at the fraction of "
-        "an epoch it reached)",
-    }  # fmt: skip
-    text = f"{parts[spec.kind]}: {who}; MNIST, 784-10-10 ReLU MLP, batch 64. Runs: {seeds}."
-    if spec.kind != "epoch":
-        text += (f" Per-step loss smoothed with a {smooth}-step trailing moving average." if smooth > 1
-                 else " Raw per-step loss.") + (" Log loss axis." if log_loss else "")  # fmt: skip
-    text += (f" Line: mean over the seeds that reached that point; band: {spread} over seeds (none for a single "
-             "seed). o budget end: the run's step/time budget ended; x diverged: last finite value of a "
-             "diverged run.")  # fmt: skip
-    if spec.slide is not None:
-        text += f" Reproduces slide {spec.slide} of the paper."
-    return text
+def caption(
+    spec: FigureSpec, runs: Sequence[Run], *, smooth: int = 50, log_loss: bool = False, band: str = "std",
+    groups: Sequence[Group] | None = None,
+) -> str:
+    """The caption of ``spec``, written from the groups it draws (see :mod:`.captions`)."""
+    shown = [g for gs in groups_of(_groups(runs, groups), spec.methods).values() for g in gs]
+    return group_caption(spec, shown, smooth=smooth, log_loss=log_loss, band=band)
 
 
 def make_all_figures(
     runs: Sequence[Run], out_dir: Path | str, *, smooth: int = 50, log_loss: bool = False, band: str = "std"
 ) -> list[Path]:
-    """Write every figure in :data:`FIGURES` (PNG + PDF) and ``captions.md``; returns paths."""
+    """Write every figure in :data:`FIGURES` (PNG + PDF) and ``captions.md``; returns paths.
+
+    A figure none of whose featured methods has runs is skipped with a warning.
+    """
     out_dir = Path(out_dir)
+    groups = group_runs(runs)
+    present = {g.optimizer for g in groups}
     paths: list[Path] = []
     captions = ["# Figure captions", ""]
     for spec in FIGURES:
-        fig = render(spec, runs, smooth=smooth, log_loss=log_loss, band=band)
-        paths += save_figure(fig, out_dir, spec.name)
-        captions += [f"**{spec.name}.** " + caption(spec, runs, smooth=smooth, log_loss=log_loss, band=band), ""]
+        if spec.methods is not None and not present & set(spec.featured):
+            _missing(f"{spec.name}: no runs of {' or '.join(spec.featured)}; figure skipped")
+            continue
+        kw = dict(smooth=smooth, log_loss=log_loss, band=band, groups=groups)
+        paths += save_figure(render(spec, runs, **kw), out_dir, spec.name)
+        captions += [f"**{spec.name}.** " + caption(spec, runs, **kw), ""]
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "captions.md").write_text("\n".join(captions))
     paths.append(out_dir / "captions.md")
     return paths

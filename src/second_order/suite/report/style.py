@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -24,31 +25,29 @@ FIGURE_FORMATS = ("png", "pdf")
 
 @dataclasses.dataclass(frozen=True)
 class MethodStyle:
-    """How one optimizer is drawn and named."""
+    """How one optimizer (or one group of its runs) is drawn and named."""
 
     label: str  # short legend label
-    name: str  # the paper's full name, used in tables and captions
+    name: str  # full name, used in tables and captions
     color: str
     linestyle: Any
     marker: str
-    setting: str  # hyper-parameters of the paper protocol, for captions
 
 
 # Okabe-Ito colour-blind-safe palette; line styles also differ so greyscale prints work.
+# Hyper-parameters are not here: captions and labels read them from each run's config.
 STYLES: dict[str, MethodStyle] = {
-    "sgd": MethodStyle("SGD", "SGD", "#0072B2", "-", "o", "learning rate 0.1"),
-    "newton": MethodStyle("Newton", "Newton", "#D55E00", "--", "s", "exact Hessian, pseudo-inverse, damping 0"),
-    "newton_damped": MethodStyle("Damped Newton", "Damped Newton", "#E69F00", "-.", "D", "exact Hessian, damping 32"),
-    "hessian_free": MethodStyle(
-        "HF Newton", "Hessian-free Newton", "#009E73", (0, (5, 1.5)), "^", "Hessian-vector products + CG, damping 32"
-    ),
-    "gauss_newton": MethodStyle(
-        "HF Gauss-Newton", "Hessian-free Gauss-Newton", "#CC79A7", (0, (1, 1)), "v", "GGN-vector products + CG, damping 4"
-    ),
+    "sgd": MethodStyle("SGD", "SGD", "#0072B2", "-", "o"),
+    "newton": MethodStyle("Newton", "Newton", "#D55E00", "--", "s"),
+    "newton_damped": MethodStyle("Damped Newton", "Damped Newton", "#E69F00", "-.", "D"),
+    "hessian_free": MethodStyle("HF Newton", "Hessian-free Newton", "#009E73", (0, (5, 1.5)), "^"),
+    "gauss_newton": MethodStyle("HF Gauss-Newton", "Hessian-free Gauss-Newton", "#CC79A7", (0, (1, 1)), "v"),
 }
 METHODS: tuple[str, ...] = tuple(STYLES)  # canonical order of the paper
 
-_FALLBACK_COLORS = ("#56B4E9", "#F0E442", "#000000", "#999999")
+# Optimizers the paper does not have: colours none of the five above use (stable per name).
+_FALLBACK_COLORS = ("#56B4E9", "#8C564B", "#000000", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#D62728")
+_FALLBACK_LINESTYLES: tuple[Any, ...] = ("-", "--", "-.", (0, (3, 1, 1, 1)))
 
 PAPER_RC: dict[str, Any] = {
     "font.family": "sans-serif",
@@ -87,11 +86,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def method_style(name: str) -> MethodStyle:
-    """Style of a method; unknown optimizer names get a stable fallback style."""
+    """Style of a method; other optimizer names get a fallback style fixed by the name."""
     if name in STYLES:
         return STYLES[name]
-    color = _FALLBACK_COLORS[sum(map(ord, name)) % len(_FALLBACK_COLORS)]
-    return MethodStyle(name, name, color, "-", "o", "")
+    h = zlib.crc32(name.encode())
+    color = _FALLBACK_COLORS[h % len(_FALLBACK_COLORS)]
+    linestyle = _FALLBACK_LINESTYLES[(h // len(_FALLBACK_COLORS)) % len(_FALLBACK_LINESTYLES)]
+    return MethodStyle(name, name, color, linestyle, "o")
 
 
 def ordered_methods(names: Iterable[str]) -> list[str]:

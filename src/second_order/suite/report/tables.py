@@ -1,12 +1,13 @@
-"""Tables of the report, aggregated over seeds, written as Markdown and CSV.
+"""Tables of the report, one row per group of runs (see :mod:`.grouping`), as Markdown and CSV.
 
-* Table 1: training time (optimizer time, compile time, steps, per-step time, an
-  extrapolated full-protocol time) beside the paper's V100 seconds.
+* Table 1: training time (optimizer time, compile time, steps, per-step time, the
+  run's protocol steps and the time extrapolated to them) beside the paper's V100 seconds.
 * Table 2: final training loss (summary ``train_loss``: mean over the last epoch).
 * Table 3: final test accuracy (summary ``test_acc``, shown in %).
 
 Means are over seeds; "±" is the sample standard deviation (ddof=1) over seeds.
-This module also holds the small run helpers shared with :mod:`.figures`.
+Every protocol fact (steps per epoch, epochs, test-set size, devices) is read from
+the runs (:mod:`.runinfo`); the five paper methods always get a row (paper column).
 """
 
 from __future__ import annotations
@@ -14,17 +15,30 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 
+from second_order.suite.report.curves import percent_scale
+from second_order.suite.report.grouping import Group, group_runs
+from second_order.suite.report.runinfo import (  # noqa: F401  (re-exported for the notebook)
+    EARLY_STATUSES,
+    dataset_name,
+    devices,
+    mean_std,
+    mixed_devices,
+    n_test_examples,
+    protocol_steps,
+    run_status,
+    status_counts,
+    steps_run,
+    summary_float,
+    train_time,
+)
 from second_order.suite.report.style import METHODS, method_style, ordered_methods
-from second_order.suite.tracking.runs import ENV_FILE, Run
+from second_order.suite.tracking.runs import Run
 
-FULL_PROTOCOL_STEPS = 6566  # 7 epochs x 938 steps of batch 64 on MNIST's 60k images
 PAPER_TRAIN_TIME_S: dict[str, float] = {  # paper Table 1, one V100
     "sgd": 222,
     "newton": 21257,
@@ -33,69 +47,8 @@ PAPER_TRAIN_TIME_S: dict[str, float] = {  # paper Table 1, one V100
     "gauss_newton": 246,
 }
 DASH = "—"
-EARLY_STATUSES = ("budget", "diverged", "interrupted")
-
-
-# --------------------------------------------------------------------------- runs
-
-
-def run_status(run: Run) -> str:
-    """``completed | diverged | interrupted | budget`` (``diverged`` wins if flagged)."""
-    status = str(run.summary.get("status") or "unknown")
-    return "diverged" if run.summary.get("diverged") else status
-
-
-def group_by_method(runs: Iterable[Run]) -> dict[str, list[Run]]:
-    """Runs keyed by optimizer name, in the paper's method order, seeds sorted."""
-    groups: dict[str, list[Run]] = collections.defaultdict(list)
-    for run in runs:
-        groups[run.optimizer].append(run)
-    return {m: sorted(groups[m], key=lambda r: (r.seed, str(r.path))) for m in ordered_methods(groups)}
-
-
-def summary_float(run: Run, key: str) -> float:
-    """A summary value as float, NaN when missing / null / not a number."""
-    try:
-        value = float(run.summary.get(key))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
-    return value
-
-
-def steps_run(run: Run) -> float:
-    """Optimizer steps the run made (summary ``steps``, else the largest logged step)."""
-    steps = summary_float(run, "steps")
-    if math.isfinite(steps):
-        return steps
-    logged = run.steps.get("step", np.array([]))
-    logged = logged[np.isfinite(logged)]
-    return float(logged.max()) if logged.size else math.nan
-
-
-def train_time(run: Run) -> float:
-    """Optimizer seconds (summary ``train_time_s``, else the last logged ``time_s``)."""
-    t = summary_float(run, "train_time_s")
-    if math.isfinite(t):
-        return t
-    logged = run.steps.get("time_s", np.array([]))
-    logged = logged[np.isfinite(logged)]
-    return float(logged[-1]) if logged.size else math.nan
-
-
-def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
-    """Mean, sample std (ddof=1; NaN below two values) and count of the finite values."""
-    x = np.asarray(list(values), dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return math.nan, math.nan, 0
-    std = float(np.std(x, ddof=1)) if x.size > 1 else math.nan
-    return float(np.mean(x)), std, int(x.size)
-
-
-def status_counts(runs: Sequence[Run]) -> str:
-    """E.g. ``"3 completed"`` or ``"1 budget, 1 diverged"``."""
-    counts = collections.Counter(run_status(r) for r in runs)
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
+NO_PROTOCOL = "†"  # footnote: the runs do not say how many steps a complete run makes
+MIXED = "‡"  # footnote: optimizer time summed over different devices
 
 
 # --------------------------------------------------------------------- formatting
@@ -162,62 +115,94 @@ def _csv_value(v: Any) -> Any:
     return v
 
 
-def _table_methods(groups: dict[str, list[Run]]) -> list[str]:
-    """All five paper methods (so the paper column is always complete) plus any others."""
-    return ordered_methods(set(METHODS) | set(groups))
+def _rows(groups: Sequence[Group]) -> list[tuple[str, Group | None]]:
+    """Every group, plus a run-less row for each paper method without runs (paper column)."""
+    present = {g.optimizer for g in groups}
+    rows: list[tuple[str, Group | None]] = []
+    for method in ordered_methods(set(METHODS) | present):
+        rows += [(method, g) for g in groups if g.optimizer == method] or [(method, None)]
+    return rows
 
 
-def _budget_note(runs: Sequence[Run], consequence: str = "values are those at the run's end") -> str:
+def _base_record(method: str, group: Group | None) -> dict[str, Any]:
+    runs = group.runs if group else []
+    return {
+        "method": method,
+        "group": group.id if group else method,
+        "name": group.name if group else method_style(method).name,
+        "n_runs": len(runs),
+        "status": status_counts(runs),
+        "budget": group.budgets() if group else "",
+    }
+
+
+def _runs_cell(rec: dict[str, Any]) -> str:
+    return f"{rec['n_runs']} ({rec['status']})" if rec["n_runs"] else "0"
+
+
+def _budget_note(runs: Sequence[Run], budgets: str, consequence: str = "values are those at the run's end") -> str:
     early = [r for r in runs if run_status(r) in EARLY_STATUSES]
     if not runs:
         return "no runs"
-    if not early:
-        return ""
-    kinds = collections.Counter(run_status(r) for r in early)
-    what = ", ".join(f"{k} ({n}/{len(runs)})" for k, n in sorted(kinds.items()))
-    return f"ended early: {what}; {consequence}"
+    note = f"budget: {budgets}" if budgets else ""
+    if early:
+        kinds = collections.Counter(run_status(r) for r in early)
+        what = ", ".join(f"{k} ({n}/{len(runs)})" for k, n in sorted(kinds.items()))
+        note = "; ".join(filter(None, [note, f"ended early: {what}; {consequence}"]))
+    return note
 
 
 # ------------------------------------------------------------------------ table 1
 
 
-def training_time_table(runs: Sequence[Run], full_steps: int = FULL_PROTOCOL_STEPS) -> Table:
+def training_time_table(runs: Sequence[Run], groups: Sequence[Group] | None = None) -> Table:
     """Table 1: optimizer time, compile time, steps, per-step and extrapolated time, paper."""
-    groups = group_by_method(runs)
+    groups = group_runs(runs) if groups is None else groups
     headers = [
         "Method", "Runs", "Steps run", "Optimizer time (s)", "Compile (s)", "Per step (ms)",
-        f"Extrapolated to {full_steps} steps (s)", "Paper, V100 (s)", "Notes",
+        "Protocol steps", "Extrapolated to protocol (s)", "Paper, V100 (s)", "Notes",
     ]  # fmt: skip
-    rows, records = [], []
-    for method in _table_methods(groups):
-        rec = _time_record(method, groups.get(method, []), full_steps)
-        records.append(rec)
-        rows.append(_time_row(rec))
+    records = [_time_record(method, group) for method, group in _rows(groups)]
+    rows = [_time_row(rec) for rec in records]
     notes = [
         "Optimizer time: wall-clock time of the optimizer steps, compilation, evaluation and logging excluded; "
         "mean ± sample std over seeds.",
-        f"Per step = optimizer time / steps run; **extrapolated** = per-step time × {full_steps} "
-        "(the full 7-epoch protocol). It is an estimate, not a measurement, for runs that ended early.",
+        "Protocol steps: the steps a complete run makes (epochs × steps per epoch), as recorded by each run. "
+        "Per step = optimizer time / steps run; **extrapolated** = per-step time × protocol steps. "
+        "It is an estimate, not a measurement, for runs that ended early.",
         "Paper: training time in seconds on one NVIDIA V100 (paper Table 1).",
     ]
+    if any(r["n_runs"] and not r["protocol_runs"] for r in records):
+        notes.append(f"{DASH}{NO_PROTOCOL}: the runs do not record their protocol (summary protocol_steps, or "
+                     "epochs × steps per epoch from config/logs), so their time is not extrapolated.")  # fmt: skip
+    if any(r["mixed_device_runs"] for r in records):
+        notes.append(f"{MIXED} mixed: includes runs resumed on a different device; their optimizer time adds "
+                     "seconds of different machines.")  # fmt: skip
     notes += _device_notes(runs)
     return Table("table1_training_time", "Table 1: training time", headers, rows, records, notes)
 
 
-def _time_record(method: str, runs: Sequence[Run], full_steps: int) -> dict[str, Any]:
-    st = method_style(method)
+def _time_record(method: str, group: Group | None) -> dict[str, Any]:
+    runs = group.runs if group else []
     steps = [steps_run(r) for r in runs]
     times = [train_time(r) for r in runs]
     per_step = [t / s if s and s > 0 else math.nan for t, s in zip(times, steps)]
+    protocols = [protocol_steps(r) for r in runs]
+    extrapolated = [p * n if n else math.nan for p, n in zip(per_step, protocols)]
     t_m, t_s, _ = mean_std(times)
     c_m, c_s, _ = mean_std(summary_float(r, "compile_time_s") for r in runs)
     p_m, p_s, _ = mean_std(per_step)
+    e_m, e_s, _ = mean_std(extrapolated)
     finite_steps = [s for s in steps if math.isfinite(s)]
+    known = sorted({n for n in protocols if n})
+    mixed = [r for r in runs if mixed_devices(r)]
+    note = _budget_note(runs, group.budgets() if group else "", "time measured over the steps run only")
+    if mixed:
+        note = "; ".join(filter(None, [note, f"time mixed across devices in {len(mixed)}/{len(runs)} run(s)"]))
+    if runs and 0 < len([n for n in protocols if n]) < len(runs):
+        note = "; ".join(filter(None, [note, "extrapolated over the runs that record their protocol"]))
     return {
-        "method": method,
-        "name": st.name,
-        "n_runs": len(runs),
-        "status": status_counts(runs),
+        **_base_record(method, group),
         "steps_min": float(min(finite_steps)) if finite_steps else math.nan,
         "steps_max": float(max(finite_steps)) if finite_steps else math.nan,
         "train_time_s_mean": t_m,
@@ -226,43 +211,49 @@ def _time_record(method: str, runs: Sequence[Run], full_steps: int) -> dict[str,
         "compile_time_s_std": c_s,
         "time_per_step_ms_mean": p_m * 1e3,
         "time_per_step_ms_std": p_s * 1e3,
-        "extrapolated_time_s_mean": p_m * full_steps,
-        "extrapolated_time_s_std": p_s * full_steps,
+        "protocol_steps_min": float(known[0]) if known else math.nan,
+        "protocol_steps_max": float(known[-1]) if known else math.nan,
+        "protocol_runs": sum(1 for n in protocols if n),
+        "extrapolated_time_s_mean": e_m,
+        "extrapolated_time_s_std": e_s,
         "budget_limited_runs": sum(run_status(r) == "budget" for r in runs),
+        "mixed_device_runs": len(mixed),
         "paper_v100_time_s": float(PAPER_TRAIN_TIME_S.get(method, math.nan)),
-        "note": _budget_note(runs, "time measured over the steps run only"),
+        "note": note,
     }
 
 
+def _range(lo: float, hi: float, thousands: bool = False) -> str:
+    f = "{:,.0f}" if thousands else "{:.0f}"
+    if not math.isfinite(lo):
+        return DASH
+    return f.format(lo) if lo == hi or not math.isfinite(hi) else f"{f.format(lo)}–{f.format(hi)}"
+
+
 def _time_row(rec: dict[str, Any]) -> list[str]:
-    lo, hi = rec["steps_min"], rec["steps_max"]
-    steps = fmt_num(lo, 0) if lo == hi or not math.isfinite(hi) else f"{lo:.0f}–{hi:.0f}"
     pm = fmt_mean_std
+    mixed = MIXED if rec["mixed_device_runs"] else ""
+    no_protocol = NO_PROTOCOL if rec["n_runs"] and not rec["protocol_runs"] else ""
+    ext = rec["extrapolated_time_s_mean"]
     return [
         rec["name"],
-        f"{rec['n_runs']} ({rec['status']})" if rec["n_runs"] else "0",
-        steps,
-        pm(rec["train_time_s_mean"], rec["train_time_s_std"], time_decimals(rec["train_time_s_mean"])),
+        _runs_cell(rec),
+        _range(rec["steps_min"], rec["steps_max"]),
+        pm(rec["train_time_s_mean"], rec["train_time_s_std"], time_decimals(rec["train_time_s_mean"])) + mixed,
         pm(rec["compile_time_s_mean"], rec["compile_time_s_std"], time_decimals(rec["compile_time_s_mean"])),
-        pm(rec["time_per_step_ms_mean"], rec["time_per_step_ms_std"], time_decimals(rec["time_per_step_ms_mean"])),
-        pm(rec["extrapolated_time_s_mean"], rec["extrapolated_time_s_std"], time_decimals(rec["extrapolated_time_s_mean"])),
+        pm(rec["time_per_step_ms_mean"], rec["time_per_step_ms_std"], time_decimals(rec["time_per_step_ms_mean"]))
+        + mixed,
+        _range(rec["protocol_steps_min"], rec["protocol_steps_max"], thousands=True),
+        pm(ext, rec["extrapolated_time_s_std"], time_decimals(ext)) + (mixed if math.isfinite(ext) else no_protocol),
         fmt_num(rec["paper_v100_time_s"], 0),
         rec["note"],
     ]
 
 
 def _device_notes(runs: Sequence[Run]) -> list[str]:
-    """Our hardware, from each run's environment.json (``device_kind``, ``backend``)."""
-    devices = set()
-    for run in runs:
-        try:
-            env = json.loads((run.path / ENV_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(env, dict) and env.get("device_kind"):
-            kind, backend = str(env["device_kind"]), str(env.get("backend") or "")
-            devices.add(kind if backend.lower() in ("", kind.lower()) else f"{kind} ({backend})")
-    return [f"Our hardware: {', '.join(sorted(devices))}."] if devices else []
+    """Our hardware, from each run's segments (else environment.json)."""
+    found = sorted({d for run in runs for d in devices(run)})
+    return [f"Our hardware: {', '.join(found)}."] if found else []
 
 
 # -------------------------------------------------------------------- tables 2, 3
@@ -270,6 +261,7 @@ def _device_notes(runs: Sequence[Run]) -> list[str]:
 
 def _metric_table(
     runs: Sequence[Run],
+    groups: Sequence[Group] | None,
     *,
     name: str,
     title: str,
@@ -279,53 +271,53 @@ def _metric_table(
     decimals: int,
     notes: list[str],
 ) -> Table:
-    """A per-method mean ± std table of one summary value (tables 2 and 3)."""
-    groups = group_by_method(runs)
+    """A per-group mean ± std table of one summary value (tables 2 and 3)."""
+    groups = group_runs(runs) if groups is None else groups
     headers = ["Method", "Runs", column, "Seeds in mean", "Paper", "Notes"]
     rows, records = [], []
-    for method in _table_methods(groups):
-        group = groups.get(method, [])
-        mean, std, n = mean_std(summary_float(r, key) * scale for r in group)
-        note = _budget_note(group)
-        records.append(
-            {"method": method, "name": method_style(method).name, "n_runs": len(group),
-             "status": status_counts(group), "mean": mean, "std": std, "n_finite": n, "note": note}
-        )  # fmt: skip
-        runs_cell = f"{len(group)} ({status_counts(group)})" if group else "0"
-        rows.append([method_style(method).name, runs_cell, fmt_mean_std(mean, std, decimals),
-                     str(n), DASH, note])  # fmt: skip
+    for method, group in _rows(groups):
+        members = group.runs if group else []
+        mean, std, n = mean_std(summary_float(r, key) * scale for r in members)
+        rec = {**_base_record(method, group), "mean": mean, "std": std, "n_finite": n}
+        rec["note"] = _budget_note(members, rec["budget"])
+        records.append(rec)
+        rows.append([rec["name"], _runs_cell(rec), fmt_mean_std(mean, std, decimals), str(n), DASH, rec["note"]])
     notes = notes + ["Mean ± sample std (ddof=1) over seeds with a finite value; the paper reports no number (—)."]
     return Table(name, title, headers, rows, records, notes)
 
 
-def train_loss_table(runs: Sequence[Run]) -> Table:
+def train_loss_table(runs: Sequence[Run], groups: Sequence[Group] | None = None) -> Table:
     """Table 2: final training loss (mean over each run's last epoch), mean ± std over seeds."""
     return _metric_table(
-        runs, name="table2_train_loss", title="Table 2: final training loss", column="Final train loss",
+        runs, groups, name="table2_train_loss", title="Table 2: final training loss", column="Final train loss",
         key="train_loss", scale=1.0, decimals=4,
         notes=["Final train loss: mean per-step cross-entropy over a run's last epoch "
                "(its last, possibly partial, epoch for runs that ended early)."],
     )  # fmt: skip
 
 
-def accuracy_table(runs: Sequence[Run]) -> Table:
+def _test_set(runs: Sequence[Run]) -> str:
+    """``"the 10,000 mnist test examples"`` from the runs, ``"the test set"`` if unrecorded."""
+    sizes = sorted({n for n in map(n_test_examples, runs) if n})
+    names = sorted({d for d in map(dataset_name, runs) if d})
+    size = " / ".join(f"{n:,}" for n in sizes)
+    return "the " + " ".join(filter(None, [size, " / ".join(names), "test examples" if size else "test set"]))
+
+
+def accuracy_table(runs: Sequence[Run], groups: Sequence[Group] | None = None) -> Table:
     """Table 3: final test accuracy in %, mean ± std over seeds."""
-    scale = percent_scale(summary_float(r, "test_acc") for r in runs)
+    scale = percent_scale([summary_float(r, "test_acc") for r in runs])
     return _metric_table(
-        runs, name="table3_test_accuracy", title="Table 3: final test accuracy", column="Test accuracy (%)",
+        runs, groups, name="table3_test_accuracy", title="Table 3: final test accuracy", column="Test accuracy (%)",
         key="test_acc", scale=scale, decimals=2,
-        notes=["Test accuracy on the 10k MNIST test images after the last optimizer step."],
+        notes=[f"Test accuracy on {_test_set(runs)} after the last optimizer step."],
     )  # fmt: skip
 
 
-def percent_scale(accuracies: Iterable[float]) -> float:
-    """100 when accuracies are fractions in [0, 1], else 1 (already in %)."""
-    return 100.0 if all(a <= 1.0 for a in accuracies if math.isfinite(a)) else 1.0
-
-
-TABLES: tuple[Callable[[Sequence[Run]], Table], ...] = (training_time_table, train_loss_table, accuracy_table)
+TABLES: tuple[Callable[..., Table], ...] = (training_time_table, train_loss_table, accuracy_table)
 
 
 def write_all_tables(runs: Sequence[Run], out_dir: Path | str) -> list[Path]:
     """Write tables 1-3 (Markdown + CSV) into ``out_dir``; returns the written paths."""
-    return [path for make in TABLES for path in make(runs).write(out_dir)]
+    groups = group_runs(runs)
+    return [path for make in TABLES for path in make(runs, groups).write(out_dir)]

@@ -1,0 +1,232 @@
+"""The report reads everything from the runs: grouping by config, protocol facts,
+bad runs and torn rows, runs resumed on another device, the diagnostics axes."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from second_order.suite.report import style
+from second_order.suite.report.diagnostics import NEWTON_PANELS, SOLVE_PATHS, plot_diagnostics
+from second_order.suite.report.figures import plot_loss_vs_step, plot_loss_vs_time
+from second_order.suite.report.grouping import IGNORED_KEYS, group_runs
+from second_order.suite.report.loading import ReportWarning, load_runs
+from second_order.suite.report.tables import training_time_table
+from second_order.suite.tracking.runs import STEPS_FILE, SUMMARY_FILE, CsvLog
+from test_report import _load_script, write_run
+
+
+@pytest.fixture(autouse=True)
+def _png_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(style, "FIGURE_FORMATS", ("png",))  # PDFs are covered in test_report.py
+
+
+def _legend_labels(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def _table1(out: Path) -> list[dict[str, str]]:
+    with open(out / "table1_training_time.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------ grouping (task 2)
+
+
+def test_runs_group_by_config_not_by_optimizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(root, "sgd", seed, n_steps=100)
+        write_run(root, "hessian_free", seed, n_steps=100, config={"optimizer.damping": 1.0}, tag="_d1")
+        write_run(root, "hessian_free", seed, n_steps=100, config={"optimizer.damping": 4.0}, tag="_d4")
+    # ignored keys and budgets do not split a group: this is a third seed of damping 1
+    write_run(root, "hessian_free", 2, n_steps=60, status="budget", tag="_d1",
+              config={"optimizer.damping": 1.0, "trainer.max_steps": 60, "trainer.resume": True,
+                      "trainer.chunk_steps": 7, "data.dir": "/elsewhere", "logger.wandb.mode": "disabled",
+                      "experiment_name": "other"})  # fmt: skip
+    write_run(root, "adam", 0, n_steps=100)  # an optimizer the paper does not have
+    write_run(root, "sgd", 7, n_steps=100, write_config=False, tag="_old")  # joins the only SGD group
+
+    with pytest.warns(ReportWarning, match="sgd_s7_completed_old: no config.yaml"):
+        groups = group_runs(load_runs([root]))
+    assert [(g.label, len(g.runs)) for g in groups] == [
+        ("SGD", 3), ("HF Newton (damping 1)", 3), ("HF Newton (damping 4)", 2), ("adam", 1),
+    ]  # fmt: skip
+    assert groups[1].budgets() == "max steps 60" and "trainer.resume" in IGNORED_KEYS
+    assert groups[1].style.color != groups[2].style.color
+    assert style.method_style("adam") == style.method_style("adam")  # stable fallback
+    assert style.method_style("adam").color not in {s.color for s in style.STYLES.values()}
+
+    out = tmp_path / "out"
+    assert _load_script().main([str(root), "--out", str(out), "--smooth", "5"]) == 0
+    rows = _table1(out)
+    hf = {r["group"]: r for r in rows if r["method"] == "hessian_free"}
+    assert set(hf) == {"hessian_free[optimizer.damping=1]", "hessian_free[optimizer.damping=4]"}
+    assert hf["hessian_free[optimizer.damping=1]"]["n_runs"] == "3" and "max steps 60" in hf["hessian_free[optimizer.damping=1]"]["note"]
+    assert any(r["method"] == "adam" for r in rows)
+    captions = (out / "captions.md").read_text()
+    assert "“HF Newton (damping 4)”; learning rate 0.5, damping 4, tol 1e-05" in captions
+    assert "adam (learning rate 0.01)" in captions  # the overview draws every optimizer found
+    printed = capsys.readouterr().out
+    assert "found HF Newton (damping 1): 3 run(s)" in printed
+
+    runs = load_runs([root])
+    with pytest.warns(ReportWarning, match="no config.yaml"):
+        labels = _legend_labels(plot_loss_vs_step(runs, ["sgd", "hessian_free"], smooth=5))
+    assert labels[:3] == ["SGD", "HF Newton (damping 1)", "HF Newton (damping 4)"]
+
+
+def test_width_difference_labels_every_method(tmp_path: Path) -> None:
+    """A non-optimizer key that differs (model width) is named on every group."""
+    write_run(tmp_path, "sgd", 0, n_steps=60, config={"model.hidden": [10]})
+    write_run(tmp_path, "sgd", 0, n_steps=60, config={"model.hidden": [32, 32]}, tag="_w32")
+    write_run(tmp_path, "hessian_free", 0, n_steps=60, config={"model.hidden": [32, 32]})
+    write_run(tmp_path, "sgd", 1, n_steps=60, write_config=False)
+    labels = [g.label for g in group_runs(load_runs([tmp_path]))]
+    assert labels == ["SGD (hidden 10)", "SGD (hidden 32-32)", "SGD (config not recorded)", "HF Newton (hidden 32-32)"]
+
+
+# ------------------------------------------------------------- protocol facts (task 1)
+
+
+def test_protocol_and_captions_come_from_the_runs(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    # budget-limited runs of a 7-epoch protocol with 937 steps per epoch: 6,559 steps, not 7 x 938
+    for seed in (0, 1):
+        write_run(root, "sgd", seed, n_steps=150, per_epoch=937, epochs=7, batch=128, status="budget",
+                  config={"trainer.max_steps": 150},
+                  summary_extra={"dataset": "fashion_mnist", "model": "MLP 784-32-10"})  # fmt: skip
+    out = tmp_path / "out"
+    assert _load_script().main([str(root), "--out", str(out)]) == 0
+    sgd = next(r for r in _table1(out) if r["method"] == "sgd")
+    assert float(sgd["protocol_steps_min"]) == 6559
+    per_step = np.mean([json.loads((d / SUMMARY_FILE).read_text())["train_time_s"] / 150 for d in root.iterdir()])
+    assert float(sgd["extrapolated_time_s_mean"]) == pytest.approx(per_step * 6559)
+    t1 = (out / "table1_training_time.md").read_text()
+    assert "| 6,559 |" in t1 and "6566" not in t1
+    captions = (out / "captions.md").read_text()
+    assert "fashion_mnist, MLP 784-32-10, batch 128, 7 epochs" in captions
+    assert "MNIST" not in captions and "batch 64" not in captions and "784-10-10" not in captions
+    assert "2,000 fashion_mnist test examples" in (out / "table3_test_accuracy.md").read_text()
+
+
+def test_protocol_fallbacks_for_old_runs(tmp_path: Path) -> None:
+    """Without the new summary keys: config epochs x logged steps per epoch; without both: a dash."""
+    old = tmp_path / "old"
+    write_run(old, "sgd", 0, n_steps=120, per_epoch=50, epochs=7, status="budget", new_keys=False)
+    bare = tmp_path / "bare"
+    write_run(bare, "hessian_free", 0, n_steps=40, per_epoch=50, status="budget", new_keys=False,
+              write_config=False)  # fmt: skip
+    table = training_time_table(load_runs([old, bare]))
+    rec = {r["method"]: r for r in table.records}
+    assert rec["sgd"]["protocol_steps_min"] == 350  # 7 epochs x 50 steps, the latter from steps.csv
+    assert not np.isfinite(rec["hessian_free"]["extrapolated_time_s_mean"])
+    md = table.markdown()
+    hf_row = next(line for line in md.splitlines() if line.startswith("| Hessian-free Newton"))
+    assert "| —† |" in hf_row and "†: the runs do not record their protocol" in md
+    from second_order.suite.report.captions import protocol_line
+
+    assert protocol_line(load_runs([old])) == "MLP 784-10-10, batch 64, 7 epochs"  # rebuilt from config.yaml
+
+
+# ------------------------------------------------------------------ robustness (task 3)
+
+
+def test_bad_runs_and_torn_rows_do_not_stop_the_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "runs"
+    for seed in range(3):
+        write_run(root, "sgd", seed, n_steps=100)
+        write_run(root, "hessian_free", seed, n_steps=100)
+    torn = root / "sgd_s1_completed" / STEPS_FILE
+    with open(torn, "a") as f:
+        f.write("101,2,0.3")  # the last line, cut off mid-write: fewer fields, no newline
+    half = root / "hessian_free_s2_completed" / STEPS_FILE
+    with open(half, "a") as f:
+        f.write("101,2,0.31,1.2e")  # a half-written number
+    garbage = root / "sgd_s2_completed" / SUMMARY_FILE
+    garbage.write_text('{"optimizer": "sgd", "seed": 2, "status": "compl')
+    failed = write_run(root, "gauss_newton", 0, n_steps=20, status="interrupted", summary_extra={"seed": "${seed}"})
+    assert failed["seed"] == "${seed}"
+    dup = root / "hessian_free_s1_completed" / STEPS_FILE
+    log = CsvLog(dup, ("step", "epoch", "train_loss", "time_s", "cg_iterations"))
+    log.write_rows([(99, 1, 9.0, 1.0, 3), (100, 1, 8.0, 1.0, 3)])  # a resume that re-logged steps 99, 100
+    log.close()
+
+    out = tmp_path / "out"
+    assert _load_script().main([str(root), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    for path in (torn, half, garbage, dup, root / "gauss_newton_s0_interrupted" / SUMMARY_FILE):
+        assert f"warning: {path}" in err, path
+    assert all(line.startswith("warning: ") for line in err.splitlines() if line)
+    rows = {r["method"]: r for r in _table1(out)}
+    assert rows["sgd"]["n_runs"] == "2" and rows["hessian_free"]["n_runs"] == "3" and rows["gauss_newton"]["n_runs"] == "0"
+    assert (out / "fig07_loss_vs_time_hessian_free.png").exists()
+
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", ReportWarning)
+        runs = {(r.optimizer, r.seed): r for r in load_runs([root])}
+    steps = runs["hessian_free", 1].steps
+    assert list(steps["step"][-3:]) == [98, 99, 100] and list(steps["train_loss"][-2:]) == [9.0, 8.0]
+    assert runs["sgd", 1].steps["step"][-1] == 100 and runs["hessian_free", 2].steps["step"][-1] == 100
+
+
+# ---------------------------------------------------------- several devices (task 4)
+
+
+def test_run_resumed_on_another_device_is_left_out_of_time_axes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "sgd", 0, n_steps=100)
+    segments = [{"start_step": 0, "end_step": 60, "backend": "cpu", "device_kind": "cpu", "host": "a"},
+                {"start_step": 60, "end_step": 100, "backend": "gpu", "device_kind": "NVIDIA H100", "host": "b"}]
+    write_run(root, "hessian_free", 0, n_steps=100, summary_extra={"segments": segments})
+    write_run(root, "hessian_free", 1, n_steps=100)
+    runs = load_runs([root])
+    mixed = root / "hessian_free_s0_completed"
+
+    with pytest.warns(ReportWarning, match="hessian_free_s0_completed.*cpu \\+ NVIDIA H100 \\(gpu\\)"):
+        fig = plot_loss_vs_time(runs, ["sgd", "hessian_free"], smooth=5)
+    assert "HF Newton" in _legend_labels(fig)  # drawn from the one single-device seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReportWarning)
+        step_fig = plot_loss_vs_step(runs, ["sgd", "hessian_free"], smooth=5)  # step axes keep the run
+    assert "±1 std over seeds" in _legend_labels(step_fig)
+
+    out = tmp_path / "out"
+    assert _load_script().main([str(root), "--out", str(out)]) == 0
+    assert f"warning: {mixed}: segments ran on different devices" in capsys.readouterr().err
+    hf = next(r for r in _table1(out) if r["method"] == "hessian_free")
+    assert hf["mixed_device_runs"] == "1" and "time mixed across devices" in hf["note"]
+    t1 = (out / "table1_training_time.md").read_text()
+    assert "‡ mixed" in t1 and "Our hardware: NVIDIA H100 (gpu), cpu." in t1
+    assert "Left out: hessian_free_s0_completed" in (out / "captions.md").read_text()
+
+
+# -------------------------------------------------------------- diagnostics (task 6)
+
+
+def test_solve_path_axis_shows_every_logged_value(tmp_path: Path) -> None:
+    newton = importlib.import_module("second_order.optim.newton")
+    assert (newton.CHOLESKY, newton.EIGH_PINV, newton.LOW_RANK) == tuple(SOLVE_PATHS)
+    write_run(tmp_path, "newton", 0, n_steps=30)
+    run_dir = tmp_path / "newton_s0_completed"
+    with open(run_dir / STEPS_FILE, newline="") as f:
+        rows = list(csv.reader(f))
+    rows[0] += ["solve_path"]
+    for i, row in enumerate(rows[1:]):
+        row.append(str(2 if i % 3 else 1))  # mostly low rank (2), the value the old axis cut off
+    with open(run_dir / STEPS_FILE, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    fig = plot_diagnostics(load_runs([tmp_path]), NEWTON_PANELS, "Exact Newton")
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    assert lo < 0 and hi > 2
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Cholesky", "eigh pinv", "low rank"]
+    assert list(ax.get_yticks()) == [0, 1, 2]
