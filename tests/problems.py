@@ -76,3 +76,25 @@ def flat_grad(problem: Problem) -> np.ndarray:
 def random_like(params: dict, seed: int) -> dict:
     flat, unravel = ravel_pytree(params)
     return unravel(jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype))
+
+
+def with_params_dtype(problem: Problem, dtype) -> Problem:
+    """The same loss (data keep their dtype) at the parameters cast to ``dtype``."""
+    return problem._replace(params=jax.tree_util.tree_map(lambda a: a.astype(dtype), problem.params))
+
+
+def recording(problem: Problem, seen: list) -> Problem:
+    """``problem`` whose functions record the dtypes of the parameters they are traced with."""
+
+    def note(p):
+        seen.extend({str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(p)})
+
+    def predict_fn(p):
+        note(p)
+        return problem.predict_fn(p)
+
+    def value_fn(p):
+        note(p)
+        return problem.value_fn(p)
+
+    return problem._replace(predict_fn=predict_fn, value_fn=value_fn)

@@ -7,22 +7,30 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from problems import dense_ggn_ref, dense_hessian_ref, flat_grad, make_problem
+from problems import (
+    dense_ggn_ref,
+    dense_hessian_ref,
+    flat_grad,
+    make_problem,
+    recording,
+    with_params_dtype,
+)
 from second_order.optim import collect_diagnostics, gauss_newton, hessian_free, newton
 
 LR = 0.5
 
 
-def jitted_update(tx, prob):
-    """One update under jit, every optimizer handed the same extra arguments."""
+def jitted_update(tx, prob, fns=None):
+    """One update under jit, every optimizer handed the same extra arguments (those of ``fns``)."""
     state = tx.init(prob.params)
     grads = jax.grad(prob.value_fn)(prob.params)
+    fns = prob if fns is None else fns
 
     @jax.jit
     def step(grads, state, params):
         return tx.update(
             grads, state, params,
-            value_fn=prob.value_fn, predict_fn=prob.predict_fn, output_loss_fn=prob.output_loss_fn,
+            value_fn=fns.value_fn, predict_fn=fns.predict_fn, output_loss_fn=fns.output_loss_fn,
         )
 
     updates, state = step(grads, state, prob.params)
@@ -162,3 +170,153 @@ def test_newton_low_rank_falls_back_to_dense_when_rank_is_not_low():
     assert int(diag["solve_path"]) == 1
     assert float(diag["range_residual"]) > 1e-6
     np.testing.assert_allclose(upd, -LR * np.linalg.pinv(h) @ g, rtol=1e-7, atol=1e-9 * np.abs(upd).max())
+
+
+CG_KEYS = {"cg_iterations", "cg_residual", "cg_min_curvature", "cg_negative_curvature", "grad_norm", "step_norm"}
+NEWTON_KEYS = {"solve_path", "min_eigenvalue", "rank", "range_residual", "grad_norm", "step_norm"}
+
+
+@pytest.mark.parametrize("name", ["newton", "hessian_free", "gauss_newton"])
+def test_diagnostic_keys_are_fixed(name):
+    prob = make_problem(seed=8)
+    tx = {"newton": newton(LR, 1.0), "hessian_free": hessian_free(LR, 1.0), "gauss_newton": gauss_newton(LR, 1.0)}[name]
+    keys = NEWTON_KEYS if name == "newton" else CG_KEYS
+    assert set(collect_diagnostics(tx.init(prob.params))) == keys
+    _, diag, _ = jitted_update(tx, prob)
+    assert set(diag) == keys
+
+
+def test_cg_optimizers_default_maxiter_is_bounded():
+    """Default cap 250 CG iterations (Martens 2010); maxiter=None is jax/scipy's 10·n."""
+    import inspect
+
+    for fn in (hessian_free, gauss_newton):
+        assert inspect.signature(fn).parameters["maxiter"].default == 250
+    prob = make_problem(seed=4, features=8, hidden=8)  # n = 99; H indefinite: CG does not converge
+    n = ravel_pytree(prob.params)[0].size
+    _, diag, _ = jitted_update(hessian_free(LR, 0.0, tol=1e-300), prob)
+    assert int(diag["cg_iterations"]) == 250
+    _, diag, _ = jitted_update(hessian_free(LR, 0.0, maxiter=None, tol=1e-300), prob)
+    assert 250 < int(diag["cg_iterations"]) <= 10 * n
+
+
+def test_hessian_free_reports_negative_curvature():
+    prob = make_problem(seed=2, activation=jnp.tanh)
+    h = dense_hessian_ref(prob)
+    eig = np.linalg.eigvalsh(h)
+    assert eig.min() < -1e-3, "test premise: H is indefinite"
+    # λ = 0 and CG run over the whole Krylov space: the conjugate directions carry H's
+    # inertia (Sylvester), so some pᵀHp < 0; CG goes on and still converges.
+    _, diag, _ = jitted_update(hessian_free(LR, 0.0, maxiter=None, tol=1e-10), prob)
+    assert int(diag["cg_negative_curvature"]) == 1 and float(diag["cg_min_curvature"]) < 0
+    assert float(diag["cg_residual"]) <= 1e-10
+    _, diag, _ = jitted_update(hessian_free(LR, 1.0 - eig.min()), prob)  # H + λI ⪰ I
+    assert int(diag["cg_negative_curvature"]) == 0 and float(diag["cg_min_curvature"]) > 0
+
+
+@pytest.mark.parametrize("name", ["hessian_free", "gauss_newton"])
+@pytest.mark.parametrize("product", ["float32", "float64"])
+def test_product_dtype(name, product):
+    """float32 parameters and data; products in ``product``, CG in float64.
+
+    The reference is the dense curvature of the same loss at the float64-cast
+    parameters: float64 products match it tightly, float32 ones to float32 accuracy.
+    """
+    seen: list = []
+    prob = make_problem(seed=9, activation=jnp.tanh, dtype=jnp.float32)
+    ref = with_params_dtype(prob, jnp.float64)
+    c = dense_ggn_ref(ref) if name == "gauss_newton" else dense_hessian_ref(ref)
+    lam = 2.0 - min(0.0, np.linalg.eigvalsh(c).min())
+    fn = {"hessian_free": hessian_free, "gauss_newton": gauss_newton}[name]
+    tx = fn(LR, lam, tol=1e-12, solve_dtype="float64", product_dtype=product)
+    upd, diag, _ = jitted_update(tx, prob, fns=recording(prob, seen))
+    assert upd.dtype == np.float32 and diag["grad_norm"].dtype == np.float64
+    assert set(seen) == {product}  # the linearisation point is in product_dtype
+    g = np.asarray(ravel_pytree(jax.grad(prob.value_fn)(prob.params))[0], np.float64)  # the caller's float32 gradient
+    expected = -LR * np.linalg.solve(c + lam * np.eye(len(g)), g)
+    # The float32 update's rounding (~6e-8 relative) is the floor in both cases.
+    if product == "float64":
+        np.testing.assert_allclose(upd, expected, rtol=2e-7, atol=1e-8 * np.abs(expected).max())
+    else:
+        np.testing.assert_allclose(upd, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_newton_first_step_dtype_runs_step_zero_in_float32():
+    """The paper's path: step 0's Hessian and solve in float32, later steps in float64."""
+    prob = make_problem(seed=10, activation=jnp.tanh, dtype=jnp.float32)
+    ref = with_params_dtype(prob, jnp.float64)
+    h = dense_hessian_ref(ref)
+    lam = 1.0 - min(0.0, np.linalg.eigvalsh(h).min())
+    tx = newton(LR, lam, solve_dtype="float64", first_step_dtype="float32")
+    plain = newton(LR, lam, solve_dtype="float64")
+    step = jax.jit(lambda tx, g, s, p: tx.update(g, s, p, value_fn=prob.value_fn), static_argnums=0)
+    flat = lambda t: np.asarray(ravel_pytree(t)[0], np.float64)
+
+    grads = jax.grad(prob.value_fn)(prob.params)
+    upd0, state = step(tx, grads, tx.init(prob.params), prob.params)
+    g = flat(grads)
+    # Dense reference from float32 parameters, gradient and data, in float32.
+    h32 = np.asarray(jax.hessian(lambda w: prob.value_fn(ravel_pytree(prob.params)[1](w)))(ravel_pytree(prob.params)[0]))
+    assert h32.dtype == np.float32
+    expected32 = -LR * np.linalg.solve(h32.astype(np.float64) + lam * np.eye(len(g)), g)
+    np.testing.assert_allclose(flat(upd0), expected32, rtol=1e-4, atol=1e-6 * np.abs(expected32).max())
+    upd0_64, _ = step(plain, grads, plain.init(prob.params), prob.params)
+    assert not np.allclose(flat(upd0), flat(upd0_64), rtol=1e-9, atol=0), "step 0 must not be the float64 step"
+
+    params1 = optax.apply_updates(prob.params, upd0)
+    grads1 = jax.grad(prob.value_fn)(params1)
+    upd1, state = step(tx, grads1, state, params1)
+    h1 = dense_hessian_ref(with_params_dtype(prob._replace(params=params1), jnp.float64))
+    expected1 = -LR * np.linalg.solve(h1 + lam * np.eye(len(g)), flat(grads1))
+    np.testing.assert_allclose(flat(upd1), expected1, rtol=2e-7, atol=1e-8 * np.abs(expected1).max())
+    assert int(state.count) == 2
+
+
+@pytest.mark.parametrize("name", ["newton", "hessian_free", "gauss_newton"])
+def test_inject_hyperparams_learning_rate_and_damping(name):
+    prob = make_problem(seed=11, activation=jnp.tanh)
+    h, gmat, g = dense_hessian_ref(prob), dense_ggn_ref(prob), flat_grad(prob)
+    lam = 1.0 - min(0.0, np.linalg.eigvalsh(h).min())
+    fn = {"newton": newton, "hessian_free": hessian_free, "gauss_newton": gauss_newton}[name]
+    kw = {} if name == "newton" else {"tol": 1e-12}
+    static = ("max_rank",) if name == "newton" else ()
+    tx = optax.inject_hyperparams(fn, static_args=static)(learning_rate=LR, damping=lam, **kw)
+    upd, diag, state = jitted_update(tx, prob)
+    ref_upd, _, _ = jitted_update(fn(LR, lam, **kw), prob)
+    np.testing.assert_allclose(upd, ref_upd, rtol=1e-12, atol=1e-14)
+    assert set(diag) == (NEWTON_KEYS if name == "newton" else CG_KEYS)  # found inside InjectHyperparamsState
+    # Change the injected damping (and learning rate): the step follows the dense formula.
+    curvature = gmat if name == "gauss_newton" else h
+    grads = jax.grad(prob.value_fn)(prob.params)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p, value_fn=prob.value_fn, predict_fn=prob.predict_fn,
+                                             output_loss_fn=prob.output_loss_fn))
+    for new_lam, new_lr in ((lam + 3.0, LR), (2.0 * lam, 0.25)):
+        hp = {**state.hyperparams, "damping": jnp.asarray(new_lam), "learning_rate": jnp.asarray(new_lr)}
+        state = state._replace(hyperparams=hp)
+        upd, _ = step(grads, state, prob.params)
+        expected = -new_lr * np.linalg.solve(curvature + new_lam * np.eye(len(g)), g)
+        np.testing.assert_allclose(ravel_pytree(upd)[0], expected, rtol=1e-8)
+
+
+def test_newton_traced_max_rank_is_a_clear_error():
+    prob = make_problem(seed=11)
+    tx = optax.inject_hyperparams(newton)(learning_rate=LR, damping=1.0)
+    with pytest.raises(TypeError, match="static_args"):
+        jitted_update(tx, prob)
+
+
+def test_newton_default_takes_low_rank_path_above_max_rank():
+    """Default max_rank = 640: exact low-rank solve when n > 640, dense when n ≤ 640."""
+    import inspect
+
+    assert inspect.signature(newton).parameters["max_rank"].default == 640
+    prob = make_problem(seed=12, activation=jax.nn.relu, batch=2, features=60, hidden=10)  # n = 643, rank ≤ 2·(3+20)
+    h, g = dense_hessian_ref(prob), flat_grad(prob)
+    assert len(g) == 643 and np.linalg.matrix_rank(h) < 640
+    upd, diag, _ = jitted_update(newton(LR, 0.5), prob)
+    assert int(diag["solve_path"]) == 2
+    expected = -LR * np.linalg.pinv(h + 0.5 * np.eye(len(g))) @ g
+    np.testing.assert_allclose(upd, expected, rtol=1e-7, atol=1e-9 * np.abs(expected).max())
+    small = make_problem(seed=12)  # n = 27 ≤ 640: dense (Cholesky here)
+    _, diag, _ = jitted_update(newton(LR, 10.0), small)
+    assert int(diag["solve_path"]) == 0

@@ -124,3 +124,74 @@ def test_damped_solve_with_non_finite_hessian_does_not_raise():
     res = jax.jit(damped_solve)(h, jnp.ones(6), 1.0)
     assert not bool(res.used_cholesky)
     assert not np.all(np.isfinite(np.asarray(res.x)))
+
+
+def test_damped_solve_unit_pivots_ill_conditioned_takes_eigen_path():
+    """A = L Lᵀ, L unit lower-triangular with −1 below the diagonal: unit pivots, λ_min ≈ 4⁻ⁿ.
+
+    The pivots say nothing about λ_min; pinv truncates it, so Cholesky (which would
+    return entries ~ 2ⁿ) must not be taken.
+    """
+    n = 40
+    low = np.eye(n) - np.tril(np.ones((n, n)), -1)
+    a = low @ low.T
+    assert np.all(np.diag(np.linalg.cholesky(a)) ** 2 > 1 - 1e-12), "test premise: unit pivots"
+    assert np.linalg.matrix_rank(a) < n, "test premise: pinv truncates λ_min"
+    g = np.random.default_rng(13).normal(size=n)
+    res = jax.jit(damped_solve)(jnp.asarray(a), jnp.asarray(g), 0.0)
+    assert not bool(res.used_cholesky)
+    assert int(res.rank) == np.linalg.matrix_rank(a)
+    expected = np.linalg.pinv(a) @ g
+    np.testing.assert_allclose(res.x, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_damped_solve_low_rank_plus_damping_takes_cholesky(dtype):
+    """The damped-Newton case (H of low rank, λ = 32): provably no truncation, Cholesky path."""
+    n, r = 200, 30
+    rng = np.random.default_rng(14)
+    u = np.linalg.qr(rng.normal(size=(n, r)))[0]
+    h = (u * np.linspace(-10.0, 200.0, r)) @ u.T
+    g = rng.normal(size=n)
+    res = jax.jit(damped_solve)(jnp.asarray(h, dtype), jnp.asarray(g, dtype), 32.0)
+    assert bool(res.used_cholesky)
+    rtol = 1e-10 if dtype == jnp.float64 else 1e-4
+    np.testing.assert_allclose(res.x, np.linalg.solve(h + 32.0 * np.eye(n), g), rtol=rtol, atol=rtol)
+
+
+def test_cg_reports_negative_curvature_and_does_not_stop_on_it():
+    n = 12
+    a = spd_matrix(n, np.linspace(-2.0, 5.0, n), seed=15)  # indefinite, nonsingular
+    b = np.random.default_rng(16).normal(size=n)
+    res = jax.jit(lambda b: cg(lambda v: jnp.asarray(a) @ v, b, tol=1e-10, maxiter=10 * n))(jnp.asarray(b))
+    # Run to convergence over the full Krylov space, CG's pᵢ are A-conjugate and their
+    # curvatures pᵢᵀApᵢ have A's inertia (Sylvester): some are negative.
+    assert bool(res.negative_curvature) and float(res.min_curvature) < 0
+    assert int(res.iterations) >= n  # did not stop at the first negative pᵀAp
+    np.testing.assert_allclose(res.x, np.linalg.solve(a, b), rtol=1e-6, atol=1e-8)
+    spd = spd_matrix(n, np.linspace(1.0, 5.0, n), seed=15)
+    pos = cg(lambda v: jnp.asarray(spd) @ v, jnp.asarray(b))
+    assert not bool(pos.negative_curvature) and float(pos.min_curvature) > 0
+
+
+def test_cg_traced_maxiter_and_tol():
+    """Under optax.inject_hyperparams maxiter and tol arrive as tracers."""
+    n = 50
+    a = jnp.asarray(spd_matrix(n, np.logspace(0, 4, n)))
+    b = jnp.ones(n)
+    traced = jax.jit(lambda b, k, tol: cg(lambda v: a @ v, b, tol=tol, maxiter=k))(b, 7, 1e-14)
+    assert int(traced.iterations) == 7
+    np.testing.assert_allclose(traced.x, cg(lambda v: a @ v, b, tol=1e-14, maxiter=7).x, rtol=1e-12)
+
+
+def test_cg_keeps_leaf_dtypes_of_mixed_pytree():
+    a = spd_matrix(6, np.linspace(1.0, 3.0, 6), seed=17)
+
+    def matvec(v):
+        out = jnp.asarray(a) @ jnp.concatenate([v["a"].astype(jnp.float64), v["b"]])
+        return {"a": out[:3].astype(jnp.float32), "b": out[3:]}
+
+    b = {"a": jnp.ones(3, jnp.float32), "b": jnp.ones(3, jnp.float64)}
+    res = jax.jit(lambda b: cg(matvec, b, tol=1e-6))(b)
+    assert res.x["a"].dtype == jnp.float32 and res.x["b"].dtype == jnp.float64
+    np.testing.assert_allclose(np.concatenate([res.x["a"], res.x["b"]]), np.linalg.solve(a, np.ones(6)), rtol=1e-5)

@@ -25,7 +25,11 @@ ValueFn = Callable[[PyTree], jax.Array]
 
 
 def tree_cast(tree: PyTree, dtype: Any | None) -> PyTree:
-    """Cast every floating leaf of ``tree`` to ``dtype`` (``None`` leaves it alone)."""
+    """Cast every floating leaf of ``tree`` to ``dtype`` (``None`` leaves it alone).
+
+    Unlike ``optax.tree_utils.tree_cast``, which casts every leaf, integer and
+    boolean leaves (step counters, masks, integer labels) keep their dtype.
+    """
     if dtype is None:
         return tree
     return jax.tree_util.tree_map(

@@ -7,9 +7,10 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+import optax.tree_utils as otu
 
 from second_order.curvature import tree_cast
-from second_order.solvers import CGResult, cg, tree_vdot
+from second_order.solvers import CGResult, cg, static_int
 
 PyTree = Any
 
@@ -47,13 +48,28 @@ def learning_rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) ->
     return learning_rate(count) if callable(learning_rate) else jnp.asarray(learning_rate)
 
 
-def check_hyperparameters(name: str, learning_rate: Any, damping: Any, tol: float | None = None) -> None:
-    """Reject negative learning rate / damping and tolerances outside (0, 1) at construction."""
-    if not callable(learning_rate) and float(learning_rate) < 0:
+def concrete_float(value: Any) -> float | None:
+    """``float(value)`` for a concrete number or array, ``None`` for a tracer (never concretises)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    return float(value)
+
+
+def check_hyperparameters(name: str, learning_rate: Any, damping: Any, tol: Any = None) -> None:
+    """Reject negative learning rate / damping and tolerances outside (0, 1) at construction.
+
+    Only concrete values are checked: under ``optax.inject_hyperparams`` the factory is
+    called again inside ``update`` with traced hyperparameters, which pass unchecked
+    (they were checked when the state was built, where they are concrete).
+    """
+    lr = None if callable(learning_rate) else concrete_float(learning_rate)
+    if lr is not None and lr < 0:
         raise ValueError(f"{name}: learning_rate must be >= 0, got {learning_rate}")
-    if float(damping) < 0:
+    lam = concrete_float(damping)
+    if lam is not None and lam < 0:
         raise ValueError(f"{name}: damping must be >= 0, got {damping}")
-    if tol is not None and not 0.0 < float(tol) < 1.0:
+    t = None if tol is None else concrete_float(tol)
+    if t is not None and not 0.0 < t < 1.0:
         raise ValueError(f"{name}: tol must lie in (0, 1), got {tol}")
 
 
@@ -65,29 +81,30 @@ def descent_updates(
     return jax.tree_util.tree_map(lambda d, p: (-lr * d).astype(p.dtype), direction, params)
 
 
-def tree_norm(tree: PyTree) -> jax.Array:
-    return jnp.sqrt(tree_vdot(tree, tree))
-
-
 def cg_transformation(
     name: str,
     make_matvec: Callable[[PyTree, Mapping[str, Any]], Callable[[PyTree], PyTree]],
     learning_rate: optax.ScalarOrSchedule,
-    damping: float,
-    maxiter: int | None,
-    tol: float,
+    damping: Any,
+    maxiter: Any,
+    tol: Any,
     solve_dtype: Any | None,
+    product_dtype: Any | None,
 ) -> optax.GradientTransformationExtraArgs:
     """Hessian-free step: CG on (C + λI) d = g with C given by ``make_matvec``.
 
-    ``make_matvec(params_in_solve_dtype, extra_args)`` returns v ↦ C v.  The
-    gradient, the products and CG run in ``solve_dtype``; the update is cast back to
-    the parameters' dtype.
+    ``make_matvec(params_in_product_dtype, extra_args)`` returns v ↦ C v, linearised
+    at the parameters cast to ``product_dtype`` (``None``: ``solve_dtype``).  Each CG
+    product casts v to ``product_dtype`` and C v back to ``solve_dtype``; ``g`` (the
+    caller's gradient), λ v, the dots and the CG vectors are in ``solve_dtype``; the
+    update is cast back to the parameters' dtype.
     """
     check_hyperparameters(name, learning_rate, damping, tol)
-    if maxiter is not None and int(maxiter) < 1:
+    k = None if maxiter is None else static_int(maxiter)
+    if k is not None and k < 1:
         raise ValueError(f"{name}: maxiter must be >= 1 or None, got {maxiter}")
     dtype = resolve_solve_dtype(solve_dtype)
+    pdtype = dtype if product_dtype is None else jnp.dtype(product_dtype)
 
     def init(params: PyTree) -> SecondOrderState:
         del params
@@ -98,6 +115,7 @@ def cg_transformation(
                 "cg_iterations": jnp.zeros((), jnp.int32),
                 "cg_residual": zero,
                 "cg_min_curvature": zero,
+                "cg_negative_curvature": jnp.zeros((), jnp.int32),
                 "grad_norm": zero,
                 "step_norm": zero,
             },
@@ -106,27 +124,26 @@ def cg_transformation(
     def update(grads, state, params=None, **extra_args):
         if params is None:
             raise ValueError(f"{name}: update() needs params (the curvature is evaluated there)")
-        p = tree_cast(params, dtype)
         g = tree_cast(grads, dtype)
-        product = make_matvec(p, extra_args)
+        product = make_matvec(tree_cast(params, pdtype), extra_args)
         lam = jnp.asarray(damping, dtype)
-        res: CGResult = cg(lambda v: tree_axpy_damped(product(v), lam, v), g, tol=tol, maxiter=maxiter)
+
+        def damped(v: PyTree) -> PyTree:  # (C + λI) v
+            return otu.tree_add_scale(tree_cast(product(tree_cast(v, pdtype)), dtype), lam, v)
+
+        res: CGResult = cg(damped, g, tol=tol, maxiter=maxiter)
         diagnostics = {
             "cg_iterations": res.iterations,
             "cg_residual": res.residual_norm / jnp.where(res.b_norm > 0, res.b_norm, 1.0),
             "cg_min_curvature": res.min_curvature,
+            "cg_negative_curvature": res.negative_curvature.astype(jnp.int32),
             "grad_norm": res.b_norm,
-            "step_norm": tree_norm(res.x),
+            "step_norm": otu.tree_norm(res.x),
         }
         updates = descent_updates(res.x, params, learning_rate, state.count)
         return updates, SecondOrderState(state.count + 1, diagnostics)
 
     return optax.GradientTransformationExtraArgs(init, update)
-
-
-def tree_axpy_damped(cv: PyTree, lam: jax.Array, v: PyTree) -> PyTree:
-    """C v + λ v."""
-    return jax.tree_util.tree_map(lambda a, b: a + lam.astype(a.dtype) * b, cv, v)
 
 
 def require(extra_args: Mapping[str, Any], name: str, *keys: str) -> tuple[Any, ...]:

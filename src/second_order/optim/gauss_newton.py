@@ -8,15 +8,17 @@ import jax
 import optax
 
 from second_order.optim.base import cg_transformation, require
+from second_order.optim.hessian_free import DEFAULT_MAXITER
 
 
 def gauss_newton(
     learning_rate: optax.ScalarOrSchedule,
     damping: float,
-    maxiter: int | None = None,
+    maxiter: int | None = DEFAULT_MAXITER,
     tol: float = 1e-5,
     *,
     solve_dtype: Any | None = None,
+    product_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Hessian-free Gauss-Newton: ``w ← w − η d`` with ``(G + λI) d = g`` solved by CG.
 
@@ -25,11 +27,18 @@ def gauss_newton(
     (Schraudolph 2002, "Fast curvature matrix-vector products for second-order
     gradient descent"; Martens 2010).  ``G v`` is computed as jvp → output-space
     Hessian-vector product → vjp; ``G`` is PSD for convex ℓ, so CG is well posed for
-    any λ > 0.  CG defaults as in :func:`hessian_free`.
+    any λ > 0.  CG as in :func:`hessian_free`: default ``maxiter = 250`` (Martens
+    2010), ``maxiter=None`` is ``10·n`` (the jax/scipy default the paper used).
 
     ``update(grads, state, params, predict_fn=..., output_loss_fn=...)`` with
     ``predict_fn: params → outputs`` and ``output_loss_fn: outputs → scalar loss``.
-    Diagnostics as for :func:`hessian_free`.
+    Precision: ``grads`` is the caller's gradient, only cast to ``solve_dtype``;
+    ``G v`` (J, H_z and Jᵀ, linearised at the parameters cast to ``product_dtype``,
+    ``None``: ``solve_dtype``) runs in ``product_dtype`` on vectors cast to it, the
+    result cast back; CG runs in ``solve_dtype`` (default float64 when
+    ``jax_enable_x64`` is on, else float32); the update has the parameters' dtype.
+    The paper's setting: ``product_dtype=float64``, ``solve_dtype=float64``.
+    ``optax.inject_hyperparams`` and diagnostics as for :func:`hessian_free`.
     """
 
     def make_matvec(params, extra_args):
@@ -43,4 +52,6 @@ def gauss_newton(
 
         return ggn_product
 
-    return cg_transformation("gauss_newton", make_matvec, learning_rate, damping, maxiter, tol, solve_dtype)
+    return cg_transformation(
+        "gauss_newton", make_matvec, learning_rate, damping, maxiter, tol, solve_dtype, product_dtype
+    )
