@@ -6,8 +6,10 @@ W&B home/config/cache folders point into a temporary directory.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,11 @@ import pytest
 wandb = pytest.importorskip("wandb")
 
 from second_order.suite.tracking import runs  # noqa: E402
+from second_order.suite.tracking import wandb_io, wandb_leet  # noqa: E402
 from second_order.suite.tracking.wandb_io import (  # noqa: E402
     WandbRecord,
     download_project,
-    iter_transaction_log,
+    log_records,
     offline_run_dirs,
     read_offline_run,
     read_offline_runs,
@@ -29,6 +32,8 @@ from second_order.suite.tracking.wandb_io import (  # noqa: E402
 from second_order.suite.tracking.wandb_logger import WandbLogger, WandbWarning  # noqa: E402
 
 CLOSED_URL = "http://127.0.0.1:9"  # discard port: connection refused at once
+needs_leet = pytest.mark.skipif(not wandb_leet.available(), reason="`wandb leet inspect --json` needs wandb >= 0.31")
+READERS = [pytest.param("leet", marks=needs_leet), "builtin"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -171,9 +176,10 @@ def test_offline_history_roundtrip(offline_run):
 
     # define_metric made it into the log: train/opt/eval against "step", time_s declared
     metrics = {}
-    for r in iter_transaction_log(next(dirs[0].glob("run-*.wandb"))):
-        if r.WhichOneof("record_type") == "metric":
-            metrics[r.metric.name or r.metric.glob_name] = r.metric.step_metric
+    for r in log_records(dirs[0]):
+        m = r.get("metric", {})
+        if r["type"] == "metric" and m.get("options", {}).get("defined"):  # wandb < 0.31 also logs expansions
+            metrics[m.get("name") or m.get("glob_name")] = m.get("step_metric", "")
     assert metrics == {"step": "", "time_s": "", "epoch": "step", "train/*": "step", "opt/*": "step", "eval/*": "step"}
 
 
@@ -267,18 +273,107 @@ def test_resumed_run_continues_and_merges(tmp_path):
     np.testing.assert_array_equal(run.evals["step"], [40])
 
 
-def test_truncated_log_reads_prefix(offline_run, tmp_path):
+@pytest.mark.parametrize("reader", READERS)
+def test_truncated_log_reads_prefix(offline_run, tmp_path, reader):
     run_dir, _, logged = offline_run
     src = next(offline_run_dirs(run_dir)[0].glob("run-*.wandb"))
     cut = tmp_path / "run-cut.wandb"
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
-    with pytest.warns(UserWarning, match="truncated|ends inside"):
-        rec = read_offline_run(cut)
+    with pytest.warns(UserWarning, match=r"run-cut.wandb: truncated or corrupt W&B log"):
+        rec = read_offline_run(cut, reader=reader)
     assert 0 < len(rec.history) < len(logged)
     assert all(_user_keys(g).keys() == w.keys() for g, w in zip(rec.history, logged))
-    with pytest.raises(ValueError, match="not a W&B transaction log"):
-        (tmp_path / "junk.wandb").write_bytes(b"not a log at all")
-        read_offline_run(tmp_path / "junk.wandb")
+    for name, data in (("junk.wandb", b"not a log at all"), ("short.wandb", b"junk"), ("empty.wandb", b"")):
+        (tmp_path / name).write_bytes(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # leet warns about the incomplete file first
+            with pytest.raises(ValueError, match=rf"{name}: (not a|no W&B records).*; pass a run-\*.wandb file") as err:
+                read_offline_run(tmp_path / name, reader=reader)
+        assert "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="nope: no such W&B run folder"):
+        read_offline_run(tmp_path / "nope", reader=reader)
+
+
+def _deep_same(a: Any, b: Any) -> bool:
+    """Equality through dicts and lists, NaN equal to NaN (1 == 1.0 as in Python)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_deep_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_deep_same(x, y) for x, y in zip(a, b))
+    return _same(a, b)
+
+
+@pytest.fixture(scope="module")
+def edge_run(tmp_path_factory: pytest.TempPathFactory, wandb_sandbox: Path) -> Path:
+    """A run written by wandb directly: nested and dotted keys, strings, NaN/inf in lists, summary
+    edits and removals, a later config update, exit code 3."""
+    run_dir = tmp_path_factory.mktemp("edge")
+    run = wandb.init(mode="offline", dir=str(run_dir), project="edge", config={"a.b": 1, "opt": {"lr": 0.5}},
+                     reinit="create_new", settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+    run.log({"s": "text", "d": {"x": 1, "y": {"z": 2.5}}, "dot.key": 3, "l": [math.nan, 1], "big": 2**60, "neg": -math.inf})
+    run.log({"step": 2, "train/loss": math.nan})
+    run.config.update({"later": [1, {"q": None}]})
+    run.summary["nested"] = {"a": 1, "b": 2}
+    run.summary["nested"]["a"] = 7
+    del run.summary["nested"]["b"]
+    del run.summary["s"]
+    run.finish(exit_code=3)
+    assert wandb_io.wait_for_transaction_log(run.settings.sync_file)
+    return run_dir
+
+
+@needs_leet
+@pytest.mark.parametrize("which", ["offline_run", "edge_run", "resumed"])
+def test_leet_and_builtin_readers_agree(which, request, tmp_path):
+    """`wandb leet inspect --json` and the fallback parser give the same records and the same run."""
+    if which == "resumed":
+        first = _logger(tmp_path)
+        first.log_steps(_step_rows(range(1, 11)))
+        first.finish(exit_code=1)
+        second = _logger(tmp_path, resume_id=first.run_id)
+        second.log_steps(_step_rows(range(6, 16)))
+        second.set_summary({"status": "completed"})
+        second.finish()
+        run_dir = tmp_path
+    else:
+        fixture = request.getfixturevalue(which)
+        run_dir = fixture[0] if isinstance(fixture, tuple) else fixture
+    for d in offline_run_dirs(run_dir):
+        leet, builtin = list(log_records(d, reader="leet")), list(log_records(d, reader="builtin"))
+        assert [r["type"] for r in leet] == [r["type"] for r in builtin]
+        for a, b in zip(leet, builtin):
+            kind = a["type"]
+            if kind in ("history", "summary", "config", "metric", "exit"):
+                assert _deep_same(a, b), (a, b)
+            elif kind == "run":  # the fallback fills only the run fields the reader uses
+                assert _deep_same({k: a[kind].get(k) for k in b[kind]}, b[kind]), (a, b)
+    leet_rec, builtin_rec = read_offline_runs(run_dir, reader="leet"), read_offline_runs(run_dir, reader="builtin")
+    assert _deep_same(dataclasses.asdict(leet_rec), dataclasses.asdict(builtin_rec))
+    assert leet_rec.history and leet_rec.exit_code == (3 if which == "edge_run" else 0)
+    if which == "edge_run":
+        assert leet_rec.config == {"a.b": 1, "opt": {"lr": 0.5}, "later": [1, {"q": None}]}
+        assert leet_rec.summary["nested"] == {"a": 7} and "s" not in leet_rec.summary
+        row = leet_rec.history[0]
+        assert (row["d.x"], row["d.y.z"], row["dot.key"], row["s"], row["big"]) == (1, 2.5, 3, "text", 2**60)
+        assert math.isnan(row["l"][0]) and row["neg"] == -math.inf and math.isnan(leet_rec.history[1]["train/loss"])
+
+
+def test_builtin_reader_is_the_fallback_without_leet(offline_run, monkeypatch):
+    run_dir, run_id, logged = offline_run
+    expected = read_offline_runs(run_dir)
+    monkeypatch.setattr(wandb, "__version__", "0.30.0")  # has `leet inspect`, but without --json
+
+    def no_leet(*a: Any, **k: Any) -> None:
+        raise AssertionError("wandb leet must not be called before wandb 0.31")
+
+    monkeypatch.setattr(wandb_leet, "_run", no_leet)
+    assert not wandb_leet.available()
+    rec = read_offline_runs(run_dir)
+    assert rec.run_id == run_id and len(rec.history) == len(logged)
+    assert _deep_same(dataclasses.asdict(rec), dataclasses.asdict(expected))
+    assert wandb_io.transaction_log_finished(next(offline_run_dirs(run_dir)[0].glob("run-*.wandb")))
+    with pytest.raises(RuntimeError, match=r"needs wandb >= 0\.31 \(installed: 0\.30\.0\); upgrade wandb"):
+        read_offline_runs(run_dir, reader="leet")
 
 
 def test_log_failure_degrades_to_warning(tmp_path, monkeypatch):

@@ -1,34 +1,28 @@
 """Read W&B runs back into the local run-directory format of :mod:`second_order.suite.tracking.runs`.
 
-Two sources:
+Sources: an offline run directory (``<run_dir>/wandb/offline-run-*``), whose
+``run-<id>.wandb`` log is read with W&B's own ``wandb leet inspect --json``
+(:mod:`~second_order.suite.tracking.wandb_leet`, wandb >= 0.31) or, with older wandb, the
+fallback parser :mod:`~second_order.suite.tracking.wandb_txlog`; or a W&B cloud project via
+``wandb.Api`` (:func:`download_project`).
 
-* an offline run directory (``<run_dir>/wandb/offline-run-*``), parsed from its
-  ``run-<id>.wandb`` transaction log, so offline runs can be inspected and
-  converted without ever syncing them;
-* a W&B project in the cloud, through ``wandb.Api`` (:func:`download_project`).
-
-wandb 0.31 no longer ships a Python reader for the transaction log (the old
-``wandb.sdk.internal.datastore`` went away with the Go core), so
-:func:`iter_transaction_log` reads the framing itself: a 7-byte header
-(``":W&B"``, magic ``0xBEE1``, version 0) followed by LevelDB-log style 32 KiB
-blocks of chunks ``crc32 | length | type`` (FULL/FIRST/MIDDLE/LAST).  Each
-reassembled payload is decoded with W&B's own protobuf
-``wandb.proto.wandb_internal_pb2.Record``.
+Leet's JSON joins nested keys with ``"."`` and writes non-finite numbers as
+``"NaN"``/``"Infinity"``/``"-Infinity"``: those strings become floats again
+(a *string* ``"NaN"`` too), and a dotted summary/config key updates a nested
+dict only where one exists, else it stays one flat key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
-import struct
 import time
 import warnings
-import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from second_order.suite.tracking import wandb_leet, wandb_txlog
 from second_order.suite.tracking.runs import (
     CONFIG_FILE,
     EVAL_COLUMNS,
@@ -41,12 +35,10 @@ from second_order.suite.tracking.runs import (
     write_json,
 )
 
-_HEADER = struct.Struct("<4sHB")  # ident, magic, version
-_IDENT, _MAGIC, _VERSION = b":W&B", 0xBEE1, 0
-_CHUNK = struct.Struct("<IHB")  # crc32, length, type
-_BLOCK = 32 * 1024
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-_TYPE_CRC = [zlib.crc32(bytes([t])) for t in range(_LAST + 1)]
+READERS = ("auto", "leet", "builtin")  # auto: leet when available, else the builtin fallback parser
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_RUN_ATTRS = {"run_id": "run_id", "project": "project", "entity": "entity", "display_name": "name",
+              "run_group": "group", "job_type": "job_type"}  # leet run field -> WandbRecord attribute
 
 # history key -> local column
 TRAIN_LOSS, EVAL_LOSS, EVAL_ACC = "train/loss", "eval/loss", "eval/acc"
@@ -70,7 +62,7 @@ class WandbRecord:
     exit_code: int | None = None  # None: no exit record (crashed or still running)
 
 
-# --------------------------------------------------------------------------- offline
+# --------------------------------------------------------------------------- offline: finding logs
 
 
 def offline_run_dirs(run_dir: Path | str) -> list[Path]:
@@ -93,102 +85,51 @@ def _timespec(name: str) -> str:
     return m.group(0) if m else ""
 
 
-def _payloads(data: bytes, offset: int, where: Path) -> Iterator[bytes]:
-    """Reassembled record payloads of ``data`` = file bytes from ``offset`` on.
+def _log_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such W&B run folder or .wandb file")
+    logs = sorted(path.glob("run-*.wandb"))
+    if len(logs) != 1:
+        raise FileNotFoundError(f"{path}: expected one run-*.wandb file, found {len(logs)}; pass the .wandb file itself")
+    return logs[0]
 
-    ``offset`` must be a block boundary (0 = file start, header included).
-    Chunks continuing a record that began before ``offset`` are skipped.
+
+# --------------------------------------------------------------------------- offline: reading logs
+
+
+def _use_leet(reader: str) -> bool:
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+    return reader == "leet" or (reader == "auto" and wandb_leet.available())
+
+
+def log_records(path: Path | str, reader: str = "auto") -> Iterator[dict[str, Any]]:
+    """Records of one ``.wandb`` file (or the run folder holding it) as ``wandb leet inspect --json`` dicts.
+
+    ``reader``: ``"leet"`` (:mod:`~second_order.suite.tracking.wandb_leet`, wandb >= 0.31),
+    ``"builtin"`` (fallback parser :mod:`~second_order.suite.tracking.wandb_txlog`) or
+    ``"auto"`` (leet when available).
     """
-    pos = _HEADER.size if offset == 0 else 0
-    pending: bytearray | None = None
-    while True:
-        room = _BLOCK - (offset + pos) % _BLOCK
-        if room < _CHUNK.size:  # block trailer padding
-            pos += room
-            room = _BLOCK
-        if pos + _CHUNK.size > len(data):
-            break
-        crc, length, kind = _CHUNK.unpack_from(data, pos)
-        if kind == 0 and length == 0:  # zero fill: skip to next block
-            pos += room
-            continue
-        start, end = pos + _CHUNK.size, pos + _CHUNK.size + length
-        if kind > _LAST or end > len(data) or zlib.crc32(data[start:end], _TYPE_CRC[kind]) != crc:
-            warnings.warn(f"{where}: corrupt or truncated data at byte {offset + pos}; ignoring the rest")
-            return
-        pos = end
-        if kind == _FULL:
-            pending = None
-            yield data[start:end]
-        elif kind == _FIRST:
-            pending = bytearray(data[start:end])
-        elif pending is not None:
-            pending += data[start:end]
-            if kind == _LAST:
-                yield bytes(pending)
-                pending = None
-    if pending is not None:
-        warnings.warn(f"{where}: log ends inside a record; ignoring it")
+    log = _log_file(Path(path))
+    return wandb_leet.records(log) if _use_leet(reader) else wandb_txlog.iter_records(log)
 
 
-def _check_header(path: Path, head: bytes) -> None:
-    if len(head) < _HEADER.size:
-        raise ValueError(f"{path}: too short for a W&B transaction log")
-    ident, magic, version = _HEADER.unpack_from(head)
-    if ident != _IDENT or magic != _MAGIC or version != _VERSION:
-        raise ValueError(f"{path}: not a W&B transaction log (header {head[:7]!r})")
+def transaction_log_finished(path: Path | str, reader: str = "auto") -> bool:
+    """Whether the run's exit record has reached the ``.wandb`` file."""
+    return (wandb_leet.finished if _use_leet(reader) else wandb_txlog.finished)(Path(path))
 
 
-def iter_transaction_log(path: Path | str) -> Iterator[Any]:
-    """Yield the ``wandb_internal_pb2.Record`` messages of a ``.wandb`` file in order.
-
-    A truncated or corrupt tail (a crashed run, or a run still writing) ends the
-    iteration with a warning; a bad file header raises ``ValueError``.
-    """
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    path = Path(path)
-    data = path.read_bytes()
-    _check_header(path, data)
-    for payload in _payloads(data, 0, path):
-        rec = pb.Record()
-        rec.ParseFromString(payload)
-        yield rec
-
-
-def transaction_log_finished(path: Path | str) -> bool:
-    """Whether the run's exit record has reached the ``.wandb`` file (reads only its tail)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            _check_header(path, f.read(_HEADER.size))
-            size = f.seek(0, 2)
-            offset = max(0, (size - 1) // _BLOCK - 1) * _BLOCK  # last two blocks
-            f.seek(offset)
-            data = f.read()
-    except (OSError, ValueError):
-        return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a tail still being written is expected here
-        for payload in _payloads(data, offset, path):
-            rec = pb.Record()
-            rec.ParseFromString(payload)
-            if rec.WhichOneof("record_type") == "exit":
-                return True
-    return False
-
-
-def wait_for_transaction_log(path: Path | str, timeout: float = 10.0) -> bool:
+def wait_for_transaction_log(path: Path | str, timeout: float = 10.0, reader: str = "auto") -> bool:
     """Poll until :func:`transaction_log_finished`; False after ``timeout`` seconds.
 
-    ``run.finish()`` returns before wandb-core has flushed the file (wandb 0.31),
-    so code that reads an offline run right after finishing it must wait.
+    ``run.finish()`` returns before wandb-core has flushed the file (wandb 0.30,
+    0.31), so code that reads an offline run right after finishing it must wait.
     """
     deadline = time.monotonic() + timeout
     delay = 0.005
-    while not transaction_log_finished(path):
+    while not transaction_log_finished(path, reader):
         if time.monotonic() >= deadline:
             return False
         time.sleep(delay)
@@ -196,108 +137,108 @@ def wait_for_transaction_log(path: Path | str, timeout: float = 10.0) -> bool:
     return True
 
 
-def _loads(s: str) -> Any:
-    return json.loads(s) if s else None
+# --------------------------------------------------------------------------- offline: folding records
 
 
-def _history_value(item: Any) -> Any:
-    kind = item.WhichOneof("value")  # typed form (x_history_value_encoding="typed")
-    if kind is None:
-        return _loads(item.value_json)
-    if kind == "none":
-        return None
-    if kind == "json":
-        return _loads(item.json)
-    return getattr(item, kind)
+def _finite(v: Any) -> Any:
+    """Undo leet's string form of non-finite numbers, recursively."""
+    if isinstance(v, str):
+        return _NON_FINITE.get(v, v)
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return v
 
 
-def _item_path(item: Any) -> list[str]:
-    return [item.key] if item.key else list(item.nested_key)
+def _locate(target: dict[str, Any], dotted: str) -> tuple[dict[str, Any], str]:
+    """Where a dotted key lands: inside existing sub-dicts along its prefix, else as one flat key."""
+    node, parts = target, dotted.split(".")
+    i = 0
+    while i < len(parts) - 1 and isinstance(node.get(parts[i]), dict):
+        node, i = node[parts[i]], i + 1
+    return node, ".".join(parts[i:])
 
 
-def _apply_updates(target: dict[str, Any], rec: Any) -> None:
-    """Apply a Summary/ConfigRecord (``update`` and ``remove`` items) to a nested dict."""
-    for item in rec.update:
-        path = _item_path(item)
-        node = target
-        for part in path[:-1]:
-            nxt = node.get(part)
-            if not isinstance(nxt, dict):
-                nxt = node[part] = {}
-            node = nxt
-        node[path[-1]] = _loads(item.value_json)
-    for item in rec.remove:
-        path = _item_path(item)
-        node = target
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
+def _apply_updates(target: dict[str, Any], body: Mapping[str, Any]) -> None:
+    """Apply a leet summary/config body (``update`` map, ``remove`` list) to a nested dict."""
+    for key, value in (body.get("update") or {}).items():
+        node, leaf = _locate(target, key)
+        node[leaf] = _finite(value)
+    for item in body.get("remove") or []:
+        node, leaf = _locate(target, item.get("key") or ".".join(item.get("nested_key") or []))
+        node.pop(leaf, None)
 
 
 def _blank_record() -> WandbRecord:
     return WandbRecord(config={}, history=[], summary={})
 
 
-def _fold(records: Iterable[Any], out: WandbRecord) -> WandbRecord:
-    for rec in records:
-        kind = rec.WhichOneof("record_type")
+def _fold(records: Iterable[Mapping[str, Any]], out: WandbRecord) -> int:
+    """Apply ``records`` to ``out``; returns how many there were."""
+    n = 0
+    for n, rec in enumerate(records, start=1):
+        kind = str(rec.get("type"))
+        body = rec.get(kind) or {}
         if kind == "history":
-            out.history.append({".".join(_item_path(i)): _history_value(i) for i in rec.history.item})
+            out.history.append(_finite(dict(body.get("item") or {})))
         elif kind == "summary":
-            _apply_updates(out.summary, rec.summary)
+            _apply_updates(out.summary, body)
         elif kind == "config":
-            _apply_updates(out.config, rec.config)
+            _apply_updates(out.config, body)
         elif kind == "run":
-            r = rec.run
-            out.run_id = r.run_id or out.run_id
-            out.project = r.project or out.project
-            out.entity = r.entity or out.entity
-            out.name = r.display_name or out.name
-            out.group = r.run_group or out.group
-            out.job_type = r.job_type or out.job_type
-            out.tags = list(r.tags) or out.tags
-            _apply_updates(out.config, r.config)
-            _apply_updates(out.summary, r.summary)
+            for src, attr in _RUN_ATTRS.items():
+                setattr(out, attr, body.get(src) or getattr(out, attr))
+            out.tags = list(body.get("tags") or []) or out.tags
+            _apply_updates(out.config, body.get("config") or {})
+            _apply_updates(out.summary, body.get("summary") or {})
         elif kind == "exit":
-            out.exit_code = rec.exit.exit_code
-    return out
+            out.exit_code = int(body.get("exit_code") or 0)
+    return n
 
 
 def _tidy(rec: WandbRecord) -> WandbRecord:
-    rec.config = {k: v for k, v in rec.config.items() if k != "_wandb"}
-    rec.summary = {k: v for k, v in rec.summary.items() if k != "_wandb"}
+    """Drop W&B's internal ``_wandb`` entries (nested, or flat ``_wandb.*`` keys)."""
+    rec.config = {k: v for k, v in rec.config.items() if k.split(".")[0] != "_wandb"}
+    rec.summary = {k: v for k, v in rec.summary.items() if k.split(".")[0] != "_wandb"}
     return rec
 
 
-def _log_file(path: Path) -> Path:
-    if path.is_file():
-        return path
-    logs = sorted(path.glob("run-*.wandb"))
-    if len(logs) != 1:
-        raise FileNotFoundError(f"{path}: expected one run-*.wandb file, found {len(logs)}")
-    return logs[0]
+def _fold_log(path: Path | str, reader: str, out: WandbRecord) -> WandbRecord:
+    """Fold one log's records into ``out``; a log without any record is an error."""
+    log = _log_file(Path(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seen = _fold(log_records(log, reader), out)
+    if not seen:
+        raise ValueError(f"{log}: no W&B records (empty, or not a W&B transaction log); pass a run-*.wandb file")
+    for w in caught:  # a truncated tail is worth a warning only when something was read
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out
 
 
-def read_offline_run(offline_run_dir: Path | str) -> WandbRecord:
-    """Parse one W&B run folder (``.../wandb/offline-run-*``) or its ``.wandb`` file.
+def read_offline_run(offline_run_dir: Path | str, reader: str = "auto") -> WandbRecord:
+    """Read one W&B run folder (``.../wandb/offline-run-*``) or its ``.wandb`` file.
 
-    History rows are exactly what ``log`` received (plus W&B's ``_step``,
-    ``_runtime``, ``_timestamp``), like ``Run.scan_history()`` rows; config and
-    summary are plain dicts without W&B's internal ``_wandb`` entry.
+    History rows are exactly what ``log`` received (nested dicts flattened to
+    dotted keys, plus W&B's ``_step``, ``_runtime``, ``_timestamp``), like
+    ``Run.scan_history()`` rows; config and summary are plain dicts without
+    W&B's internal ``_wandb`` entry.  ``reader``: see :func:`log_records`.
     """
-    return _tidy(_fold(iter_transaction_log(_log_file(Path(offline_run_dir))), _blank_record()))
+    return _tidy(_fold_log(offline_run_dir, reader, _blank_record()))
 
 
-def read_offline_runs(run_dir: Path | str) -> WandbRecord:
+def read_offline_runs(run_dir: Path | str, reader: str = "auto") -> WandbRecord:
     """Merge all W&B folders of one training run (original + resumed), in order."""
     dirs = offline_run_dirs(run_dir)
     if not dirs:
-        raise FileNotFoundError(f"no W&B run folders under {Path(run_dir) / 'wandb'}")
+        raise FileNotFoundError(
+            f"no W&B offline runs under {Path(run_dir) / 'wandb'}; was the run logged with logger.wandb.mode=offline?"
+        )
     out = _blank_record()
     for d in dirs:
         out.exit_code = None
-        _fold(iter_transaction_log(_log_file(d)), out)
+        _fold_log(d, reader, out)
     return _tidy(out)
 
 

@@ -130,7 +130,7 @@ class WandbLogger:
         if self.mode == "online" and wandb.run is None:
             # Without credentials wandb.init would prompt on a terminal (blocking
             # training) or raise; check non-interactively first.
-            if not _have_credentials(wandb):
+            if not _have_credentials(wandb, bool({**BASE_SETTINGS, **overrides}.get("silent"))):
                 raise RuntimeError(
                     "no W&B credentials (set WANDB_API_KEY or run `wandb login`; "
                     "or use mode=offline and `wandb sync` later)"
@@ -145,7 +145,7 @@ class WandbLogger:
             }
         )
         run = wandb.init(
-            mode=self.mode,
+            mode=self.mode,  # type: ignore[arg-type]  # checked against MODES
             project=project,
             entity=entity,
             dir=str(self.run_dir),
@@ -257,20 +257,17 @@ class WandbLogger:
         self.finish(exit_code=0 if exc_type is None else 1)
 
 
-def _have_credentials(wandb: Any) -> bool:
-    """Whether W&B credentials are configured, without prompting or network access.
+def _have_credentials(wandb: Any, silent: bool = True) -> bool:
+    """Whether W&B credentials are configured, without prompting or verifying them.
 
-    ``wandb.login(prompt=False, verify=False)`` does this too, but unless W&B is
-    silent it also looks up the user name on the server to print it (seconds
-    when the server is unreachable), so prefer the quiet internal variant.
+    Public API only: ``wandb.login(prompt=False, verify=False)``.  Unless W&B is
+    silent, login also asks the server for the user name to print it (5 s when
+    the server hangs), so the global ``silent`` setting is applied first with
+    ``wandb.setup``, which also starts the W&B service ``wandb.init`` needs anyway.
     """
-    try:
-        from wandb.sdk.wandb_login import _login
-
-        ok, _ = _login(prompt=False, verify=False, _silent=True, update_api_key=False)
-        return bool(ok)
-    except (ImportError, TypeError):  # internal API moved: use the public one
-        return bool(wandb.login(prompt=False, verify=False))
+    if silent:
+        wandb.setup(settings=wandb.Settings(silent=True))
+    return bool(wandb.login(prompt=False, verify=False))
 
 
 def _plain(v: Any) -> Any:
