@@ -3,8 +3,9 @@
 #   make test        set up if needed, then run the whole test suite
 #   make train ARGS="optimizer=hessian_free"    one run (any Hydra overrides)
 #   make reproduce   every experiment of the paper, then figures and tables into results/
-#   make figures     regenerate figures and tables from runs/ without training
+#   make figures     regenerate figures and tables without training (RUNS=runs/paper OUT=results)
 #   make bench       timing benchmark into results/bench/
+#   make lint        ruff (lint + format check) and mypy over src/, scripts/, tests/, benchmarks/
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed-$(JAX_VARIANT)
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: setup test test-fast train reproduce figures bench clean
+.PHONY: setup test test-fast lint format train reproduce figures bench clean
 FULL ?=
 
 setup: $(STAMP)
@@ -30,6 +31,17 @@ $(STAMP): pyproject.toml
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+LINT_PATHS := src scripts tests benchmarks
+
+lint: setup
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy $(LINT_PATHS)
+
+format: setup
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
+
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
@@ -40,10 +52,10 @@ reproduce: setup
 	$(BIN)/python scripts/reproduce.py $(if $(FULL),--full,) $(ARGS)
 
 figures: setup
-	$(BIN)/python scripts/make_figures.py runs/paper --out results
+	$(BIN)/python scripts/make_figures.py $(or $(RUNS),runs/paper) --out $(or $(OUT),results)
 
 bench: setup
-	$(BIN)/python scripts/bench.py $(ARGS)
+	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache
