@@ -28,12 +28,13 @@ SAVER = textwrap.dedent("""
     import sys
     import numpy as np
     from second_order.suite.training import checkpoint
-    run_dir, step = sys.argv[1], 0
+    run_dir = sys.argv[1]
+    step = first = checkpoint.latest_step(run_dir)  # as a resumed run: continue from the last commit
     while True:
         step += 1
         params = {"w": np.full(2000, float(step)), "b": {"c": np.full(3, float(step))}}
         checkpoint.save(run_dir, params, {"count": np.int32(step)}, {"step": step, "clock": {"train": step}})
-        if step == 1:
+        if step == first + 1:
             print("saving", flush=True)
 """)
 
@@ -41,6 +42,7 @@ SAVER = textwrap.dedent("""
 def test_checkpoint_killed_at_any_instant_is_old_or_new_never_mixed(tmp_path):
     template = ({"w": np.zeros(2000), "b": {"c": np.zeros(3)}}, {"count": np.int32(0)})
     last = 0
+    steps_seen = []
     for delay in (0.0, 0.001, 0.002, 0.003, 0.005, 0.008, 0.013, 0.021, 0.034):  # kill -9 at many instants
         proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE)
         assert proc.stdout is not None and proc.stdout.readline() == b"saving\n"
@@ -52,7 +54,9 @@ def test_checkpoint_killed_at_any_instant_is_old_or_new_never_mixed(tmp_path):
         params, opt_state, meta = checkpoint.load(tmp_path, *template)
         step = meta["step"]
         assert np.all(params["w"] == step) and np.all(params["b"]["c"] == step) and int(opt_state["count"]) == step
-        last = max(last, step)
+        assert step >= last, "a kill lost committed progress"
+        last = step
+        steps_seen.append(step)
     assert last > 1, "no checkpoint after the first was ever committed: the test did not test anything"
 
 
@@ -67,7 +71,9 @@ def test_checkpoint_ignores_uncommitted_directories(tmp_path):
     assert meta["step"] == 5
     checkpoint.save(tmp_path, params, {"n": np.int32(1)}, {"step": 7, "clock": {}})
     names = sorted(p.name for p in (tmp_path / checkpoint.DIR).iterdir())
-    assert names == ["step_000000007"]  # older and uncommitted ones are gone after a commit
+    assert names == ["step_000000007-0"]
+    checkpoint.save(tmp_path, params, {"n": np.int32(2)}, {"step": 7, "clock": {}})  # the same step again
+    assert sorted(p.name for p in (tmp_path / checkpoint.DIR).iterdir()) == ["step_000000007-1"]  # older and uncommitted ones are gone after a commit
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "no_meta"])

@@ -58,7 +58,7 @@ def train_job(cfg: DictConfig) -> float | None:
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)
-        summary = experiment.run(container, run_dir)
+        summary = experiment.run({str(k): v for k, v in container.items()}, run_dir)
     except Exception as err:
         message = one_line(err)
         if debug() or (message is None and not multirun):

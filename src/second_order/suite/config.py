@@ -236,7 +236,7 @@ class ValidConfig:
 
 def validate(cfg: Mapping[str, Any]) -> ValidConfig:
     """Check a resolved config (plain dict) and return it typed; raise ConfigError on the first bad value."""
-    plain = {k: v for k, v in dict(cfg).items() if k != "hydra"}
+    plain: dict[Any, Any] = {k: v for k, v in dict(cfg).items() if k != "hydra"}
     optimizer = plain.pop("optimizer", None)
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), {**plain, "optimizer": {}}))

@@ -1,6 +1,7 @@
 """Checkpoints of the last consistent training state, committed as one unit.
 
-Layout: ``<run_dir>/checkpoint/step_<000000123>/{state.msgpack, meta.json}``.  A
+Layout: ``<run_dir>/checkpoint/step_<000000123>-<k>/{state.msgpack, meta.json}``
+(``k`` counts saves of the same step: a committed directory is never overwritten).  A
 checkpoint is written into a hidden temporary directory, fsynced, and published by
 one ``rename`` of that directory (atomic on POSIX file systems); older checkpoints
 are deleted only afterwards.  A kill at any instant therefore leaves the previous
@@ -33,13 +34,24 @@ class CheckpointError(Exception):
     """A checkpoint exists but cannot be used; the message names the file and the fix."""
 
 
+def _key(path: Path) -> tuple[int, int] | None:
+    """``step_000000123-2`` → (123, 2): the step and the how-many-th save of that step."""
+    name = path.name
+    if not name.startswith(_PREFIX):
+        return None
+    step, _, seq = name[len(_PREFIX):].partition("-")
+    if not step.isdigit() or not (seq or "0").isdigit():
+        return None
+    return int(step), int(seq or 0)
+
+
 def _complete(run_dir: Path) -> list[Path]:
     """Committed checkpoint directories, oldest first."""
     root = Path(run_dir) / DIR
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+    found = [p for p in root.iterdir() if p.is_dir() and _key(p) is not None]
+    return sorted(found, key=lambda p: _key(p) or (0, 0))
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -51,7 +63,13 @@ def latest(run_dir: Path) -> Path | None:
 def latest_step(run_dir: Path) -> int:
     """The step of the newest committed checkpoint (0 when there is none)."""
     d = latest(run_dir)
-    return int(d.name[len(_PREFIX):]) if d is not None else 0
+    key = _key(d) if d is not None else None
+    return key[0] if key is not None else 0
+
+
+def clear(run_dir: Path) -> None:
+    """Remove every checkpoint (a fresh run in a directory that had some)."""
+    shutil.rmtree(Path(run_dir) / DIR, ignore_errors=True)
 
 
 def exists(run_dir: Path) -> bool:
@@ -78,7 +96,8 @@ def save(run_dir: Path, params: Any, opt_state: Any, meta: dict[str, Any]) -> Pa
     root = Path(run_dir) / DIR
     root.mkdir(parents=True, exist_ok=True)
     step = int(meta["step"])
-    final = root / f"{_PREFIX}{step:09d}"
+    saves = [k[1] for p in _complete(run_dir) if (k := _key(p)) is not None and k[0] == step]
+    final = root / f"{_PREFIX}{step:09d}-{max(saves, default=-1) + 1}"  # never overwrite a committed one
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -86,8 +105,6 @@ def save(run_dir: Path, params: Any, opt_state: Any, meta: dict[str, Any]) -> Pa
     _write(tmp / STATE_FILE, serialization.to_bytes({"params": params, "opt_state": opt_state}))
     _write(tmp / META_FILE, json.dumps(meta, indent=2).encode())
     _fsync_dir(tmp)
-    if final.exists():  # the same step saved again (e.g. a stop right after an epoch's checkpoint)
-        shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(root)
     for old in _complete(run_dir)[:-1]:

@@ -22,7 +22,8 @@ class EpochSampler:
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.steps_per_epoch = num_examples // batch_size
-        self._epoch, self._indices = -1, None
+        self._epoch = -1
+        self._indices = jax.numpy.zeros((0, batch_size), jax.numpy.int32)
 
     def epoch_indices(self, epoch: int) -> jax.Array:
         if epoch != self._epoch:

@@ -85,11 +85,13 @@ def fit(
         policy = StopPolicy(last_step, settings.max_time_s)
         params = model.init(init_key, x_train[:1])["params"]
         opt_state = tx.init(params)
-        step, meta = 0, {}
+        step, meta = 0, dict[str, Any]()
         if settings.resume and ckpt.exists(run_dir):
             params, opt_state, meta = ckpt.load(run_dir, params, opt_state)
             step = int(meta["step"])
             clock = Clock(meta["clock"])
+        else:
+            ckpt.clear(run_dir)  # a fresh start: nothing older may ever be resumed
         logger.truncate_after(step)  # rows past the checkpoint (or all rows: no checkpoint) are redone
         run_chunk = TimedChunks(make_chunk_fn(model.apply, tx), clock)
         eval_fn = make_eval_fn(model.apply)
