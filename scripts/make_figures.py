@@ -18,8 +18,8 @@ import collections
 import contextlib
 import sys
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from second_order.suite.report.figures import BANDS, make_all_figures
 from second_order.suite.report.grouping import group_runs
@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     # W&B sources: converted into local run directories first, then read like RUN_ROOTs.
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read runs from this W&B project (full history)")
     p.add_argument("--wandb-group", metavar="G", help="only the W&B runs of this group")
-    p.add_argument("--wandb-offline", metavar="DIR", type=Path,
-                   help="also read W&B offline runs (wandb/offline-run-* folders) found below DIR")
+    p.add_argument(
+        "--wandb-offline",
+        metavar="DIR",
+        type=Path,
+        help="also read W&B offline runs (wandb/offline-run-* folders) found below DIR",
+    )
     p.add_argument("--wandb-dir", type=Path, help="where W&B runs are written (default: OUT/runs/wandb)")
     return p
 
@@ -100,7 +104,9 @@ def load(roots: Sequence[Path], experiment: str | None) -> list[Run]:
         return [r for r in runs if r.experiment == experiment]
     names = sorted({r.experiment for r in runs})
     if len(names) > 1:
-        print(f"warning: runs of several experiments are pooled: {', '.join(names)} (use --experiment)", file=sys.stderr)
+        print(
+            f"warning: runs of several experiments are pooled: {', '.join(names)} (use --experiment)", file=sys.stderr
+        )
     return runs
 
 

@@ -17,7 +17,6 @@ Writes ``<out>/manifest.json`` (machine, versions, commit, wall time, budgets).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -30,9 +29,16 @@ NEWTON_METHODS = "newton,newton_damped"
 
 def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str]) -> None:
     cmd = [
-        sys.executable, str(REPO / "scripts" / "train.py"), "-m", "experiment=paper",
-        f"optimizer={optimizers}", f"seed={seeds}", "trainer.resume=true", "trainer.progress=false",
-        f"hydra.sweep.dir={run_root}", *extra,
+        sys.executable,
+        str(REPO / "scripts" / "train.py"),
+        "-m",
+        "experiment=paper",
+        f"optimizer={optimizers}",
+        f"seed={seeds}",
+        "trainer.resume=true",
+        "trainer.progress=false",
+        f"hydra.sweep.dir={run_root}",
+        *extra,
     ]
     print("+", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
@@ -41,8 +47,12 @@ def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str]) -> None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="no budget: the paper's full protocol for Newton too")
-    parser.add_argument("--newton-budget-s", type=float, default=75.0,
-                        help="optimizer seconds per exact-Newton run without --full (default 75)")
+    parser.add_argument(
+        "--newton-budget-s",
+        type=float,
+        default=75.0,
+        help="optimizer seconds per exact-Newton run without --full (default 75)",
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "paper", help="where run directories go")
     parser.add_argument("--out", type=Path, default=REPO / "results", help="figures, tables and manifest")
@@ -58,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     train_wall = time.time() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_figures.py"), str(args.runs), "--out", str(args.out)],
-                   cwd=REPO, check=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_figures.py"), str(args.runs), "--out", str(args.out)],
+        cwd=REPO,
+        check=True,
+    )
     write_manifest(args, train_wall, time.time() - start)
     return 0
 
@@ -68,9 +81,24 @@ def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: 
     from second_order.suite.tracking import environment, runs
 
     jobs = [
-        {"run_dir": str(r.path.relative_to(args.runs)), **{k: r.summary.get(k) for k in
-         ("optimizer", "seed", "status", "steps", "train_time_s", "compile_time_s", "test_acc", "train_loss",
-          "x64", "segments")}}
+        {
+            "run_dir": str(r.path.relative_to(args.runs)),
+            **{
+                k: r.summary.get(k)
+                for k in (
+                    "optimizer",
+                    "seed",
+                    "status",
+                    "steps",
+                    "train_time_s",
+                    "compile_time_s",
+                    "test_acc",
+                    "train_loss",
+                    "x64",
+                    "segments",
+                )
+            },
+        }
         for r in runs.find_runs([args.runs])
     ]
     manifest = {

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO, compose_config
-from second_order.suite.config import ConfigError, TrainerConfig, one_line, validate
+
+from second_order.suite.config import TrainerConfig, one_line, validate
 from second_order.suite.experiment import prepare
 
 OPTIMIZERS = sorted(p.stem for p in (REPO / "configs" / "optimizer").glob("*.yaml"))
@@ -46,8 +46,15 @@ def test_trainer_defaults_come_from_the_schema():
 
 def test_stable_keys_exist():
     cfg = compose_config(["data.dir=/x"])
-    for dotted in ["optimizer.learning_rate", "trainer.epochs", "trainer.batch_size", "trainer.max_steps",
-                   "data.dir", "seed", "logger.wandb.mode"]:
+    for dotted in [
+        "optimizer.learning_rate",
+        "trainer.epochs",
+        "trainer.batch_size",
+        "trainer.max_steps",
+        "data.dir",
+        "seed",
+        "logger.wandb.mode",
+    ]:
         node = cfg
         for part in dotted.split("."):
             assert part in node, dotted
@@ -111,11 +118,18 @@ def test_range_error_says_what_is_allowed():
     assert "true or false" in config_error(["trainer.resume=maybe"])
 
 
-@pytest.mark.parametrize("override,key", [("optimizer=bogus", "bogus"), ("trainer.epochz=3", "epochz"),
-                                           ("trainer.epochs=abc", "trainer.epochs")])
+@pytest.mark.parametrize(
+    "override,key",
+    [("optimizer=bogus", "bogus"), ("trainer.epochz=3", "epochz"), ("trainer.epochs=abc", "trainer.epochs")],
+)
 def test_cli_reports_hydra_errors_in_one_line_with_status_2(override, key):
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), override, "data.dir=/x"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), override, "data.dir=/x"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr

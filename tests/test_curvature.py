@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-
 from problems import dense_ggn_ref, dense_hessian_ref, make_problem, random_like
+
 from second_order.curvature import dense_hessian, ggn_vp, hvp
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "softplus": jax.nn.softplus}

@@ -16,6 +16,7 @@ import pytest
 from second_order.suite import data
 from second_order.suite.data import DataError, load_mnist, write_idx
 
+
 def _small(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
@@ -243,9 +244,7 @@ def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     pytest.importorskip("tensorflow_datasets")
     served = tmp_path / "served"
     served.mkdir()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Handler, directory=str(served))
-    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(served)))
     server.answered = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()

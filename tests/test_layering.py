@@ -13,7 +13,6 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 SRC = REPO / "src" / "second_order"
@@ -33,7 +32,9 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
     return found
@@ -45,21 +46,30 @@ def violations(paths: list[Path], allowed: tuple[str, ...], forbidden: tuple[str
         for name in sorted(imports(path)):
             top = name.split(".")[0]
             if any(name == f or name.startswith(f + ".") for f in forbidden) or (
-                    allowed and top not in STDLIB and top != "__future__" and
-                    not any(name == a or name.startswith(a + ".") for a in allowed)):
+                allowed
+                and top not in STDLIB
+                and top != "__future__"
+                and not any(name == a or name.startswith(a + ".") for a in allowed)
+            ):
                 bad.append(f"{path.relative_to(REPO)} imports {name}")
     return bad
 
 
 def test_core_imports_only_jax_optax_and_itself():
-    allowed = ("jax", "optax", "second_order.curvature", "second_order.solvers", "second_order.optim",
-               "second_order")
+    allowed = ("jax", "optax", "second_order.curvature", "second_order.solvers", "second_order.optim", "second_order")
     assert violations(CORE, allowed, forbidden=SUITE_ONLY) == []
 
 
 def test_report_does_not_import_the_optimizers_or_the_trainer():
-    forbidden = ("second_order.optim", "second_order.curvature", "second_order.solvers", "second_order.suite.training",
-                 "second_order.suite.experiment", "jax", "optax")
+    forbidden = (
+        "second_order.optim",
+        "second_order.curvature",
+        "second_order.solvers",
+        "second_order.suite.training",
+        "second_order.suite.experiment",
+        "jax",
+        "optax",
+    )
     assert violations(REPORT, (), forbidden=forbidden) == []
 
 
@@ -78,10 +88,14 @@ def test_core_installs_alone_and_steps_every_optimizer(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True, system_site_packages=False)
     python = env_dir / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-warn-script-location",
-                              str(REPO)], capture_output=True, text=True, timeout=900)
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--no-warn-script-location", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
-    script = r'''
+    script = r"""
 import importlib.util, inspect, jax, jax.numpy as jnp, optax
 import second_order.optim as so
 for absent in ("hydra", "omegaconf", "wandb", "matplotlib", "tqdm", "flax"):
@@ -103,7 +117,7 @@ for name in names:
     new = optax.apply_updates(params, updates)
     assert value_fn(new) < value_fn(params), name
     print(name, float(value_fn(params)), "->", float(value_fn(new)), sorted(so.collect_diagnostics(state)))
-'''
+"""
     run = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert {line.split()[0] for line in run.stdout.splitlines()} >= {"newton", "hessian_free", "gauss_newton"}

@@ -15,8 +15,9 @@ def test_paper_model_has_7960_parameters():
 def test_width_and_depth_are_configurable():
     params = MLP(hidden=(32, 16)).init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]
     assert param_count(params) == 784 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
-    logits = MLP(hidden=()).apply({"params": MLP(hidden=()).init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]},
-                                  jnp.zeros((3, 784)))
+    logits = MLP(hidden=()).apply(
+        {"params": MLP(hidden=()).init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]}, jnp.zeros((3, 784))
+    )
     assert logits.shape == (3, 10)
 
 

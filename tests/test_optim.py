@@ -6,7 +6,6 @@ import numpy as np
 import optax
 import pytest
 from jax.flatten_util import ravel_pytree
-
 from problems import (
     dense_ggn_ref,
     dense_hessian_ref,
@@ -15,6 +14,7 @@ from problems import (
     recording,
     with_params_dtype,
 )
+
 from second_order.optim import collect_diagnostics, gauss_newton, hessian_free, newton
 
 LR = 0.5
@@ -29,8 +29,12 @@ def jitted_update(tx, prob, fns=None):
     @jax.jit
     def step(grads, state, params):
         return tx.update(
-            grads, state, params,
-            value_fn=fns.value_fn, predict_fn=fns.predict_fn, output_loss_fn=fns.output_loss_fn,
+            grads,
+            state,
+            params,
+            value_fn=fns.value_fn,
+            predict_fn=fns.predict_fn,
+            output_loss_fn=fns.output_loss_fn,
         )
 
     updates, state = step(grads, state, prob.params)
@@ -132,8 +136,14 @@ def test_missing_extra_argument_is_a_clear_error():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: newton(-1.0), lambda: newton(0.5, -2.0), lambda: hessian_free(0.5, 1.0, tol=1.5),
-             lambda: gauss_newton(0.5, -1.0), lambda: hessian_free(0.5, 1.0, maxiter=0)]
+    "make",
+    [
+        lambda: newton(-1.0),
+        lambda: newton(0.5, -2.0),
+        lambda: hessian_free(0.5, 1.0, tol=1.5),
+        lambda: gauss_newton(0.5, -1.0),
+        lambda: hessian_free(0.5, 1.0, maxiter=0),
+    ],
 )
 def test_bad_hyperparameters_rejected(make):
     with pytest.raises(ValueError):
@@ -256,7 +266,9 @@ def test_newton_first_step_dtype_runs_step_zero_in_float32():
     upd0, state = step(tx, grads, tx.init(prob.params), prob.params)
     g = flat(grads)
     # Dense reference from float32 parameters, gradient and data, in float32.
-    h32 = np.asarray(jax.hessian(lambda w: prob.value_fn(ravel_pytree(prob.params)[1](w)))(ravel_pytree(prob.params)[0]))
+    h32 = np.asarray(
+        jax.hessian(lambda w: prob.value_fn(ravel_pytree(prob.params)[1](w)))(ravel_pytree(prob.params)[0])
+    )
     assert h32.dtype == np.float32
     expected32 = -LR * np.linalg.solve(h32.astype(np.float64) + lam * np.eye(len(g)), g)
     np.testing.assert_allclose(flat(upd0), expected32, rtol=1e-4, atol=1e-6 * np.abs(expected32).max())
@@ -288,8 +300,11 @@ def test_inject_hyperparams_learning_rate_and_damping(name):
     # Change the injected damping (and learning rate): the step follows the dense formula.
     curvature = gmat if name == "gauss_newton" else h
     grads = jax.grad(prob.value_fn)(prob.params)
-    step = jax.jit(lambda g, s, p: tx.update(g, s, p, value_fn=prob.value_fn, predict_fn=prob.predict_fn,
-                                             output_loss_fn=prob.output_loss_fn))
+    step = jax.jit(
+        lambda g, s, p: tx.update(
+            g, s, p, value_fn=prob.value_fn, predict_fn=prob.predict_fn, output_loss_fn=prob.output_loss_fn
+        )
+    )
     for new_lam, new_lr in ((lam + 3.0, LR), (2.0 * lam, 0.25)):
         hp = {**state.hyperparams, "damping": jnp.asarray(new_lam), "learning_rate": jnp.asarray(new_lr)}
         state = state._replace(hyperparams=hp)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, compose_config
+
 from second_order.suite import experiment
 from second_order.suite.tracking import runs
 
@@ -24,7 +24,11 @@ def train_cli(*overrides: str, env: dict | None = None, timeout: int = 300) -> s
     full_env.pop("WANDB_MODE")
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / "train.py"), *overrides, "trainer.progress=false"],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO, env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=full_env,
     )
 
 
@@ -32,8 +36,16 @@ def check_run_files(run_dir: Path) -> dict:
     for name in (runs.CONFIG_FILE, runs.ENV_FILE, runs.STEPS_FILE, runs.EVAL_FILE, runs.SUMMARY_FILE):
         assert (run_dir / name).stat().st_size > 0, name
     summary = json.loads((run_dir / runs.SUMMARY_FILE).read_text())
-    for key in ("train_loss", "test_loss", "test_acc", "steps", "train_time_s", "compile_time_s",
-                "eval_time_s", "diverged"):
+    for key in (
+        "train_loss",
+        "test_loss",
+        "test_acc",
+        "steps",
+        "train_time_s",
+        "compile_time_s",
+        "eval_time_s",
+        "diverged",
+    ):
         assert key in summary, key
     env = json.loads((run_dir / runs.ENV_FILE).read_text())
     assert env["packages"]["jax"] and env["device_kind"] and "git_commit" in env
@@ -43,8 +55,14 @@ def check_run_files(run_dir: Path) -> dict:
 @pytest.mark.parametrize("name", ["sgd", "hessian_free", "gauss_newton"])
 def test_short_run_decreases_loss_and_writes_logs(name, real_mnist_dir, tmp_path):
     run_dir = tmp_path / name
-    proc = train_cli(f"optimizer={name}", f"data.dir={real_mnist_dir}", "trainer.max_steps=60",
-                     "trainer.chunk_steps=20", f"hydra.run.dir={run_dir}", "logger.wandb.mode=offline")
+    proc = train_cli(
+        f"optimizer={name}",
+        f"data.dir={real_mnist_dir}",
+        "trainer.max_steps=60",
+        "trainer.chunk_steps=20",
+        f"hydra.run.dir={run_dir}",
+        "logger.wandb.mode=offline",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = check_run_files(run_dir)
     assert summary["status"] == "budget" and summary["steps"] == 60 and not summary["diverged"]
@@ -68,8 +86,14 @@ def test_short_run_decreases_loss_and_writes_logs(name, real_mnist_dir, tmp_path
 @pytest.mark.parametrize("name", ["newton", "newton_damped"])
 def test_exact_newton_runs(name, real_mnist_dir, tmp_path):
     run_dir = tmp_path / name
-    proc = train_cli(f"optimizer={name}", f"data.dir={real_mnist_dir}", "trainer.max_steps=3",
-                     "model.hidden=[2]", f"hydra.run.dir={run_dir}", "logger.wandb.mode=disabled")
+    proc = train_cli(
+        f"optimizer={name}",
+        f"data.dir={real_mnist_dir}",
+        "trainer.max_steps=3",
+        "model.hidden=[2]",
+        f"hydra.run.dir={run_dir}",
+        "logger.wandb.mode=disabled",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = check_run_files(run_dir)
     assert summary["steps"] == 3 or summary["diverged"]
@@ -81,8 +105,14 @@ def test_exact_newton_runs(name, real_mnist_dir, tmp_path):
 
 def test_divergence_stops_cleanly_and_keeps_logs(real_mnist_dir, tmp_path):
     run_dir = tmp_path / "div"
-    proc = train_cli("optimizer=sgd", "optimizer.learning_rate=1000", f"data.dir={real_mnist_dir}",
-                     "trainer.max_steps=300", f"hydra.run.dir={run_dir}", "logger.wandb.mode=offline")
+    proc = train_cli(
+        "optimizer=sgd",
+        "optimizer.learning_rate=1000",
+        f"data.dir={real_mnist_dir}",
+        "trainer.max_steps=300",
+        f"hydra.run.dir={run_dir}",
+        "logger.wandb.mode=offline",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["diverged"] is True and summary["status"] == "diverged"
@@ -95,8 +125,14 @@ def test_divergence_stops_cleanly_and_keeps_logs(real_mnist_dir, tmp_path):
 
 
 def test_same_seed_gives_bitwise_identical_losses(real_mnist_dir, tmp_path):
-    overrides = ["optimizer=hessian_free", f"data.dir={real_mnist_dir}", "trainer.max_steps=40",
-                 "trainer.chunk_steps=20", "logger.wandb.mode=disabled", "trainer.progress=false"]
+    overrides = [
+        "optimizer=hessian_free",
+        f"data.dir={real_mnist_dir}",
+        "trainer.max_steps=40",
+        "trainer.chunk_steps=20",
+        "logger.wandb.mode=disabled",
+        "trainer.progress=false",
+    ]
     for name in ("a", "b"):
         experiment.run(compose_config(overrides), tmp_path / name)
     a = (tmp_path / "a" / runs.STEPS_FILE).read_text().splitlines()
@@ -129,8 +165,13 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
 
 
 def test_existing_run_dir_needs_resume(real_mnist_dir, tmp_path):
-    overrides = ["optimizer=sgd", f"data.dir={real_mnist_dir}", "trainer.max_steps=5",
-                 "logger.wandb.mode=disabled", "trainer.progress=false"]
+    overrides = [
+        "optimizer=sgd",
+        f"data.dir={real_mnist_dir}",
+        "trainer.max_steps=5",
+        "logger.wandb.mode=disabled",
+        "trainer.progress=false",
+    ]
     experiment.run(compose_config(overrides), tmp_path)
     with pytest.raises(Exception, match="trainer.resume=true"):
         experiment.run(compose_config(overrides), tmp_path)
@@ -143,13 +184,25 @@ def test_figures_from_wandb_offline_files_match_local(real_mnist_dir, tmp_path):
 
     root = tmp_path / "runs"
     for name in ("sgd", "gauss_newton"):
-        experiment.run(compose_config([f"optimizer={name}", f"data.dir={real_mnist_dir}", "trainer.max_steps=40",
-                                       "trainer.chunk_steps=20", "logger.wandb.mode=offline",
-                                       "trainer.progress=false"]), root / name)
+        experiment.run(
+            compose_config(
+                [
+                    f"optimizer={name}",
+                    f"data.dir={real_mnist_dir}",
+                    "trainer.max_steps=40",
+                    "trainer.chunk_steps=20",
+                    "logger.wandb.mode=offline",
+                    "trainer.progress=false",
+                ]
+            ),
+            root / name,
+        )
     assert make_figures.main([str(root), "--out", str(tmp_path / "local")]) == 0
     assert make_figures.main(["--wandb-offline", str(root), "--out", str(tmp_path / "wb")]) == 0
     for table in ("table2_train_loss.csv", "table3_test_accuracy.csv"):
         assert (tmp_path / "wb" / table).read_text() == (tmp_path / "local" / table).read_text()
     assert (tmp_path / "wb" / "fig11_acc_vs_epoch_gauss_newton.png").stat().st_size > 0
     converted = runs.load_run(tmp_path / "wb" / "runs" / "wandb" / "offline" / "gauss_newton")
-    np.testing.assert_array_equal(converted.steps["train_loss"], runs.load_run(root / "gauss_newton").steps["train_loss"])
+    np.testing.assert_array_equal(
+        converted.steps["train_loss"], runs.load_run(root / "gauss_newton").steps["train_loss"]
+    )

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-
 from conftest import REPO, compose_config
+from test_pipeline import train_cli
+
 from second_order.suite import experiment
 from second_order.suite.tracking import runs
 from second_order.suite.training import checkpoint
-from test_pipeline import train_cli
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +33,21 @@ def evals_as_written(run_dir: Path) -> list[list[str]]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupt_then_resume_matches_uninterrupted_run(sig, real_mnist_dir, tmp_path):
-    common = ["optimizer=hessian_free", f"data.dir={real_mnist_dir}", "trainer.max_steps=1500",
-              "trainer.chunk_steps=1", "logger.wandb.mode=disabled", "trainer.progress=false"]
+    common = [
+        "optimizer=hessian_free",
+        f"data.dir={real_mnist_dir}",
+        "trainer.max_steps=1500",
+        "trainer.chunk_steps=1",
+        "logger.wandb.mode=disabled",
+        "trainer.progress=false",
+    ]
     run_dir = tmp_path / "interrupted"
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / "train.py"), *common, f"hydra.run.dir={run_dir}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     steps_file = run_dir / runs.STEPS_FILE
     deadline = time.monotonic() + 120
@@ -69,8 +76,13 @@ def test_interrupt_then_resume_matches_uninterrupted_run(sig, real_mnist_dir, tm
 
 
 def test_resume_of_a_finished_run_changes_nothing(real_mnist_dir, tmp_path):
-    overrides = ["optimizer=sgd", f"data.dir={real_mnist_dir}", "trainer.max_steps=50",
-                 "logger.wandb.mode=disabled", "trainer.progress=false"]
+    overrides = [
+        "optimizer=sgd",
+        f"data.dir={real_mnist_dir}",
+        "trainer.max_steps=50",
+        "logger.wandb.mode=disabled",
+        "trainer.progress=false",
+    ]
     experiment.run(compose_config(overrides), tmp_path)
     before = losses_as_written(tmp_path)
     summary = experiment.run(compose_config(overrides + ["trainer.resume=true"]), tmp_path)
@@ -78,8 +90,15 @@ def test_resume_of_a_finished_run_changes_nothing(real_mnist_dir, tmp_path):
 
 
 def test_sweep_survives_failing_and_diverging_jobs(real_mnist_dir, tmp_path):
-    proc = train_cli("-m", "optimizer=sgd", "optimizer.learning_rate=0.1,-1,1000", f"data.dir={real_mnist_dir}",
-                     "trainer.max_steps=100", f"hydra.sweep.dir={tmp_path}", "logger.wandb.mode=disabled")
+    proc = train_cli(
+        "-m",
+        "optimizer=sgd",
+        "optimizer.learning_rate=0.1,-1,1000",
+        f"data.dir={real_mnist_dir}",
+        "trainer.max_steps=100",
+        f"hydra.sweep.dir={tmp_path}",
+        "logger.wandb.mode=disabled",
+    )
     assert proc.returncode == 0, proc.stderr
     jobs = json.loads((tmp_path / "sweep_summary.json").read_text())["jobs"]
     by_lr = {j["run_dir"].rsplit("=", 1)[-1]: j for j in jobs}
@@ -91,9 +110,15 @@ def test_sweep_survives_failing_and_diverging_jobs(real_mnist_dir, tmp_path):
 
 def test_wandb_online_failure_degrades_to_warning(real_mnist_dir, tmp_path):
     env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40, "WANDB_SILENT": "true"}
-    proc = train_cli("optimizer=sgd", f"data.dir={real_mnist_dir}", "trainer.max_steps=30",
-                     f"hydra.run.dir={tmp_path}", "logger.wandb.mode=online", "logger.wandb.init_timeout_s=3",
-                     env=env)
+    proc = train_cli(
+        "optimizer=sgd",
+        f"data.dir={real_mnist_dir}",
+        "trainer.max_steps=30",
+        f"hydra.run.dir={tmp_path}",
+        "logger.wandb.mode=online",
+        "logger.wandb.init_timeout_s=3",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "W&B logging disabled" in proc.stderr
     assert len(losses_as_written(tmp_path)) == 30
@@ -101,12 +126,23 @@ def test_wandb_online_failure_degrades_to_warning(real_mnist_dir, tmp_path):
 
 
 def test_resuming_a_budget_limited_run_keeps_its_budget(real_mnist_dir, tmp_path):
-    overrides = ["optimizer=sgd", f"data.dir={real_mnist_dir}", "trainer.chunk_steps=1", "trainer.max_time_s=0.000001",
-                 "logger.wandb.mode=disabled", "trainer.progress=false"]
+    overrides = [
+        "optimizer=sgd",
+        f"data.dir={real_mnist_dir}",
+        "trainer.chunk_steps=1",
+        "trainer.max_time_s=0.000001",
+        "logger.wandb.mode=disabled",
+        "trainer.progress=false",
+    ]
     first = experiment.run(compose_config(overrides), tmp_path)
     assert first["status"] == "budget" and first["steps"] == 1
     again = experiment.run(compose_config(overrides + ["trainer.resume=true"]), tmp_path)
     assert again["status"] == "budget" and again["steps"] == 1 and len(losses_as_written(tmp_path)) == 1
-    longer = experiment.run(compose_config(overrides[:3] + ["trainer.max_steps=5", "logger.wandb.mode=disabled",
-                                                            "trainer.progress=false", "trainer.resume=true"]), tmp_path)
+    longer = experiment.run(
+        compose_config(
+            overrides[:3]
+            + ["trainer.max_steps=5", "logger.wandb.mode=disabled", "trainer.progress=false", "trainer.resume=true"]
+        ),
+        tmp_path,
+    )
     assert longer["steps"] == 5 and len(losses_as_written(tmp_path)) == 5

@@ -13,9 +13,17 @@ import yaml
 
 from second_order.suite.report import style
 from second_order.suite.report.figures import FIGURES, accuracy_curve, aggregate, moving_average
-from second_order.suite.tracking.runs import find_runs
 from second_order.suite.tracking.runs import (
-    CONFIG_FILE, ENV_FILE, EVAL_COLUMNS, EVAL_FILE, STEP_COLUMNS, STEPS_FILE, SUMMARY_FILE, CsvLog, write_json,
+    CONFIG_FILE,
+    ENV_FILE,
+    EVAL_COLUMNS,
+    EVAL_FILE,
+    STEP_COLUMNS,
+    STEPS_FILE,
+    SUMMARY_FILE,
+    CsvLog,
+    find_runs,
+    write_json,
 )  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +126,9 @@ def write_run(
     evals.close()
     write_json(run_dir / ENV_FILE, {"backend": "cpu", "device_kind": "cpu"})
     if write_config:
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(run_config(method, seed, epochs, batch, config), sort_keys=False))
+        (run_dir / CONFIG_FILE).write_text(
+            yaml.safe_dump(run_config(method, seed, epochs, batch, config), sort_keys=False)
+        )
     summary = {
         "optimizer": method,
         "experiment": "synthetic",

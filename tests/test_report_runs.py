@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_report import _load_script, write_run
 
 from second_order.suite.report import style
 from second_order.suite.report.diagnostics import NEWTON_PANELS, SOLVE_PATHS, plot_diagnostics
@@ -19,7 +20,6 @@ from second_order.suite.report.grouping import IGNORED_KEYS, group_runs
 from second_order.suite.report.loading import ReportWarning, load_runs
 from second_order.suite.report.tables import training_time_table
 from second_order.suite.tracking.runs import STEPS_FILE, SUMMARY_FILE, CsvLog
-from test_report import _load_script, write_run
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +68,10 @@ def test_runs_group_by_config_not_by_optimizer(tmp_path: Path, capsys: pytest.Ca
     rows = _table1(out)
     hf = {r["group"]: r for r in rows if r["method"] == "hessian_free"}
     assert set(hf) == {"hessian_free[optimizer.damping=1]", "hessian_free[optimizer.damping=4]"}
-    assert hf["hessian_free[optimizer.damping=1]"]["n_runs"] == "3" and "max steps 60" in hf["hessian_free[optimizer.damping=1]"]["note"]
+    assert (
+        hf["hessian_free[optimizer.damping=1]"]["n_runs"] == "3"
+        and "max steps 60" in hf["hessian_free[optimizer.damping=1]"]["note"]
+    )
     assert any(r["method"] == "adam" for r in rows)
     captions = (out / "captions.md").read_text()
     assert "“HF Newton (damping 4)”; learning rate 0.5, damping 4, tol 1e-05" in captions
@@ -165,7 +168,9 @@ def test_bad_runs_and_torn_rows_do_not_stop_the_build(tmp_path: Path, capsys: py
         assert f"warning: {path}" in err, path
     assert all(line.startswith("warning: ") for line in err.splitlines() if line)
     rows = {r["method"]: r for r in _table1(out)}
-    assert rows["sgd"]["n_runs"] == "2" and rows["hessian_free"]["n_runs"] == "3" and rows["gauss_newton"]["n_runs"] == "0"
+    assert (
+        rows["sgd"]["n_runs"] == "2" and rows["hessian_free"]["n_runs"] == "3" and rows["gauss_newton"]["n_runs"] == "0"
+    )
     assert (out / "fig07_loss_vs_time_hessian_free.png").exists()
 
     with warnings.catch_warnings(record=True):
@@ -184,8 +189,10 @@ def test_run_resumed_on_another_device_is_left_out_of_time_axes(
 ) -> None:
     root = tmp_path / "runs"
     write_run(root, "sgd", 0, n_steps=100)
-    segments = [{"start_step": 0, "end_step": 60, "backend": "cpu", "device_kind": "cpu", "host": "a"},
-                {"start_step": 60, "end_step": 100, "backend": "gpu", "device_kind": "NVIDIA H100", "host": "b"}]
+    segments = [
+        {"start_step": 0, "end_step": 60, "backend": "cpu", "device_kind": "cpu", "host": "a"},
+        {"start_step": 60, "end_step": 100, "backend": "gpu", "device_kind": "NVIDIA H100", "host": "b"},
+    ]
     write_run(root, "hessian_free", 0, n_steps=100, summary_extra={"segments": segments})
     write_run(root, "hessian_free", 1, n_steps=100)
     runs = load_runs([root])

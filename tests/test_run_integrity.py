@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, compose_config
+
 from second_order.suite import experiment
 from second_order.suite.config import ConfigError
 from second_order.suite.tracking import runs
 from second_order.suite.training import checkpoint
-
 
 # --------------------------------------------------------------------------- checkpoints
 
@@ -73,7 +72,9 @@ def test_checkpoint_ignores_uncommitted_directories(tmp_path):
     names = sorted(p.name for p in (tmp_path / checkpoint.DIR).iterdir())
     assert names == ["step_000000007-0"]
     checkpoint.save(tmp_path, params, {"n": np.int32(2)}, {"step": 7, "clock": {}})  # the same step again
-    assert sorted(p.name for p in (tmp_path / checkpoint.DIR).iterdir()) == ["step_000000007-1"]  # older and uncommitted ones are gone after a commit
+    assert sorted(p.name for p in (tmp_path / checkpoint.DIR).iterdir()) == [
+        "step_000000007-1"
+    ]  # older and uncommitted ones are gone after a commit
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "no_meta"])
@@ -144,8 +145,17 @@ def test_a_run_of_another_configuration_is_refused_naming_the_keys(tmp_path, res
 
 def test_budgets_and_bookkeeping_may_change_on_resume():
     old = compose_config(["optimizer=sgd"])
-    new = compose_config(["optimizer=sgd", "trainer.max_steps=9", "trainer.max_time_s=3", "trainer.resume=true",
-                          "logger.wandb.mode=disabled", "data.dir=/elsewhere", "trainer.progress=false"])
+    new = compose_config(
+        [
+            "optimizer=sgd",
+            "trainer.max_steps=9",
+            "trainer.max_time_s=3",
+            "trainer.resume=true",
+            "logger.wandb.mode=disabled",
+            "data.dir=/elsewhere",
+            "trainer.progress=false",
+        ]
+    )
     assert experiment.config_differences(old, new) == []
     assert experiment.config_differences(old, compose_config(["optimizer=sgd", "seed=1"])) == ["seed"]
 
@@ -156,8 +166,9 @@ def test_single_runs_with_different_overrides_never_share_a_directory():
     dirs = set()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         for damping in (1, 4):
-            cfg = compose("config", overrides=["optimizer=hessian_free", f"optimizer.damping={damping}"],
-                          return_hydra_config=True)
+            cfg = compose(
+                "config", overrides=["optimizer=hessian_free", f"optimizer.damping={damping}"], return_hydra_config=True
+            )
             from hydra.core.hydra_config import HydraConfig
 
             HydraConfig.instance().set_config(cfg)
@@ -200,12 +211,22 @@ def test_resume_keeps_config_and_records_every_segment(real_mnist_dir, tmp_path)
 @pytest.mark.slow
 def test_missing_data_fails_when_ci_requires_it(tmp_path):
     env = {**os.environ, "MNIST_DIR": str(tmp_path / "absent"), "SECOND_ORDER_REQUIRE_DATA": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/test_data.py::test_real_mnist"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_data.py::test_real_mnist"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout[-2000:]
     env.pop("SECOND_ORDER_REQUIRE_DATA")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/test_data.py::test_real_mnist"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_data.py::test_real_mnist"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout[-2000:]

@@ -17,6 +17,7 @@ def test_cg_solves_spd_system_on_pytrees():
     n = 30
     a = spd_matrix(n, np.linspace(1.0, 50.0, n))
     b = np.random.default_rng(1).normal(size=n)
+
     # Split the unknowns into a nested dict to exercise pytree arithmetic.
     def matvec(v):
         flat = jnp.concatenate([v["x"], v["y"]["z"]])
@@ -37,7 +38,7 @@ def test_cg_honours_maxiter_and_reports_iterations():
     a = jnp.asarray(spd_matrix(n, np.logspace(0, 4, n)))
     b = jnp.ones(n)
     for k in (1, 3, 7):
-        res = jax.jit(lambda b: cg(lambda v: a @ v, b, tol=1e-14, maxiter=k))(b)
+        res = jax.jit(lambda b, k=k: cg(lambda v: a @ v, b, tol=1e-14, maxiter=k))(b)
         assert int(res.iterations) == k
         assert float(res.residual_norm) > 1e-14 * float(res.b_norm)  # did not converge: stopped by maxiter
 

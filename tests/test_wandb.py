@@ -18,8 +18,11 @@ import pytest
 
 wandb = pytest.importorskip("wandb")
 
-from second_order.suite.tracking import runs  # noqa: E402
-from second_order.suite.tracking import wandb_io, wandb_leet  # noqa: E402
+from second_order.suite.tracking import (  # noqa: E402
+    runs,  # noqa: E402
+    wandb_io,
+    wandb_leet,
+)
 from second_order.suite.tracking.wandb_io import (  # noqa: E402
     WandbRecord,
     download_project,
@@ -80,7 +83,13 @@ def _step_rows(steps: range) -> list[dict[str, Any]]:
 
 
 def _eval_row(step: int) -> dict[str, Any]:
-    return {"step": step, "epoch": step // 20, "time_s": 0.0137 * step + 0.5, "eval/loss": 1.0 / step, "eval/acc": 0.9 + step / 1e4}
+    return {
+        "step": step,
+        "epoch": step // 20,
+        "time_s": 0.0137 * step + 0.5,
+        "eval/loss": 1.0 / step,
+        "eval/acc": 0.9 + step / 1e4,
+    }
 
 
 CONFIG = {
@@ -122,8 +131,15 @@ def _user_keys(row: dict[str, Any]) -> dict[str, Any]:
 
 def _logger(run_dir: Path, mode: str = "offline", **kw: Any) -> WandbLogger:
     args: dict[str, Any] = dict(
-        mode=mode, project="second-order-tests", entity=None, run_dir=run_dir, name="hfgn-s3",
-        group="unit-group", tags=["unit", "mnist"], config=CONFIG, job_type="train",
+        mode=mode,
+        project="second-order-tests",
+        entity=None,
+        run_dir=run_dir,
+        name="hfgn-s3",
+        group="unit-group",
+        tags=["unit", "mnist"],
+        config=CONFIG,
+        job_type="train",
     )
     args.update(kw)
     return WandbLogger(**args)
@@ -191,13 +207,26 @@ def test_record_to_run_dir_loads(offline_run, tmp_path):
 
     steps = [r for r in logged if "train/loss" in r]
     evals = [r for r in logged if "eval/loss" in r]
-    cols = {"step": "step", "epoch": "epoch", "train_loss": "train/loss", "time_s": "time_s",
-            "damping": "opt/damping", "cg_iters": "opt/cg_iters", "rho": "opt/rho"}
+    cols = {
+        "step": "step",
+        "epoch": "epoch",
+        "train_loss": "train/loss",
+        "time_s": "time_s",
+        "damping": "opt/damping",
+        "cg_iters": "opt/cg_iters",
+        "rho": "opt/rho",
+    }
     assert list(run.steps) == list(runs.STEP_COLUMNS) + ["cg_iters", "damping", "rho"]
     for col, key in cols.items():
         np.testing.assert_array_equal(run.steps[col], np.array([r[key] for r in steps], dtype=float))
     assert list(run.evals) == list(runs.EVAL_COLUMNS)
-    for col, key in {"epoch": "epoch", "step": "step", "time_s": "time_s", "test_loss": "eval/loss", "test_acc": "eval/acc"}.items():
+    for col, key in {
+        "epoch": "epoch",
+        "step": "step",
+        "time_s": "time_s",
+        "test_loss": "eval/loss",
+        "test_acc": "eval/acc",
+    }.items():
         np.testing.assert_array_equal(run.evals[col], np.array([r[key] for r in evals], dtype=float))
     assert run.summary == {k: v for k, v in SUMMARY.items()}
     assert run.config == CONFIG
@@ -308,9 +337,17 @@ def edge_run(tmp_path_factory: pytest.TempPathFactory, wandb_sandbox: Path) -> P
     """A run written by wandb directly: nested and dotted keys, strings, NaN/inf in lists, summary
     edits and removals, a later config update, exit code 3."""
     run_dir = tmp_path_factory.mktemp("edge")
-    run = wandb.init(mode="offline", dir=str(run_dir), project="edge", config={"a.b": 1, "opt": {"lr": 0.5}},
-                     reinit="create_new", settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
-    run.log({"s": "text", "d": {"x": 1, "y": {"z": 2.5}}, "dot.key": 3, "l": [math.nan, 1], "big": 2**60, "neg": -math.inf})
+    run = wandb.init(
+        mode="offline",
+        dir=str(run_dir),
+        project="edge",
+        config={"a.b": 1, "opt": {"lr": 0.5}},
+        reinit="create_new",
+        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+    )
+    run.log(
+        {"s": "text", "d": {"x": 1, "y": {"z": 2.5}}, "dot.key": 3, "l": [math.nan, 1], "big": 2**60, "neg": -math.inf}
+    )
     run.log({"step": 2, "train/loss": math.nan})
     run.config.update({"later": [1, {"q": None}]})
     run.summary["nested"] = {"a": 1, "b": 2}

@@ -14,7 +14,8 @@ produces), so they compose with optax and never need a Python loop over leaves.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,8 @@ optimizer can expose it as per-step diagnostics.  Pytree arithmetic is
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -15,8 +15,9 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -73,9 +74,15 @@ def train_job(cfg: DictConfig) -> float | None:
             log.error("job failed: %s", message)
         record_failure(run_dir, cfg, message)
         return None
-    log.info("%s: %s after %d steps, test acc %s, optimizer time %.1f s -> %s",
-             summary["optimizer"], summary["status"], summary["steps"], summary["test_acc"],
-             summary["train_time_s"], run_dir)
+    log.info(
+        "%s: %s after %d steps, test acc %s, optimizer time %.1f s -> %s",
+        summary["optimizer"],
+        summary["status"],
+        summary["steps"],
+        summary["test_acc"],
+        summary["train_time_s"],
+        run_dir,
+    )
     if summary["status"] == "interrupted":
         if multirun:
             raise KeyboardInterrupt  # stop the sweep too; every finished job is on disk

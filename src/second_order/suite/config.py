@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -32,12 +33,26 @@ class ConfigError(ValueError):
     """A user error in the configuration (printed as one line, no traceback)."""
 
 
-def setting(default: Any = MISSING, *, help: str, minimum: float | None = None, maximum: float | None = None,
-            choices: tuple[Any, ...] | None = None, check: Callable[[Any], bool] | None = None,
-            allowed: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    check: Callable[[Any], bool] | None = None,
+    allowed: str | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
     """A dataclass field with its documentation and allowed range in the metadata."""
-    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "check": check,
-            "allowed": allowed}
+    meta = {
+        "help": help,
+        "minimum": minimum,
+        "maximum": maximum,
+        "choices": choices,
+        "check": check,
+        "allowed": allowed,
+    }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -47,7 +62,9 @@ def setting(default: Any = MISSING, *, help: str, minimum: float | None = None, 
 class DataConfig:
     dir: str | None = setting(
         help="directory with the dataset's files (a preset sets its default); null: TensorFlow Datasets",
-        check=lambda v: v is None or bool(v), allowed="a directory path or null (null: TensorFlow Datasets)")
+        check=lambda v: v is None or bool(v),
+        allowed="a directory path or null (null: TensorFlow Datasets)",
+    )
     verify_checksums: bool = setting(True, help="check the MD5 of the canonical 60k/10k files")
 
 
@@ -56,7 +73,8 @@ class ModelConfig:
     hidden: list[int] = setting(
         help="widths of the hidden ReLU layers (the paper: [10], 7,960 parameters)",
         check=lambda v: len(v) > 0 and all(h >= 1 for h in v),
-        allowed="a non-empty list of layer widths, each an integer >= 1 (e.g. [10])")
+        allowed="a non-empty list of layer widths, each an integer >= 1 (e.g. [10])",
+    )
     num_classes: int = setting(help="output logits (the dataset's classes)", minimum=2)
 
 
@@ -67,18 +85,17 @@ class TrainerConfig:
     max_steps: int | None = setting(None, help="cap on optimizer steps (a budget); null: none", minimum=1)
     max_time_s: float | None = setting(None, help="cap on optimizer seconds (a budget); null: none", minimum=0)
     eval_every: int = setting(1, help="evaluate on the test set every this many epochs", minimum=1)
-    chunk_steps: int = setting(100, help="steps per compiled chunk (logs, signals, budgets checked between)",
-                               minimum=1)
-    checkpoint_every_s: float = setting(300.0, help="also checkpointed after every evaluation and on stop",
-                                        minimum=0)
+    chunk_steps: int = setting(100, help="steps per compiled chunk (logs, signals, budgets checked between)", minimum=1)
+    checkpoint_every_s: float = setting(300.0, help="also checkpointed after every evaluation and on stop", minimum=0)
     resume: bool = setting(False, help="continue from <run dir>/checkpoint (same config + trainer.resume=true)")
     progress: bool = setting(True, help="progress bar on stderr")
 
 
 @dataclasses.dataclass
 class WandbConfig:
-    mode: str = setting("offline", help="offline: files under <run dir>/wandb; online: needs wandb login",
-                        choices=WANDB_MODES)
+    mode: str = setting(
+        "offline", help="offline: files under <run dir>/wandb; online: needs wandb login", choices=WANDB_MODES
+    )
     project: str = setting("second-order", help="W&B project", check=bool, allowed="a non-empty name")
     entity: str | None = setting(None, help="W&B entity (user or team); null: your default")
     tags: list[str] = setting(factory=list, help="extra W&B tags")
@@ -94,10 +111,13 @@ class LoggerConfig:
 class RunConfig:
     """The whole config of one run (the ``hydra`` node aside)."""
 
-    seed: int = setting(0, help="seeds initialisation, data order and random sketches", minimum=0,
-                        maximum=SEED_MAX)
-    experiment_name: str = setting("default", help="groups runs in runs/<experiment_name>/",
-                                   check=lambda v: bool(v) and "/" not in v, allowed="a non-empty name without '/'")
+    seed: int = setting(0, help="seeds initialisation, data order and random sketches", minimum=0, maximum=SEED_MAX)
+    experiment_name: str = setting(
+        "default",
+        help="groups runs in runs/<experiment_name>/",
+        check=lambda v: bool(v) and "/" not in v,
+        allowed="a non-empty name without '/'",
+    )
     x64: bool = setting(True, help="enable float64 in JAX (the second-order solves run in float64)")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -156,12 +176,12 @@ def expected(full_key: str) -> str | None:
     optional = "None" in kind
     if f.metadata.get("allowed") or f.metadata.get("choices"):
         return _describe(f.metadata, optional)
-    for word, phrase in (("bool", "true or false"), ("int", "an integer"), ("float", "a number"),
-                         ("str", "a string")):
+    for word, phrase in (("bool", "true or false"), ("int", "an integer"), ("float", "a number"), ("str", "a string")):
         if kind.replace("None", "").strip(" |").startswith(word):
             lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
-            bounds = " and ".join(b for b in (f">= {lo:g}" if lo is not None else "",
-                                              f"<= {hi:g}" if hi is not None else "") if b)
+            bounds = " and ".join(
+                b for b in (f">= {lo:g}" if lo is not None else "", f"<= {hi:g}" if hi is not None else "") if b
+            )
             return phrase + (" " + bounds if bounds else "") + (" or null" if optional else "")
     return None
 
@@ -185,8 +205,14 @@ def _describe(meta: Mapping[str, Any], optional: bool) -> str:
     if meta.get("choices"):
         return "one of " + ", ".join(map(str, meta["choices"]))
     lo, hi = meta.get("minimum"), meta.get("maximum")
-    text = "a number" if lo is None and hi is None else "a number " + " and ".join(
-        part for part in (f">= {lo:g}" if lo is not None else "", f"<= {hi:g}" if hi is not None else "") if part)
+    text = (
+        "a number"
+        if lo is None and hi is None
+        else "a number "
+        + " and ".join(
+            part for part in (f">= {lo:g}" if lo is not None else "", f"<= {hi:g}" if hi is not None else "") if part
+        )
+    )
     return text + (" or null" if optional else "")
 
 
@@ -243,15 +269,25 @@ def validate(cfg: Mapping[str, Any]) -> ValidConfig:
     except OmegaConfBaseException as err:
         if type(err).__name__ == "ConfigKeyError":
             key = getattr(err, "full_key", None) or getattr(err, "key", "?")
-            raise ConfigError(f"{key} is not a known key; see `python scripts/train.py --cfg job` "
-                              "for the keys (new keys need a '+' only in optimizer configs)") from None
+            raise ConfigError(
+                f"{key} is not a known key; see `python scripts/train.py --cfg job` "
+                "for the keys (new keys need a '+' only in optimizer configs)"
+            ) from None
         raise from_omegaconf_error(err) from None
     assert isinstance(typed, RunConfig)
     _check_dataclass(typed, "")
     from second_order.suite.optimizer_config import validate_optimizer
 
-    return ValidConfig(typed.seed, typed.experiment_name, typed.x64, typed.data, typed.model, typed.trainer,
-                       validate_optimizer(optimizer), typed.logger)
+    return ValidConfig(
+        typed.seed,
+        typed.experiment_name,
+        typed.x64,
+        typed.data,
+        typed.model,
+        typed.trainer,
+        validate_optimizer(optimizer),
+        typed.logger,
+    )
 
 
 def one_line(err: BaseException) -> str | None:
@@ -269,8 +305,11 @@ def one_line(err: BaseException) -> str | None:
         text = str(err).strip()
         return text.splitlines()[0] if text else type(err).__name__
     cause = err.__cause__
-    if isinstance(err, HydraException) and isinstance(cause, OmegaConfBaseException) and \
-            type(cause).__name__ == "ValidationError":
+    if (
+        isinstance(err, HydraException)
+        and isinstance(cause, OmegaConfBaseException)
+        and type(cause).__name__ == "ValidationError"
+    ):
         return str(from_omegaconf_error(cause))
     if isinstance(err, (HydraException, OmegaConfBaseException)):
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]

@@ -98,9 +98,7 @@ def normalize(images_uint8: np.ndarray) -> np.ndarray:
     return np.take(_LUT, images.reshape(len(images), IMAGE_SIDE * IMAGE_SIDE))
 
 
-def load_mnist(
-    data_dir: str | os.PathLike[str] | None = None, *, verify_checksums: bool = True
-) -> Mnist:
+def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, verify_checksums: bool = True) -> Mnist:
     """Loads MNIST from ``data_dir``, else ``$MNIST_DIR``, else TensorFlow Datasets.
 
     ``None`` and ``""`` both mean unset. ``verify_checksums=False`` skips only the MD5
@@ -124,10 +122,7 @@ def load_mnist(
             elif raw.is_file():
                 paths[name] = raw
             else:
-                raise DataError(
-                    f"MNIST file {gz} is missing (nor is there an uncompressed {raw.name}). "
-                    + _DIR_FIX
-                )
+                raise DataError(f"MNIST file {gz} is missing (nor is there an uncompressed {raw.name}). " + _DIR_FIX)
     return _load_files(paths, verify_checksums, _DIR_FIX)
 
 
@@ -149,9 +144,7 @@ def write_idx(
         raise ValueError(f"need uint8 arrays, got {images.dtype} and {labels.dtype}")
     n = len(images)
     if images.shape != (n, IMAGE_SIDE, IMAGE_SIDE) or labels.shape != (n,):
-        raise ValueError(
-            f"need images (N,28,28) and labels (N,), got {images.shape} and {labels.shape}"
-        )
+        raise ValueError(f"need images (N,28,28) and labels (N,), got {images.shape} and {labels.shape}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     out = []
@@ -182,9 +175,7 @@ def _load_files(paths: dict[str, Path], verify_checksums: bool, fix: str) -> Mni
     return Mnist(*arrays["train"], *arrays["t10k"])
 
 
-def _read_idx(
-    path: Path, name: str, split: Split, verify_checksums: bool, fix: str
-) -> np.ndarray:
+def _read_idx(path: Path, name: str, split: Split, verify_checksums: bool, fix: str) -> np.ndarray:
     """Parses one IDX file (``name`` is its canonical name) into a uint8 array."""
 
     def fail(problem: str) -> DataError:
@@ -224,9 +215,7 @@ def _read_idx(
     return array
 
 
-def _load_tfds(
-    *, verify_checksums: bool = True, download_dir: str | os.PathLike[str] | None = None
-) -> Mnist:
+def _load_tfds(*, verify_checksums: bool = True, download_dir: str | os.PathLike[str] | None = None) -> Mnist:
     """Downloads the four IDX files with TensorFlow Datasets and reads them.
 
     Uses ``tfds.download.DownloadManager`` (no TensorFlow needed) with the URL and

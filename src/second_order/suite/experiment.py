@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -22,9 +23,18 @@ from second_order.suite.training.trainer import fit, mean_last_epoch_loss
 
 #: Keys that may differ when a run is resumed: budgets and bookkeeping, never the experiment.
 RESUMABLE_KEYS = (
-    "trainer.resume", "trainer.progress", "trainer.max_steps", "trainer.max_time_s", "trainer.chunk_steps",
-    "trainer.checkpoint_every_s", "data.dir", "logger.wandb.mode", "logger.wandb.project", "logger.wandb.entity",
-    "logger.wandb.tags", "logger.wandb.init_timeout_s",
+    "trainer.resume",
+    "trainer.progress",
+    "trainer.max_steps",
+    "trainer.max_time_s",
+    "trainer.chunk_steps",
+    "trainer.checkpoint_every_s",
+    "data.dir",
+    "logger.wandb.mode",
+    "logger.wandb.project",
+    "logger.wandb.entity",
+    "logger.wandb.tags",
+    "logger.wandb.init_timeout_s",
 )
 
 
@@ -47,8 +57,9 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two configs, budgets and bookkeeping aside."""
     a, b = _flatten(_plain(old)), _flatten(_plain(new))
-    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")
-                  and not k.startswith(RESUMABLE_KEYS))
+    return sorted(
+        k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUMABLE_KEYS)
+    )
 
 
 def check_run_dir(run_dir: Path, cfg: Mapping[str, Any], resume: bool) -> None:
@@ -61,19 +72,25 @@ def check_run_dir(run_dir: Path, cfg: Mapping[str, Any], resume: bool) -> None:
         try:
             differing = config_differences(yaml.safe_load(config.read_text()) or {}, cfg)
         except yaml.YAMLError:
-            raise ConfigError(f"{config} is unreadable; start the run in a new directory (hydra.run.dir=<dir>)") from None
+            raise ConfigError(
+                f"{config} is unreadable; start the run in a new directory (hydra.run.dir=<dir>)"
+            ) from None
     if differing:
         shown = ", ".join(differing[:6]) + (" ..." if len(differing) > 6 else "")
-        raise ConfigError(f"run directory {run_dir} holds a run with another configuration (differs in: {shown}); "
-                          "start this one elsewhere with hydra.run.dir=<dir>")
+        raise ConfigError(
+            f"run directory {run_dir} holds a run with another configuration (differs in: {shown}); "
+            "start this one elsewhere with hydra.run.dir=<dir>"
+        )
     if resume or not summary.exists():
         return
     try:
         status = json.loads(summary.read_text()).get("status", "unknown")
     except (OSError, ValueError):
         status = "unreadable summary"
-    raise ConfigError(f"run directory {run_dir} already holds this run (status: {status}); continue it with "
-                      "trainer.resume=true, or start a new one elsewhere with hydra.run.dir=<dir>")
+    raise ConfigError(
+        f"run directory {run_dir} already holds this run (status: {status}); continue it with "
+        "trainer.resume=true, or start a new one elsewhere with hydra.run.dir=<dir>"
+    )
 
 
 def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
@@ -86,8 +103,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
     data = load_mnist(rc.data.dir, verify_checksums=rc.data.verify_checksums)
     n_train, n_test = len(data.train_labels), len(data.test_labels)
     if rc.trainer.batch_size > n_train:
-        raise ConfigError(f"trainer.batch_size = {rc.trainer.batch_size} is invalid: must be at most the "
-                          f"{n_train} training examples")
+        raise ConfigError(
+            f"trainer.batch_size = {rc.trainer.batch_size} is invalid: must be at most the {n_train} training examples"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     resuming = rc.trainer.resume and checkpoint.exists(run_dir)
     if not (run_dir / runs.CONFIG_FILE).exists():
@@ -120,16 +138,25 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
     start = checkpoint.latest_step(run_dir) if resuming else 0
     environment.append_segment(run_dir / runs.ENV_FILE, record, start)
     # Earlier segments, cut at the checkpoint this one continues from (later rows are redone).
-    segments = [{**s, "end_step": min(int(s.get("end_step") or 0), start)}
-                for s in previous.get("segments") or [] if int(s.get("start_step", 0)) < start]
+    segments = [
+        {**s, "end_step": min(int(s.get("end_step") or 0), start)}
+        for s in previous.get("segments") or []
+        if int(s.get("start_step", 0)) < start
+    ]
     runs.write_json(run_dir / runs.SUMMARY_FILE, {**previous, **base, "status": "running", "segments": segments})
     try:
-        outcome = fit(model=model, tx=tx, data=data, settings=rc.trainer, seed=rc.seed, run_dir=run_dir,
-                      logger=logger)
+        outcome = fit(model=model, tx=tx, data=data, settings=rc.trainer, seed=rc.seed, run_dir=run_dir, logger=logger)
     finally:
         logger.close()
-    segments.append({"start_step": outcome.start_step, "end_step": outcome.steps, "backend": record["backend"],
-                     "device_kind": record["device_kind"], "host": record["host"]})
+    segments.append(
+        {
+            "start_step": outcome.start_step,
+            "end_step": outcome.steps,
+            "backend": record["backend"],
+            "device_kind": record["device_kind"],
+            "host": record["host"],
+        }
+    )
     steps = runs.read_table(run_dir / runs.STEPS_FILE)
     summary = {
         **base,

@@ -16,7 +16,8 @@ import math
 import re
 import types
 import typing
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import optax
 
@@ -116,7 +117,9 @@ def validate_optimizer(node: Any) -> OptimizerConfig:
     for key, p in params.items():
         required = p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         if required and key not in kwargs:
-            raise ConfigError(f"optimizer.{key} is missing: {target} needs it (add it to configs/optimizer/{name}.yaml)")
+            raise ConfigError(
+                f"optimizer.{key} is missing: {target} needs it (add it to configs/optimizer/{name}.yaml)"
+            )
     return OptimizerConfig(name=name, target=target, kwargs=kwargs)
 
 

@@ -20,10 +20,12 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for summary_path in sorted(Path(sweep_dir).rglob(runs.SUMMARY_FILE)):
         s = json.loads(summary_path.read_text())
-        rows.append({
-            "run_dir": str(summary_path.parent.relative_to(sweep_dir)),
-            **{k: s.get(k) for k in ("optimizer", "seed", "status", "steps", "train_loss", "test_acc", "error")},
-        })
+        rows.append(
+            {
+                "run_dir": str(summary_path.parent.relative_to(sweep_dir)),
+                **{k: s.get(k) for k in ("optimizer", "seed", "status", "steps", "train_loss", "test_acc", "error")},
+            }
+        )
     return rows
 
 

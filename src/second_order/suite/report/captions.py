@@ -3,7 +3,8 @@ group's config, dataset / model / batch / epochs from the runs' summaries (or co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from second_order.suite.report.grouping import Group
 from second_order.suite.report.runinfo import (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -112,7 +112,9 @@ def _ends(runs: Sequence[Run], matrix: np.ndarray, x: np.ndarray, y: np.ndarray)
     return ends
 
 
-def _curve(runs: Sequence[Run], x: np.ndarray, matrix: np.ndarray, band: str, style: MethodStyle | None) -> Curve | None:
+def _curve(
+    runs: Sequence[Run], x: np.ndarray, matrix: np.ndarray, band: str, style: MethodStyle | None
+) -> Curve | None:
     y, lo, hi = aggregate(matrix, band)
     keep = np.isfinite(x) & np.isfinite(y)
     if not keep.any():

@@ -7,7 +7,7 @@ axis shows every value the optimizer can log, named.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -22,7 +22,10 @@ from second_order.suite.tracking.runs import Run
 SOLVE_PATHS: dict[int, str] = {0: "Cholesky", 1: "eigh pinv", 2: "low rank"}
 
 Panel = tuple[str, str, bool]  # (steps.csv column, axis label, log scale)
-CG_PANELS: tuple[Panel, ...] = (("cg_iterations", "CG iterations", False), ("cg_residual", "relative CG residual", True))
+CG_PANELS: tuple[Panel, ...] = (
+    ("cg_iterations", "CG iterations", False),
+    ("cg_residual", "relative CG residual", True),
+)
 NEWTON_PANELS: tuple[Panel, ...] = (
     ("solve_path", "solve used", False),
     ("rank", "rank kept", False),

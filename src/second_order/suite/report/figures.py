@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -114,8 +115,11 @@ def time_comparable(group: Group) -> list[Run]:
 
 
 def _curves(
-    groups: Sequence[Group], methods: Sequence[str] | None, build: Callable[[Sequence[Run], Group], Curve | None],
-    *, time_axis: bool = False,
+    groups: Sequence[Group],
+    methods: Sequence[str] | None,
+    build: Callable[[Sequence[Run], Group], Curve | None],
+    *,
+    time_axis: bool = False,
 ) -> list[Curve]:
     """One curve per group of ``methods``, warning about methods without usable runs."""
     curves = []
@@ -301,7 +305,10 @@ def plot_overview(runs: Sequence[Run], *, smooth: int = 50, log_loss: bool = Fal
 
 @with_paper_style
 def plot_accuracy_vs_epoch(
-    runs: Sequence[Run], methods: Sequence[str] | None = None, *, band: str = "std",
+    runs: Sequence[Run],
+    methods: Sequence[str] | None = None,
+    *,
+    band: str = "std",
     groups: Sequence[Group] | None = None,
 ) -> Figure:
     """Test accuracy (%) after each epoch, mean and band over seeds, one line per group."""
@@ -325,7 +332,12 @@ def plot_accuracy_vs_epoch(
 
 
 def render(
-    spec: FigureSpec, runs: Sequence[Run], *, smooth: int = 50, log_loss: bool = False, band: str = "std",
+    spec: FigureSpec,
+    runs: Sequence[Run],
+    *,
+    smooth: int = 50,
+    log_loss: bool = False,
+    band: str = "std",
     groups: Sequence[Group] | None = None,
 ) -> Figure:
     """Draw the figure described by ``spec``."""
@@ -337,7 +349,12 @@ def render(
 
 
 def caption(
-    spec: FigureSpec, runs: Sequence[Run], *, smooth: int = 50, log_loss: bool = False, band: str = "std",
+    spec: FigureSpec,
+    runs: Sequence[Run],
+    *,
+    smooth: int = 50,
+    log_loss: bool = False,
+    band: str = "std",
     groups: Sequence[Group] | None = None,
 ) -> str:
     """The caption of ``spec``, written from the groups it draws (see :mod:`.captions`)."""

@@ -18,7 +18,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import fnmatch
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from matplotlib.colors import to_hex, to_rgb
 
@@ -208,4 +209,3 @@ def groups_of(groups: Sequence[Group], methods: Sequence[str] | None) -> dict[st
         by_method[group.optimizer].append(group)
     wanted = list(methods) if methods is not None else list(by_method)
     return {m: by_method.get(m, []) for m in wanted}
-

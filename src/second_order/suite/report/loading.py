@@ -16,8 +16,9 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

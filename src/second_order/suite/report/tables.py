@@ -16,9 +16,9 @@ import collections
 import csv
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
+from typing import Any
 
 from second_order.suite.report.curves import percent_scale
 from second_order.suite.report.grouping import Group, group_runs

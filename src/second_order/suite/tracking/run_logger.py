@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,12 +27,17 @@ class RunLogger:
         self.wandb = wandb
 
     def log_steps(
-        self, steps: np.ndarray, epoch: int, losses: np.ndarray, times: np.ndarray, diagnostics: Mapping[str, np.ndarray]
+        self,
+        steps: np.ndarray,
+        epoch: int,
+        losses: np.ndarray,
+        times: np.ndarray,
+        diagnostics: Mapping[str, np.ndarray],
     ) -> None:
         diag_cols = [_python_values(diagnostics[name]) for name in self.diagnostic_names]
         rows = [
-            (int(s), epoch, float(l), float(t), *(col[i] for col in diag_cols))
-            for i, (s, l, t) in enumerate(zip(steps, losses, times))
+            (int(s), epoch, float(loss), float(t), *(col[i] for col in diag_cols))
+            for i, (s, loss, t) in enumerate(zip(steps, losses, times))
         ]
         self.steps.write_rows(rows)
         self.steps.flush(durable=False)

@@ -19,8 +19,9 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from second_order.suite.tracking import wandb_leet, wandb_txlog
 from second_order.suite.tracking.runs import (
@@ -37,8 +38,14 @@ from second_order.suite.tracking.runs import (
 
 READERS = ("auto", "leet", "builtin")  # auto: leet when available, else the builtin fallback parser
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_RUN_ATTRS = {"run_id": "run_id", "project": "project", "entity": "entity", "display_name": "name",
-              "run_group": "group", "job_type": "job_type"}  # leet run field -> WandbRecord attribute
+_RUN_ATTRS = {
+    "run_id": "run_id",
+    "project": "project",
+    "entity": "entity",
+    "display_name": "name",
+    "run_group": "group",
+    "job_type": "job_type",
+}  # leet run field -> WandbRecord attribute
 
 # history key -> local column
 TRAIN_LOSS, EVAL_LOSS, EVAL_ACC = "train/loss", "eval/loss", "eval/acc"
@@ -92,7 +99,9 @@ def _log_file(path: Path) -> Path:
         raise FileNotFoundError(f"{path}: no such W&B run folder or .wandb file")
     logs = sorted(path.glob("run-*.wandb"))
     if len(logs) != 1:
-        raise FileNotFoundError(f"{path}: expected one run-*.wandb file, found {len(logs)}; pass the .wandb file itself")
+        raise FileNotFoundError(
+            f"{path}: expected one run-*.wandb file, found {len(logs)}; pass the .wandb file itself"
+        )
     return logs[0]
 
 
@@ -177,7 +186,7 @@ def _blank_record() -> WandbRecord:
 def _fold(records: Iterable[Mapping[str, Any]], out: WandbRecord) -> int:
     """Apply ``records`` to ``out``; returns how many there were."""
     n = 0
-    for n, rec in enumerate(records, start=1):
+    for n, rec in enumerate(records, start=1):  # noqa: B007 - n is the count returned
         kind = str(rec.get("type"))
         body = rec.get(kind) or {}
         if kind == "history":
@@ -297,9 +306,7 @@ def _column(key: str) -> str | None:
     return None
 
 
-def record_to_run_dir(
-    record: WandbRecord, out_dir: Path | str, summary_keys: Sequence[str] = SUMMARY_KEYS
-) -> Path:
+def record_to_run_dir(record: WandbRecord, out_dir: Path | str, summary_keys: Sequence[str] = SUMMARY_KEYS) -> Path:
     """Write ``record`` as a run directory: steps.csv, eval.csv, summary.json, config.yaml.
 
     Columns: ``train/loss`` -> ``train_loss``, ``opt/<x>`` -> ``<x>`` (after the
@@ -318,8 +325,7 @@ def record_to_run_dir(
 
     # history key -> CSV column; extra columns sorted by name (W&B keeps no key order)
     extra = sorted(
-        (col, key) for key in {k for row in steps for k in row}
-        if (col := _column(key)) and col not in STEP_COLUMNS
+        (col, key) for key in {k for row in steps for k in row} if (col := _column(key)) and col not in STEP_COLUMNS
     )
     step_fields = {"step": "step", "epoch": "epoch", "train_loss": TRAIN_LOSS, "time_s": "time_s", **dict(extra)}
     eval_fields = {"epoch": "epoch", "step": "step", "time_s": "time_s", "test_loss": EVAL_LOSS, "test_acc": EVAL_ACC}
@@ -335,7 +341,9 @@ def record_to_run_dir(
     return out
 
 
-def _write_table(path: Path, columns: Sequence[str], fields: Mapping[str, str], rows: Iterable[Mapping[str, Any]]) -> None:
+def _write_table(
+    path: Path, columns: Sequence[str], fields: Mapping[str, str], rows: Iterable[Mapping[str, Any]]
+) -> None:
     """(Re)write a CSV table; ``fields`` maps column -> history key."""
     path.unlink(missing_ok=True)
     log = CsvLog(path, columns)

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 MIN_VERSION = (0, 31)  # first wandb with `leet inspect --json` (0.30 has `leet inspect`, text only)
 
@@ -70,7 +71,9 @@ def _run(path: Path, *flags: str) -> Iterator[str]:
         message = re.sub(r"^Error:\s*", "", message) or f"exit status {rc}"
         raise ValueError(f"{path}: not a readable W&B transaction log ({message}); pass a run-*.wandb file")
     if message:
-        warnings.warn(f"{path}: truncated or corrupt W&B log ({message}); reading only the complete records")
+        warnings.warn(
+            f"{path}: truncated or corrupt W&B log ({message}); reading only the complete records", stacklevel=2
+        )
 
 
 def records(path: Path | str) -> Iterator[dict[str, Any]]:

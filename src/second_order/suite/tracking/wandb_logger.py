@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 MODES = ("offline", "online", "disabled")
 
@@ -183,8 +184,7 @@ class WandbLogger:
         reason = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
         reason = " ".join(str(reason).split())  # one line
         warnings.warn(
-            f"W&B logging disabled ({self.mode}): {reason}; "
-            f"local logs in {self.run_dir} are complete",
+            f"W&B logging disabled ({self.mode}): {reason}; local logs in {self.run_dir} are complete",
             WandbWarning,
             stacklevel=3,
         )
@@ -250,7 +250,7 @@ class WandbLogger:
                     stacklevel=2,
                 )
 
-    def __enter__(self) -> "WandbLogger":
+    def __enter__(self) -> WandbLogger:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -20,8 +20,9 @@ import math
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 _HEADER = struct.Struct("<4sHB")  # ident, magic, version
 _IDENT, _MAGIC, _VERSION = b":W&B", 0xBEE1, 0
@@ -49,7 +50,10 @@ def _payloads(data: bytes, offset: int, where: Path) -> Iterator[bytes]:
             continue
         start, end = pos + _CHUNK.size, pos + _CHUNK.size + length
         if kind > _LAST or end > len(data) or zlib.crc32(data[start:end], _TYPE_CRC[kind]) != crc:
-            warnings.warn(f"{where}: truncated or corrupt W&B log at byte {offset + pos}; reading only the records before it")
+            warnings.warn(
+                f"{where}: truncated or corrupt W&B log at byte {offset + pos}; reading only the records before it",
+                stacklevel=2,
+            )
             return
         pos = end
         if kind == _FULL:
@@ -63,7 +67,10 @@ def _payloads(data: bytes, offset: int, where: Path) -> Iterator[bytes]:
                 yield bytes(pending)
                 pending = None
     if pending is not None:
-        warnings.warn(f"{where}: truncated or corrupt W&B log (ends inside a record); reading only the records before it")
+        warnings.warn(
+            f"{where}: truncated or corrupt W&B log (ends inside a record); reading only the records before it",
+            stacklevel=2,
+        )
 
 
 def _check_header(path: Path, head: bytes) -> None:

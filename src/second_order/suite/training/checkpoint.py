@@ -39,7 +39,7 @@ def _key(path: Path) -> tuple[int, int] | None:
     name = path.name
     if not name.startswith(_PREFIX):
         return None
-    step, _, seq = name[len(_PREFIX):].partition("-")
+    step, _, seq = name[len(_PREFIX) :].partition("-")
     if not step.isdigit() or not (seq or "0").isdigit():
         return None
     return int(step), int(seq or 0)
@@ -129,7 +129,9 @@ def load(run_dir: Path, params_template: Any, opt_state_template: Any) -> tuple[
         int(meta["step"])
         dict(meta["clock"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"checkpoint {d / META_FILE} is unreadable ({type(err).__name__}: {err}); {fix}") from None
+        raise CheckpointError(
+            f"checkpoint {d / META_FILE} is unreadable ({type(err).__name__}: {err}); {fix}"
+        ) from None
     target = {"params": params_template, "opt_state": opt_state_template}
     try:
         state = serialization.from_bytes(target, (d / STATE_FILE).read_bytes())

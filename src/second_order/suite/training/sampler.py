@@ -28,7 +28,9 @@ class EpochSampler:
     def epoch_indices(self, epoch: int) -> jax.Array:
         if epoch != self._epoch:
             perm = jax.random.permutation(jax.random.fold_in(self.key, epoch), self.num_examples)
-            self._indices = perm[: self.steps_per_epoch * self.batch_size].reshape(self.steps_per_epoch, self.batch_size)
+            self._indices = perm[: self.steps_per_epoch * self.batch_size].reshape(
+                self.steps_per_epoch, self.batch_size
+            )
             self._epoch = epoch
         return self._indices
 

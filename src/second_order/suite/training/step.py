@@ -22,7 +22,8 @@ the trainer knows nothing optimizer-specific.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,11 @@ def loss_functions(apply_fn: ApplyFn, x: jax.Array, y: jax.Array) -> LossFunctio
 
 
 def train_step(
-    params: PyTree, opt_state: Any, batch: tuple[jax.Array, jax.Array], *, apply_fn: ApplyFn,
+    params: PyTree,
+    opt_state: Any,
+    batch: tuple[jax.Array, jax.Array],
+    *,
+    apply_fn: ApplyFn,
     tx: optax.GradientTransformationExtraArgs,
 ) -> tuple[PyTree, Any, jax.Array, dict[str, jax.Array]]:
     """One optimizer step on ``batch = (images, labels)``: new params, state, loss, diagnostics."""

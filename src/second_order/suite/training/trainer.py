@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +25,12 @@ import numpy as np
 import optax
 
 from second_order.suite.config import TrainerConfig
+from second_order.suite.tracking.run_logger import RunLogger
 from second_order.suite.training import checkpoint as ckpt
 from second_order.suite.training.clock import Clock
 from second_order.suite.training.sampler import EpochSampler
 from second_order.suite.training.step import make_chunk_fn, make_eval_fn
 from second_order.suite.training.stop import StopPolicy, StopSignals, finite_prefix
-from second_order.suite.tracking.run_logger import RunLogger
 
 
 @dataclasses.dataclass
@@ -68,8 +69,14 @@ class TimedChunks:
 
 
 def fit(
-    *, model: Any, tx: optax.GradientTransformationExtraArgs, data: Any, settings: TrainerConfig, seed: int,
-    run_dir: Path, logger: RunLogger,
+    *,
+    model: Any,
+    tx: optax.GradientTransformationExtraArgs,
+    data: Any,
+    settings: TrainerConfig,
+    seed: int,
+    run_dir: Path,
+    logger: RunLogger,
 ) -> Outcome:
     """Train ``model`` with ``tx`` on ``data`` (train/test images and labels) into ``run_dir``."""
     clock = Clock()
@@ -127,8 +134,13 @@ def fit(
                 k = len(losses)
                 n_ok = finite_prefix(losses, bool(params_ok))
                 times = t0 + (clock["train"] - t0) * np.arange(1, k + 1) / k
-                logger.log_steps(step + np.arange(1, n_ok + 1), step // per_epoch, losses[:n_ok], times[:n_ok],
-                                 {name: v[:n_ok] for name, v in diags.items()})
+                logger.log_steps(
+                    step + np.arange(1, n_ok + 1),
+                    step // per_epoch,
+                    losses[:n_ok],
+                    times[:n_ok],
+                    {name: v[:n_ok] for name, v in diags.items()},
+                )
                 bar.update(n_ok)
                 bar.set_postfix(epoch=step // per_epoch + 1, loss=f"{float(losses[n_ok - 1]):.4f}", refresh=False)
             step += n_ok
@@ -156,9 +168,15 @@ def fit(
             save_checkpoint()
         logger.flush(durable=True)
     return Outcome(
-        status=status, start_step=start_step, steps=step, steps_per_epoch=per_epoch,
-        epochs_completed=step // per_epoch, diverged_step=diverged_step, signal=signals.received,
-        last_eval=last_eval, clock=clock.state(),
+        status=status,
+        start_step=start_step,
+        steps=step,
+        steps_per_epoch=per_epoch,
+        epochs_completed=step // per_epoch,
+        diverged_step=diverged_step,
+        signal=signals.received,
+        last_eval=last_eval,
+        clock=clock.state(),
     )
 
 
