@@ -208,7 +208,12 @@ def test_no_dir_and_no_tfds(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_no_dir_uses_tfds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MNIST_DIR", raising=False)
     calls = []
-    monkeypatch.setattr(data, "_load_tfds", lambda **kw: calls.append(kw) or "tfds")
+
+    def fake_tfds(**kw):
+        calls.append(kw)
+        return "tfds"
+
+    monkeypatch.setattr(data, "_load_tfds", fake_tfds)
     assert load_mnist(verify_checksums=False) == "tfds"
     assert calls == [{"verify_checksums": False}]
 

@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -68,7 +69,7 @@ def run_config(method: str, seed: int, epochs: int, batch: int, overrides: dict 
     }  # fmt: skip
     for dotted, value in (overrides or {}).items():
         *parents, last = dotted.split(".")
-        node = cfg
+        node: dict[str, Any] = cfg
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
@@ -164,12 +165,15 @@ def make_synthetic_runs(root: Path, n_steps: int = 300, per_epoch: int = 50) -> 
     for method in SYNTH:
         for seed in range(3):
             summaries[method].append(write_run(root, method, seed, n_steps=n_steps, per_epoch=per_epoch))
-    kw = dict(per_epoch=per_epoch)
-    summaries["newton"].append(write_run(root, "newton", 3, n_steps=n_steps * 2 // 5, status="budget",
-                                         epochs=n_steps // per_epoch,
-                                         config={"trainer.max_steps": n_steps * 2 // 5}, **kw))  # fmt: skip
-    summaries["newton"].append(write_run(root, "newton", 4, n_steps=n_steps // 3, status="diverged",
-                                         diverge_at=n_steps // 4, epochs=n_steps // per_epoch, **kw))  # fmt: skip
+    budget = n_steps * 2 // 5
+    summaries["newton"].append(
+        write_run(root, "newton", 3, n_steps=budget, status="budget", epochs=n_steps // per_epoch,
+                  config={"trainer.max_steps": budget}, per_epoch=per_epoch)
+    )  # fmt: skip
+    summaries["newton"].append(
+        write_run(root, "newton", 4, n_steps=n_steps // 3, status="diverged", diverge_at=n_steps // 4,
+                  epochs=n_steps // per_epoch, per_epoch=per_epoch)
+    )  # fmt: skip
     return summaries
 
 
@@ -246,11 +250,12 @@ def test_moving_average_and_aggregate() -> None:
     np.testing.assert_allclose(moving_average(y, 1), [1.0, 3.0, np.nan, 5.0, np.nan])
     mean, lo, hi = aggregate(np.array([[1.0, 2.0, np.nan], [3.0, np.nan, np.nan]]))
     np.testing.assert_allclose(mean, [2.0, 2.0, np.nan])
-    np.testing.assert_allclose(hi - mean, [np.std([1.0, 3.0], ddof=1), np.nan, np.nan])
+    np.testing.assert_allclose(hi - mean, np.array([np.std([1.0, 3.0], ddof=1), np.nan, np.nan]))
 
 
 def test_budget_eval_at_fractional_epoch(tmp_path: Path) -> None:
     write_run(tmp_path, "newton", 0, n_steps=120, per_epoch=50, status="budget")
     curve = accuracy_curve(find_runs([tmp_path]))
+    assert curve is not None
     np.testing.assert_allclose(curve.x, [1.0, 2.0, 2.4])  # final eval logged as epoch 2, step 120
     assert [(x, kind) for x, _, kind in curve.ends] == [(2.4, "budget")]

@@ -232,6 +232,7 @@ def test_solve_path_axis_shows_every_logged_value(tmp_path: Path) -> None:
     with open(run_dir / STEPS_FILE, "w", newline="") as f:
         csv.writer(f).writerows(rows)
     fig = plot_diagnostics(load_runs([tmp_path]), NEWTON_PANELS, "Exact Newton")
+    assert fig is not None
     ax = fig.axes[0]
     lo, hi = ax.get_ylim()
     assert lo < 0 and hi > 2

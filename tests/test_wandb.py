@@ -254,7 +254,7 @@ class _FakeRun:
 class _FakeApi:
     def __init__(self, all_runs: list[_FakeRun]):
         self.all_runs = all_runs
-        self.calls: list[tuple[str, dict]] = []
+        self.calls: list[tuple[str, dict | None]] = []
 
     def runs(self, path: str, filters: dict | None = None):
         self.calls.append((path, filters))

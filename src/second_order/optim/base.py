@@ -23,7 +23,7 @@ class SecondOrderState(NamedTuple):
     structure is static); trainers log them without knowing the optimizer.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     diagnostics: dict[str, jax.Array]
 
 
@@ -41,7 +41,7 @@ def resolve_solve_dtype(solve_dtype: Any | None) -> Any:
     """``None`` → float64 when ``jax_enable_x64`` is on, else float32."""
     if solve_dtype is not None:
         return jnp.dtype(solve_dtype)
-    return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    return jnp.dtype(jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32)
 
 
 def learning_rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:

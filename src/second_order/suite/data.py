@@ -128,7 +128,7 @@ def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, verify_checksu
 
 def write_idx(
     directory: str | os.PathLike[str],
-    split: Split,
+    split: str,
     images_uint8: np.ndarray,
     labels_uint8: np.ndarray,
     compress: bool = True,

@@ -147,6 +147,7 @@ def _height(curves: Sequence[Curve]) -> float:
 def _draw(ax: Axes, curve: Curve, *, stride: int = 1, markers: bool = False) -> None:
     """Mean line plus band for one curve, thinned by ``stride`` (last point kept)."""
     st = curve.style
+    assert st is not None, "curves are styled before drawing"
     idx = np.unique(np.r_[np.arange(0, curve.x.size, max(stride, 1)), curve.x.size - 1])
     ax.plot(curve.x[idx], curve.y[idx], color=st.color, linestyle=st.linestyle,
             marker=st.marker if markers else None, label=st.label, zorder=3)  # fmt: skip
@@ -173,10 +174,12 @@ def _axes_fraction(ax: Axes, value: float, which: str) -> float:
 def _mark_ends(ax: Axes, curve: Curve, ytop: float | None) -> None:
     """Marker at every early end, one annotation per kind of end and method."""
     st = curve.style
+    assert st is not None, "curves are styled before drawing"
     annotated: set[str] = set()
     for x, y, status in sorted(curve.ends):
         off_scale = ytop is not None and y > ytop
-        y = ytop if off_scale else y
+        if ytop is not None and off_scale:
+            y = ytop
         cross = status == "diverged"
         ax.plot([x], [y], linestyle="none", marker="x" if cross else "o", markersize=5, markeredgewidth=1.3,
                 color=st.color, markerfacecolor=st.color if cross else "white", zorder=5, clip_on=False)  # fmt: skip
@@ -236,7 +239,7 @@ def _legend(fig: Figure, ax: Axes, curves: Sequence[Curve], band: str) -> None:
     if any(c.lo is not None for c in curves):
         handles.append(_band_proxy(band))
         labels.append(handles[-1].get_label())
-    renderer = fig.canvas.get_renderer()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # an Agg canvas (style.new_figure)
     for ncols in range(min(3, len(handles)), 0, -1):
         legend = fig.legend(handles, labels, loc="outside upper center", ncols=ncols, frameon=False)
         if ncols == 1 or legend.get_window_extent(renderer).width <= fig.bbox.width:
@@ -378,9 +381,10 @@ def make_all_figures(
         if spec.methods is not None and not present & set(spec.featured):
             _missing(f"{spec.name}: no runs of {' or '.join(spec.featured)}; figure skipped")
             continue
-        kw = dict(smooth=smooth, log_loss=log_loss, band=band, groups=groups)
-        paths += save_figure(render(spec, runs, **kw), out_dir, spec.name)
-        captions += [f"**{spec.name}.** " + caption(spec, runs, **kw), ""]
+        fig = render(spec, runs, smooth=smooth, log_loss=log_loss, band=band, groups=groups)
+        paths += save_figure(fig, out_dir, spec.name)
+        text = caption(spec, runs, smooth=smooth, log_loss=log_loss, band=band, groups=groups)
+        captions += [f"**{spec.name}.** " + text, ""]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "captions.md").write_text("\n".join(captions))
     paths.append(out_dir / "captions.md")

@@ -194,9 +194,9 @@ def variant_style(method: str, index: int, varying: Mapping[str, Any], keys: Seq
         return dataclasses.replace(base, label=label, name=name)
     towards = (0.0, 0.0, 0.0) if index % 2 else (1.0, 1.0, 1.0)
     amount = min(0.6, 0.35 * ((index + 1) // 2))
-    rgb = [c + amount * (t - c) for c, t in zip(to_rgb(base.color), towards)]
+    r, g, b = (c + amount * (t - c) for c, t in zip(to_rgb(base.color), towards))
     return dataclasses.replace(
-        base, label=label, name=name, color=to_hex(rgb),
+        base, label=label, name=name, color=to_hex((r, g, b)),
         linestyle=_VARIANT_LINESTYLES[index % len(_VARIANT_LINESTYLES)],
         marker=_VARIANT_MARKERS[index % len(_VARIANT_MARKERS)],
     )  # fmt: skip

@@ -105,7 +105,7 @@ def ordered_methods(names: Iterable[str]) -> list[str]:
 @contextlib.contextmanager
 def paper_style() -> Iterator[None]:
     """Temporarily apply :data:`PAPER_RC` (fonts >= 8 pt, light grid, no top/right spines)."""
-    with matplotlib.rc_context(PAPER_RC):
+    with matplotlib.rc_context(PAPER_RC):  # type: ignore[arg-type]  # stubs list rc keys as Literals
         yield
 
 
