@@ -3,6 +3,7 @@
 
     python scripts/reproduce.py            # CPU protocol (make reproduce), ≈ 11 min on 2 CPU cores
     python scripts/reproduce.py --full     # the paper's complete protocol for every method (a GPU)
+    python scripts/reproduce.py --paper-precision   # + undamped Newton in the paper's precision (fig. 12)
 
 SGD, Hessian-free Newton and Hessian-free Gauss-Newton always run the full 7-epoch
 protocol with seeds 0, 1, 2.  Exact Newton (undamped and damped) costs seconds per
@@ -25,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FAST_METHODS = "sgd,hessian_free,gauss_newton"
 NEWTON_METHODS = "newton,newton_damped"
+PAPER_PRECISION = "newton_paper_precision"  # undamped Newton in the paper's precision (figure 12)
 
 
 def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str]) -> None:
@@ -53,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         default=75.0,
         help="optimizer seconds per exact-Newton run without --full (default 75)",
     )
+    parser.add_argument(
+        "--paper-precision",
+        action="store_true",
+        help="also run undamped Newton in the paper's precision (first step float32, then float64 parameters)",
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "paper", help="where run directories go")
     parser.add_argument("--out", type=Path, default=REPO / "results", help="figures, tables and manifest")
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep(args.runs, FAST_METHODS, args.seeds, extra)
     newton_extra = extra if args.full else extra + [f"trainer.max_time_s={args.newton_budget_s}"]
     sweep(args.runs, NEWTON_METHODS, args.seeds, newton_extra)
+    if args.paper_precision:
+        sweep(args.runs, PAPER_PRECISION, args.seeds, newton_extra)
     train_wall = time.time() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +111,9 @@ def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: 
         for r in runs.find_runs([args.runs])
     ]
     manifest = {
-        "command": "make reproduce" + (" FULL=1" if args.full else ""),
+        "command": "make reproduce"
+        + (" FULL=1" if args.full else "")
+        + (" --paper-precision" if args.paper_precision else ""),
         "protocol": "full" if args.full else f"cpu: exact Newton budget {args.newton_budget_s:g} optimizer-s per run",
         "seeds": args.seeds,
         "max_steps": args.max_steps,

@@ -230,3 +230,20 @@ def test_missing_data_fails_when_ci_requires_it(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_failed_resume_leaves_the_record_as_it_was(real_mnist_dir, tmp_path):
+    overrides = SMALL + [f"data.dir={real_mnist_dir}", "trainer.max_steps=20"]
+    experiment.run(compose_config(overrides), tmp_path)
+    summary = tmp_path / runs.SUMMARY_FILE
+    record = json.loads(summary.read_text())
+    record["status"] = "interrupted"
+    runs.write_json(summary, record)
+    before = summary.read_text()
+    latest = checkpoint.latest(tmp_path)
+    assert latest is not None
+    (latest / checkpoint.STATE_FILE).write_bytes(b"\x93garbage")
+    with pytest.raises(checkpoint.CheckpointError, match=str(latest)):
+        experiment.run(compose_config(overrides + ["trainer.resume=true", "trainer.max_steps=40"]), tmp_path)
+    assert summary.read_text() == before

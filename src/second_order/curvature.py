@@ -75,7 +75,7 @@ def dense_hessian(value_fn: ValueFn, params: PyTree, *, chunk_size: int | None =
     identity (``chunk_size`` rows at a time with ``lax.map`` to bound memory; ``None``
     does all rows in one vmap).  The matrix has the dtype of the parameters.  This is
     the same matrix as ``jax.hessian`` (jacfwd of jacrev) but avoids its per-leaf block
-    structure; see ``scripts/bench.py`` for the timing comparison.
+    structure; see ``benchmarks/parts.py`` for the timing comparison.
     """
     flat, unravel = ravel_pytree(params)
     n = flat.shape[0]

@@ -76,6 +76,11 @@ class ModelConfig:
         allowed="a non-empty list of layer widths, each an integer >= 1 (e.g. [10])",
     )
     num_classes: int = setting(help="output logits (the dataset's classes)", minimum=2)
+    param_dtype: str = setting(
+        "float32",
+        help="dtype of the parameters: initialised in float32, then cast (float64 needs x64)",
+        choices=("float32", "float64"),
+    )
 
 
 @dataclasses.dataclass
@@ -276,6 +281,8 @@ def validate(cfg: Mapping[str, Any]) -> ValidConfig:
         raise from_omegaconf_error(err) from None
     assert isinstance(typed, RunConfig)
     _check_dataclass(typed, "")
+    if typed.model.param_dtype == "float64" and not typed.x64:
+        raise _fail("model.param_dtype", "float64", "float32 when x64 = false (float64 needs x64=true)")
     from second_order.suite.optimizer_config import validate_optimizer
 
     return ValidConfig(

@@ -113,6 +113,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
 
     model = MLP(hidden=tuple(rc.model.hidden), num_classes=rc.model.num_classes)
     abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_images[:1])["params"]
+    abstract_params = jax.tree_util.tree_map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, rc.model.param_dtype), abstract_params
+    )
     diag_names = list(collect_diagnostics(jax.eval_shape(tx.init, abstract_params)))
     previous = _read_summary(run_dir) if resuming else {}
     wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id"))
@@ -145,7 +148,26 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
     ]
     runs.write_json(run_dir / runs.SUMMARY_FILE, {**previous, **base, "status": "running", "segments": segments})
     try:
-        outcome = fit(model=model, tx=tx, data=data, settings=rc.trainer, seed=rc.seed, run_dir=run_dir, logger=logger)
+        outcome = fit(
+            model=model,
+            tx=tx,
+            data=data,
+            settings=rc.trainer,
+            seed=rc.seed,
+            run_dir=run_dir,
+            logger=logger,
+            param_dtype=rc.model.param_dtype,
+        )
+    except BaseException as err:
+        # Never leave "running" behind: a failed resume restores the record it found,
+        # any other failure (a crash, out of memory, a signal before the loop) says so.
+        if previous:
+            runs.write_json(run_dir / runs.SUMMARY_FILE, previous)
+        else:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            runs.write_json(run_dir / runs.SUMMARY_FILE, {**base, "status": "failed",
+                                                          "error": f"{type(err).__name__}: {message}"})  # fmt: skip
+        raise
     finally:
         logger.close()
     segments.append(
