@@ -70,11 +70,19 @@ class FigureSpec:
     methods: tuple[str, ...] | None
     slide: int | None = None
     log_time: bool = False
+    requires: tuple[str, ...] = ()  # drawn only when all of these have runs
 
     @property
     def featured(self) -> tuple[str, ...]:
         """The methods the figure is about (all but the SGD baseline); empty for the overview."""
         return tuple(m for m in self.methods or () if m != BASELINE) or tuple(self.methods or ())
+
+    def skipped_because(self, present: set[str]) -> str | None:
+        """Why the figure cannot be drawn from runs of ``present`` methods, or None."""
+        if self.methods is not None and not present & set(self.featured):
+            return f"no runs of {' or '.join(self.featured)}"
+        missing = [m for m in self.requires if m not in present]
+        return f"no runs of {', '.join(missing)}" if missing else None
 
 
 def _pair(slide: int, kind: str, other: tuple[str, ...]) -> FigureSpec:
@@ -95,6 +103,14 @@ FIGURES: tuple[FigureSpec, ...] = (
     _pair(9, "step", ("hessian_free", "gauss_newton")),
     _pair(10, "time", ("hessian_free", "gauss_newton")),
     _pair(11, "epoch", ("hessian_free", "gauss_newton")),
+    # Beyond the paper: what its precision (first step float32, then float64 parameters)
+    # does to undamped Newton; drawn when `reproduce.py --paper-precision` was run.
+    FigureSpec(
+        "fig12_loss_vs_step_newton_precision",
+        "step",
+        ("newton", "newton_paper_precision"),
+        requires=("newton_paper_precision",),
+    ),
 )
 
 
@@ -378,8 +394,11 @@ def make_all_figures(
     paths: list[Path] = []
     captions = ["# Figure captions", ""]
     for spec in FIGURES:
-        if spec.methods is not None and not present & set(spec.featured):
-            _missing(f"{spec.name}: no runs of {' or '.join(spec.featured)}; figure skipped")
+        reason = spec.skipped_because(present)
+        if reason is not None:
+            if spec.requires:
+                continue  # an optional figure beyond the paper: silent when its runs are absent
+            _missing(f"{spec.name}: {reason}; figure skipped")
             continue
         fig = render(spec, runs, smooth=smooth, log_loss=log_loss, band=band, groups=groups)
         paths += save_figure(fig, out_dir, spec.name)

@@ -45,6 +45,12 @@ STYLES: dict[str, MethodStyle] = {
     "gauss_newton": MethodStyle("HF Gauss-Newton", "Hessian-free Gauss-Newton", "#CC79A7", (0, (1, 1)), "v"),
 }
 METHODS: tuple[str, ...] = tuple(STYLES)  # canonical order of the paper
+# Presets of this suite beyond the paper's five (not expected in every run set).
+EXTRA_STYLES: dict[str, MethodStyle] = {
+    "newton_paper_precision": MethodStyle(
+        "Newton, paper precision", "Newton in the paper's precision (first step float32, then float64)",
+        "#000000", (0, (3, 1, 1, 1)), "x"),
+}  # fmt: skip
 
 # Optimizers the paper does not have: colours none of the five above use (stable per name).
 _FALLBACK_COLORS = ("#56B4E9", "#8C564B", "#000000", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#D62728")
@@ -90,6 +96,8 @@ def method_style(name: str) -> MethodStyle:
     """Style of a method; other optimizer names get a fallback style fixed by the name."""
     if name in STYLES:
         return STYLES[name]
+    if name in EXTRA_STYLES:
+        return EXTRA_STYLES[name]
     h = zlib.crc32(name.encode())
     color = _FALLBACK_COLORS[h % len(_FALLBACK_COLORS)]
     linestyle = _FALLBACK_LINESTYLES[(h // len(_FALLBACK_COLORS)) % len(_FALLBACK_LINESTYLES)]
