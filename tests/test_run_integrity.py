@@ -247,3 +247,18 @@ def test_failed_resume_leaves_the_record_as_it_was(real_mnist_dir, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=str(latest)):
         experiment.run(compose_config(overrides + ["trainer.resume=true", "trainer.max_steps=40"]), tmp_path)
     assert summary.read_text() == before
+
+
+@pytest.mark.parametrize("status", ["completed", "budget", "diverged"])
+def test_rerunning_a_sweep_never_marks_a_finished_job_failed(tmp_path, status):
+    from omegaconf import OmegaConf
+
+    from second_order.suite.cli import record_failure
+
+    runs.write_json(tmp_path / runs.SUMMARY_FILE, {"optimizer": "sgd", "seed": 0, "status": status})
+    cfg = OmegaConf.create({"optimizer": {"name": "sgd"}, "seed": 0})
+    record_failure(tmp_path, cfg, "run directory already holds this run")
+    assert json.loads((tmp_path / runs.SUMMARY_FILE).read_text())["status"] == status
+    runs.write_json(tmp_path / runs.SUMMARY_FILE, {"optimizer": "sgd", "seed": 0, "status": "interrupted"})
+    record_failure(tmp_path, cfg, "boom")
+    assert json.loads((tmp_path / runs.SUMMARY_FILE).read_text())["status"] == "failed"
