@@ -34,6 +34,9 @@ def exit_on_user_error(main: Callable[[], Any]) -> int:
     """Call the Hydra app; a user error becomes one line on stderr and status 2."""
     try:
         main()
+    except KeyboardInterrupt:  # Ctrl-C outside a run (e.g. while Hydra starts): no traceback
+        print("error: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except Exception as err:
         message = one_line(err)
         if message is None or debug():
@@ -75,18 +78,22 @@ def train_job(cfg: DictConfig) -> float | None:
         record_failure(run_dir, cfg, message)
         return None
     log.info(
-        "%s: %s after %d steps, test acc %s, optimizer time %.1f s -> %s",
+        "%s: %s after %d steps, train loss %s, test acc %s, optimizer time %.1f s -> %s",
         summary["optimizer"],
         summary["status"],
         summary["steps"],
-        summary["test_acc"],
+        _fmt(summary.get("train_loss"), "{:.4g}"),
+        _fmt(summary.get("test_acc"), "{:.2%}"),
         summary["train_time_s"],
         run_dir,
     )
     if summary["status"] == "interrupted":
-        if multirun:
-            raise KeyboardInterrupt  # stop the sweep too; every finished job is on disk
-        sys.exit(128 + int(summary.get("signal") or signal.SIGINT))
+        sig = int(summary.get("signal") or signal.SIGINT)
+        if multirun:  # stop the sweep too, with its table of every job on disk
+            from second_order.suite.sweep import write_sweep_summary
+
+            write_sweep_summary(Path(hc.sweep.dir), interrupted_by=sig)
+        sys.exit(128 + sig)
     loss = summary.get("train_loss")
     return float(loss) if loss is not None else None
 
@@ -109,3 +116,11 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
     name = OmegaConf.select(cfg, "optimizer.name", default=None)
     seed = OmegaConf.select(cfg, "seed", default=None)
     runs.write_json(summary_path, {**base, "optimizer": name, "seed": seed, "status": "failed", "error": message})
+
+
+def _fmt(value: Any, spec: str) -> str:
+    """A number for a log line (``n/a`` when missing or not finite)."""
+    try:
+        return spec.format(float(value)) if value is not None and float(value) == float(value) else "n/a"
+    except (TypeError, ValueError):
+        return "n/a"

@@ -16,6 +16,7 @@ that function's keyword arguments, checked against its signature and type hints.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import typing
 from collections.abc import Callable, Mapping
@@ -297,6 +298,11 @@ def validate(cfg: Mapping[str, Any]) -> ValidConfig:
     )
 
 
+#: File-system errors that are the user's to fix (permissions, a full disk, a file in the way).
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST, errno.ENOTDIR,
+                errno.EISDIR}  # fmt: skip
+
+
 def one_line(err: BaseException) -> str | None:
     """The one-line message of a user error (bad config, data or checkpoint), else None (a bug).
 
@@ -307,8 +313,12 @@ def one_line(err: BaseException) -> str | None:
 
     from second_order.suite.data import DataError
     from second_order.suite.training.checkpoint import CheckpointError
+    from second_order.suite.training.resources import InsufficientMemory, RunDirBusy
 
-    if isinstance(err, (ConfigError, DataError, CheckpointError)):
+    if isinstance(err, OSError) and err.errno in _USER_ERRNOS:
+        where = err.filename or "the run directory"
+        return f"cannot write {where}: {err.strerror or err} (choose a writable directory with hydra.run.dir=<dir>)"
+    if isinstance(err, (ConfigError, DataError, CheckpointError, RunDirBusy, InsufficientMemory)):
         text = str(err).strip()
         return text.splitlines()[0] if text else type(err).__name__
     cause = err.__cause__

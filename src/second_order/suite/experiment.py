@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,8 @@ from second_order.suite.optimizer_config import build_optimizer
 from second_order.suite.tracking import environment, runs
 from second_order.suite.tracking.run_logger import RunLogger
 from second_order.suite.training import checkpoint
+from second_order.suite.training.resources import RunDirLock
+from second_order.suite.training.stop import StopSignals
 from second_order.suite.training.trainer import fit, mean_last_epoch_loss
 
 #: Keys that may differ when a run is resumed: budgets and bookkeeping, never the experiment.
@@ -94,19 +97,52 @@ def check_run_dir(run_dir: Path, cfg: Mapping[str, Any], resume: bool) -> None:
 
 
 def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
-    """Run one experiment into ``run_dir`` and return its summary (also in summary.json)."""
-    from second_order.suite.data import load_mnist  # here: config errors surface before any data I/O
+    """Run one experiment into ``run_dir`` and return its summary (also in summary.json).
 
+    Before any work: the config is validated, the run directory created and locked
+    (a second run into it is refused while this one lives), checked against the run
+    it may hold, and SIGINT/SIGTERM handlers installed (a signal from then on ends in
+    a clean ``interrupted`` record).
+    """
     run_dir = Path(run_dir)
     rc, tx = prepare(cfg)
-    check_run_dir(run_dir, cfg, rc.trainer.resume)
-    data = load_mnist(rc.data.dir, verify_checksums=rc.data.verify_checksums)
-    n_train, n_test = len(data.train_labels), len(data.test_labels)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} is an existing file; choose another with hydra.run.dir=<dir>")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunDirLock(run_dir), StopSignals() as signals:
+        check_run_dir(run_dir, cfg, rc.trainer.resume)
+        return _run_locked(cfg, rc, tx, run_dir, signals)
+
+
+def check_data(rc: ValidConfig, data: Any) -> None:
+    """What the config must agree with in the data: batch size, number of classes."""
+    n_train = len(data.train_labels)
+    if n_train == 0:
+        raise ConfigError("the training set is empty; check data.dir")
     if rc.trainer.batch_size > n_train:
         raise ConfigError(
             f"trainer.batch_size = {rc.trainer.batch_size} is invalid: must be at most the {n_train} training examples"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    classes = int(max(np.max(data.train_labels), np.max(data.test_labels, initial=0))) + 1
+    if rc.model.num_classes < classes:
+        raise ConfigError(
+            f"model.num_classes = {rc.model.num_classes} is invalid: must be at least {classes}, "
+            "the number of classes in the data"
+        )
+
+
+def _run_locked(
+    cfg: Mapping[str, Any],
+    rc: ValidConfig,
+    tx: optax.GradientTransformationExtraArgs,
+    run_dir: Path,
+    signals: StopSignals,
+) -> dict[str, Any]:
+    from second_order.suite.data import load_mnist  # here: config errors surface before any data I/O
+
+    data = load_mnist(rc.data.dir, verify_checksums=rc.data.verify_checksums)
+    check_data(rc, data)
+    n_train, n_test = len(data.train_labels), len(data.test_labels)
     resuming = rc.trainer.resume and checkpoint.exists(run_dir)
     if not (run_dir / runs.CONFIG_FILE).exists():
         runs.write_text(run_dir / runs.CONFIG_FILE, yaml.safe_dump(_plain(cfg), sort_keys=False))
@@ -157,16 +193,15 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
             run_dir=run_dir,
             logger=logger,
             param_dtype=rc.model.param_dtype,
+            signals=signals,
         )
     except BaseException as err:
         # Never leave "running" behind: a failed resume restores the record it found,
         # any other failure (a crash, out of memory, a signal before the loop) says so.
-        if previous:
-            runs.write_json(run_dir / runs.SUMMARY_FILE, previous)
-        else:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            runs.write_json(run_dir / runs.SUMMARY_FILE, {**base, "status": "failed",
-                                                          "error": f"{type(err).__name__}: {message}"})  # fmt: skip
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        record = previous or {**base, "status": "failed", "error": f"{type(err).__name__}: {message}"}
+        with contextlib.suppress(OSError):  # e.g. a full disk: the original error is what matters
+            runs.write_json(run_dir / runs.SUMMARY_FILE, record)
         raise
     finally:
         logger.close()

@@ -19,13 +19,24 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
     """One entry per run directory below ``sweep_dir``: path, optimizer, seed, status and results."""
     rows = []
     for summary_path in sorted(Path(sweep_dir).rglob(runs.SUMMARY_FILE)):
-        s = json.loads(summary_path.read_text())
-        rows.append(
-            {
-                "run_dir": str(summary_path.parent.relative_to(sweep_dir)),
-                **{k: s.get(k) for k in ("optimizer", "seed", "status", "steps", "train_loss", "test_acc", "error")},
-            }
-        )
+        try:
+            s = json.loads(summary_path.read_text())
+        except (OSError, ValueError) as err:
+            s = {"status": "unreadable", "error": f"{summary_path}: {err}"}
+        rows.append({
+            "run_dir": str(summary_path.parent.relative_to(sweep_dir)),
+            **{k: s.get(k) for k in ("optimizer", "seed", "status", "steps", "train_loss", "test_acc", "error")},
+        })  # fmt: skip
+    return rows
+
+
+def write_sweep_summary(sweep_dir: Path, interrupted_by: int | None = None) -> list[dict[str, Any]]:
+    """Write ``<sweep dir>/sweep_summary.json`` (also when a signal stops the sweep)."""
+    rows = sweep_status(sweep_dir)
+    record: dict[str, Any] = {"jobs": rows}
+    if interrupted_by is not None:
+        record["interrupted_by_signal"] = interrupted_by
+    runs.write_json(Path(sweep_dir) / SWEEP_SUMMARY, record)
     return rows
 
 
@@ -36,8 +47,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.exists():
             return
-        rows = sweep_status(sweep_dir)
-        runs.write_json(sweep_dir / SWEEP_SUMMARY, {"jobs": rows})
+        rows = write_sweep_summary(sweep_dir)
         for r in rows:
             log.info("%-40s %-10s %s", r["run_dir"], r["status"], r.get("error") or "")
         failed = [r for r in rows if r["status"] not in ("completed", "budget")]

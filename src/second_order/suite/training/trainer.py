@@ -12,6 +12,7 @@ warm-up), evaluation, logging and checkpointing have their own clocks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -29,6 +30,7 @@ from second_order.suite.config import TrainerConfig
 from second_order.suite.tracking.run_logger import RunLogger
 from second_order.suite.training import checkpoint as ckpt
 from second_order.suite.training.clock import Clock
+from second_order.suite.training.resources import check_fits
 from second_order.suite.training.sampler import EpochSampler
 from second_order.suite.training.step import make_chunk_fn, make_eval_fn
 from second_order.suite.training.stop import StopPolicy, StopSignals, finite_prefix
@@ -55,12 +57,17 @@ class TimedChunks:
     def __init__(self, chunk_fn: Any, clock: Clock):
         self.chunk_fn, self.clock = chunk_fn, clock
         self.compiled: dict[int, Any] = {}
+        self.signals: StopSignals | None = None  # a stop requested during compilation skips the warm-up
 
-    def __call__(self, params: Any, opt_state: Any, x: jax.Array, y: jax.Array, idx: jax.Array) -> Any:
+    def __call__(self, params: Any, opt_state: Any, x: jax.Array, y: jax.Array, idx: jax.Array) -> Any | None:
         k = int(idx.shape[0])
         if k not in self.compiled:
             with self.clock.measure("compile"):
-                self.compiled[k] = self.chunk_fn.lower(params, opt_state, x, y, idx).compile()
+                compiled = self.chunk_fn.lower(params, opt_state, x, y, idx).compile()
+                check_fits(compiled, jax.devices()[0])
+                if self.signals is not None and self.signals.received is not None:
+                    return None
+                self.compiled[k] = compiled
                 # The first execution pays one-time costs (buffers, thread pools): run it on
                 # copies and discard the result, so that it stays off the time axis.
                 copies = jax.tree_util.tree_map(jnp.copy, (params, opt_state))
@@ -79,12 +86,14 @@ def fit(
     run_dir: Path,
     logger: RunLogger,
     param_dtype: str = "float32",
+    signals: StopSignals | None = None,
 ) -> Outcome:
     """Train ``model`` with ``tx`` on ``data`` (train/test images and labels) into ``run_dir``.
 
     Parameters are initialised by the model (float32) and then cast to ``param_dtype``;
     float64 reproduces the paper's exact Newton, whose float32 parameters became
-    float64 after its first step.
+    float64 after its first step.  ``signals``: handlers the caller installed earlier
+    (so that a signal during data loading stops the run too); default: installed here.
     """
     clock = Clock()
     with clock.measure("setup"):
@@ -128,14 +137,24 @@ def fit(
             logger.flush(durable=True)
             ckpt.save(run_dir, params, opt_state, {"step": step, "clock": clock.state(), "last_eval": last_eval})
 
-    with StopSignals() as signals:
+    with contextlib.ExitStack() as stack:
+        if signals is None:
+            signals = stack.enter_context(StopSignals())
+        run_chunk.signals = signals
         while step < policy.last_step:
+            if signals.received is not None:  # also a signal during set-up or compilation
+                status = "interrupted"
+                break
             if policy.out_of_time(clock["train"]):
                 status = "budget"  # checked before a chunk too, so a resumed run keeps its budget
                 break
             idx = sampler.chunk(step, settings.chunk_steps, policy.last_step)
             t0 = clock["train"]
-            params, opt_state, losses, params_ok, diags = run_chunk(params, opt_state, x_train, y_train, idx)
+            out = run_chunk(params, opt_state, x_train, y_train, idx)
+            if out is None:  # stopped between compilation and the first execution
+                status = "interrupted"
+                break
+            params, opt_state, losses, params_ok, diags = out
             with clock.measure("log"):
                 losses, params_ok, diags = jax.device_get((losses, params_ok, diags))
                 k = len(losses)
@@ -153,6 +172,8 @@ def fit(
             step += n_ok
             if not (bool(params_ok) and np.isfinite(losses).all()):
                 status, diverged_step = "diverged", step
+                # One truth for the time axis and the summary: the run ends at the diverging step.
+                clock.totals["train"] = float(times[n_ok - 1])
                 break
             if step % per_epoch == 0 and (step // per_epoch) % settings.eval_every == 0:
                 evaluate()
@@ -161,9 +182,6 @@ def fit(
             elif time.monotonic() - last_ckpt > settings.checkpoint_every_s:
                 save_checkpoint()
                 last_ckpt = time.monotonic()
-            if signals.received is not None:
-                status = "interrupted"
-                break
         bar.close()
         if status == "completed" and step < settings.epochs * per_epoch:
             status = "budget"
@@ -181,7 +199,7 @@ def fit(
         steps_per_epoch=per_epoch,
         epochs_completed=step // per_epoch,
         diverged_step=diverged_step,
-        signal=signals.received,
+        signal=signals.received if signals is not None else None,
         last_eval=last_eval,
         clock=clock.state(),
     )
