@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import socket
 import sys
 import threading
 import time
@@ -290,3 +291,88 @@ def test_tfds_corrupt_download(mirror: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="Delete it") as info:
         data._load_tfds(download_dir=tmp_path / "downloads")
     assert str(tmp_path / "downloads") in str(info.value)
+
+
+# --- Offline: fail fast (no network is ever contacted; the probe is patched). ---
+
+
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Makes every TCP probe fail at once; returns the (host, port) pairs probed."""
+    probed: list[tuple[str, int]] = []
+
+    def refuse(address, timeout=None, *args, **kwargs):
+        probed.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return probed
+
+
+def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def test_tfds_offline_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    tfds = pytest.importorskip("tensorflow_datasets")
+    _clear_proxies(monkeypatch)
+    probed = _no_network(monkeypatch)
+
+    def never(*args, **kwargs):
+        pytest.fail("the TFDS download manager must not be called when the mirror is unreachable")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", never)
+    start = time.monotonic()
+    with pytest.raises(DataError) as info:
+        data._load_tfds(download_dir=tmp_path / "downloads")
+    assert time.monotonic() - start < 2.0
+    message = str(info.value)
+    assert data.TFDS_MNIST_URL in message
+    assert "data.dir=<dir> / MNIST_DIR" in message
+    assert "connect to the internet" in message
+    assert "train-images-idx3-ubyte.gz" in message
+    assert probed == [("storage.googleapis.com", 443)]
+
+
+def test_tfds_cache_used_offline(mirror: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    arrays = {"train": _small(0, 7), "t10k": _small(1, 3)}
+    for split, (images, labels) in arrays.items():
+        write_idx(mirror, split, images, labels)
+    cache = tmp_path / "downloads"
+    _check_small(data._load_tfds(download_dir=cache), arrays)  # the probe reaches the loopback mirror
+    for f in mirror.iterdir():
+        f.unlink()
+    probed = _no_network(monkeypatch)
+    _check_small(data._load_tfds(download_dir=cache), arrays)
+    assert probed == []  # everything cached: no reachability check at all
+
+
+def test_tfds_retries_bounded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tensorflow_datasets.core.download import downloader
+
+    _clear_proxies(monkeypatch)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: socket.socket())  # "reachable"
+    default = downloader.MAX_RETRIES
+    seen = []
+
+    def fake_download(self, urls):
+        seen.append(downloader.MAX_RETRIES)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
+    with pytest.raises(DataError, match="Downloading MNIST .* failed"):
+        data._load_tfds(download_dir=tmp_path / "downloads")
+    assert seen and seen[0] <= 3
+    assert downloader.MAX_RETRIES == default
+
+
+def test_probe_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_proxies(monkeypatch)
+    probed = _no_network(monkeypatch)
+    assert data._unreachable("file:///tmp/mnist/") is None  # local: never probed
+    assert "example.invalid:8080 is unreachable" in (data._unreachable("http://example.invalid:8080/x") or "")
+    monkeypatch.setenv("https_proxy", "http://proxy.invalid:3128")
+    assert "proxy.invalid:3128" in (data._unreachable("https://storage.googleapis.com/x") or "")
+    assert probed == [("example.invalid", 8080), ("proxy.invalid", 3128)]

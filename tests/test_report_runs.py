@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from second_order.suite.report.diagnostics import NEWTON_PANELS, SOLVE_PATHS, pl
 from second_order.suite.report.figures import plot_loss_vs_step, plot_loss_vs_time
 from second_order.suite.report.grouping import IGNORED_KEYS, group_runs
 from second_order.suite.report.loading import ReportWarning, load_runs
-from second_order.suite.report.tables import training_time_table
+from second_order.suite.report.tables import fmt_mean_std, fmt_num, train_loss_table, training_time_table
 from second_order.suite.tracking.runs import STEPS_FILE, SUMMARY_FILE, CsvLog
 
 
@@ -238,3 +239,50 @@ def test_solve_path_axis_shows_every_logged_value(tmp_path: Path) -> None:
     assert lo < 0 and hi > 2
     assert [t.get_text() for t in ax.get_yticklabels()] == ["Cholesky", "eigh pinv", "low rank"]
     assert list(ax.get_yticks()) == [0, 1, 2]
+
+
+# ------------------------------------------------------- number formatting in tables
+
+
+def test_fmt_switches_to_scientific_for_huge_and_tiny_values() -> None:
+    assert fmt_mean_std(5371457.8531, 9055133.6064, 4) == "5.37e+06 ± 9.06e+06"
+    assert fmt_mean_std(3900636070.796, 6468905402.6461, 4) == "3.90e+09 ± 6.47e+09"
+    assert fmt_mean_std(-12345.0, 10.0, 4) == "-1.23e+04 ± 1.00e+01"  # the mean decides for both
+    assert fmt_mean_std(0.5, 2e4, 4) == "5.00e-01 ± 2.00e+04"  # so does a huge std
+    assert fmt_mean_std(2.5e-5, 1e-6, 4) == "2.50e-05 ± 1.00e-06"
+    assert fmt_mean_std(0.2250, 0.0028, 4) == "0.2250 ± 0.0028"  # ordinary values: fixed decimals
+    assert fmt_mean_std(0.2250, 0.00002, 4) == "0.2250 ± 2.00e-05"  # not "± 0.0000"
+    assert fmt_mean_std(97.5, 0.0, 2) == "97.50 ± 0.00"  # zero stays plain
+    assert fmt_mean_std(9999.5, 1.0, 2) == "9999.50 ± 1.00"
+    assert fmt_mean_std(5371457.8531, math.nan, 4) == "5.37e+06"  # one seed
+    assert fmt_mean_std(math.nan, 1.0, 4) == "—"
+    assert fmt_num(1e4, 2) == "1.00e+04" and fmt_num(9.99e-4, 4) == "9.99e-04" and fmt_num(1e-3, 4) == "0.0010"
+    assert fmt_num(21257.0, 0, large=False) == "21257"  # seconds stay whole numbers
+    assert fmt_mean_std(34933.0, 1234.4, 0, large=False) == "34933 ± 1234"
+    assert fmt_num(math.inf, 2) == "—"
+
+
+def test_diverged_loss_is_readable_in_markdown_and_exact_in_csv(tmp_path: Path) -> None:
+    losses = {"newton": [5.1, 1.6e6, 1.45e7], "sgd": [2.1e-5, 3.4e-5], "hessian_free": [0.2515, 0.2601]}
+    for method, values in losses.items():
+        for seed, value in enumerate(values):
+            write_run(tmp_path, method, seed, n_steps=60, summary_extra={"train_loss": value})
+    table = train_loss_table(load_runs([tmp_path]))
+    cells = {rec["method"]: row[2] for rec, row in zip(table.records, table.rows)}
+    stats = {m: (float(np.mean(v)), float(np.std(v, ddof=1))) for m, v in losses.items()}
+    m, s = stats["newton"]
+    assert cells["newton"] == f"{m:.2e} ± {s:.2e}" == "5.37e+06 ± 7.95e+06"
+    m, s = stats["sgd"]
+    assert cells["sgd"] == f"{m:.2e} ± {s:.2e}"
+    assert cells["hessian_free"] == "0.2558 ± 0.0061"
+    markdown = table.markdown()
+    assert "5.37e+06 ± 7.95e+06" in markdown and "5366668" not in markdown
+
+    table.write(tmp_path / "out")
+    with open(tmp_path / "out" / "table2_train_loss.csv", newline="") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    for method, (m, s) in stats.items():  # full precision: round-trips to the very same floats
+        assert float(rows[method]["mean"]) == pytest.approx(m, rel=1e-15)
+        assert float(rows[method]["std"]) == pytest.approx(s, rel=1e-15)
+    newton = next(r for r in table.records if r["method"] == "newton")
+    assert rows["newton"]["mean"] == repr(newton["mean"])

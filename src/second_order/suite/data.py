@@ -17,20 +17,28 @@ computed in float32; labels are ``(N,)`` int32. Two sources, in this order:
    mirror and with the SHA-256 checksums its own ``mnist`` builder registers) into
    its download cache; they are then read exactly as in 1. This needs only
    ``tensorflow-datasets``, not TensorFlow (``pip install 'second-order[tfds]'``).
+   Files already in the cache are used without touching the network; otherwise the
+   mirror's host is probed first (a few seconds at most), so that an offline run
+   fails at once instead of after minutes of download retries.
 
 Every failure raises :class:`DataError` with one message naming the file and the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import os
+import socket
 import struct
+import urllib.parse
+import urllib.request
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -65,6 +73,10 @@ _DIR_FIX = (
     "to a directory that has them, or leave both unset to download through "
     "TensorFlow Datasets."
 )
+# How long the reachability probe of the mirror may take, and how many times TFDS's
+# HTTP session may retry one file (its default, 10 with back-off, takes minutes).
+_PROBE_TIMEOUT_S = 3.0
+_TFDS_MAX_RETRIES = 3
 _TFDS_FIX = (
     "Delete it so that TensorFlow Datasets downloads it again, or set data.dir=<dir> / "
     "MNIST_DIR to a directory holding the four IDX files."
@@ -221,7 +233,10 @@ def _load_tfds(*, verify_checksums: bool = True, download_dir: str | os.PathLike
     Uses ``tfds.download.DownloadManager`` (no TensorFlow needed) with the URL and
     SHA-256 checksums TFDS registers for its ``mnist`` builder; files are cached in
     ``download_dir`` (default ``<TFDS data dir>/downloads``, i.e. ``$TFDS_DATA_DIR``
-    or ``~/tensorflow_datasets``).
+    or ``~/tensorflow_datasets``). Files already there are used without any network
+    access; otherwise the mirror's host must answer a TCP connection within
+    ``_PROBE_TIMEOUT_S`` seconds, else :class:`DataError` is raised at once, and TFDS
+    retries each file at most ``_TFDS_MAX_RETRIES`` times.
     """
     try:
         import tensorflow_datasets as tfds
@@ -242,8 +257,18 @@ def _load_tfds(*, verify_checksums: bool = True, download_dir: str | os.PathLike
         download_dir=download_dir,
         url_infos={url: registered[url] for url in urls.values() if url in registered},
     )
+    if not _tfds_cached(manager, urls.values()):
+        problem = _unreachable(TFDS_MNIST_URL)
+        if problem is not None:
+            raise DataError(
+                f"Cannot download MNIST from {TFDS_MNIST_URL}: {problem}, and the files are "
+                f"not in the TensorFlow Datasets download cache {download_dir}. Set "
+                "data.dir=<dir> / MNIST_DIR to a directory holding the four IDX files "
+                f"({_ALL_FILES}), or connect to the internet."
+            )
     try:
-        downloaded = manager.download(urls)
+        with _bounded_tfds_retries():
+            downloaded = manager.download(urls)
     except Exception as e:  # network, HTTP, checksum or disk errors, all alike to the user
         raise DataError(
             f"Downloading MNIST from {TFDS_MNIST_URL} with TensorFlow Datasets into "
@@ -253,3 +278,69 @@ def _load_tfds(*, verify_checksums: bool = True, download_dir: str | os.PathLike
         ) from e
     paths = {name: Path(os.fspath(downloaded[name])) for name in urls}
     return _load_files(paths, verify_checksums, _TFDS_FIX)
+
+
+def _tfds_cached(manager: Any, urls: Iterable[str]) -> bool:
+    """Whether TFDS would serve every URL from its download cache (no network needed).
+
+    Asks the manager the same questions its ``download`` does (checksum-named file,
+    then URL-named file, each also in the legacy layout). These are private TFDS
+    methods: if they are missing or fail, the answer is "no", which costs only the
+    quick reachability probe.
+    """
+    try:
+        from tensorflow_datasets.core.download import resource as tfds_resource
+
+        for url in urls:
+            resource = tfds_resource.Resource(url=url)
+            if not any(
+                lookup(resource, legacy_mode=legacy)
+                for lookup in (manager._get_checksum_dl_result, manager._get_url_dl_result)
+                for legacy in (False, True)
+            ):
+                return False
+        return True
+    except Exception:
+        return False
+
+
+def _unreachable(url: str, timeout: float = _PROBE_TIMEOUT_S) -> str | None:
+    """Opens (and closes) a TCP connection to the URL's host, or to the proxy that would
+    carry the request; returns why that failed, or ``None`` when it worked.
+
+    URLs that are not http(s) (local files, ``gs://``, ...) are not probed.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if proxy_parts.hostname:
+            default = 443 if proxy_parts.scheme == "https" else 80
+            host, port = proxy_parts.hostname, proxy_parts.port or default
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{host}:{port} is unreachable ({type(e).__name__}: {e})"
+    return None
+
+
+@contextlib.contextmanager
+def _bounded_tfds_retries() -> Iterator[None]:
+    """Lowers TFDS's per-file HTTP retry count while downloading (restored after)."""
+    try:
+        from tensorflow_datasets.core.download import downloader
+    except ImportError:
+        yield
+        return
+    saved = getattr(downloader, "MAX_RETRIES", None)
+    if not isinstance(saved, int):
+        yield
+        return
+    downloader.MAX_RETRIES = min(saved, _TFDS_MAX_RETRIES)
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = saved

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,17 +55,48 @@ MIXED = "‡"  # footnote: optimizer time summed over different devices
 # --------------------------------------------------------------------- formatting
 
 
-def fmt_num(x: float, decimals: int) -> str:
-    return DASH if not math.isfinite(x) else f"{x:.{decimals}f}"
+# Markdown cells switch to scientific notation with SCI_DIGITS significant digits
+# (``5.37e+06``) for magnitudes of at least SCI_LARGE or below SCI_SMALL (zero
+# excepted), where fixed decimals would be unreadably long or show only zeros.
+# CSV records keep every digit.
+SCI_LARGE = 1e4
+SCI_SMALL = 1e-3
+SCI_DIGITS = 3
 
 
-def fmt_mean_std(mean: float, std: float, decimals: int) -> str:
-    """``"m ± s"``, just ``"m"`` for a single seed, ``"—"`` without data."""
+def _is_sci(x: float, large: bool = True) -> bool:
+    """Whether ``x`` is shown in scientific notation (``large=False``: only if tiny)."""
+    a = abs(x)
+    return math.isfinite(x) and ((large and a >= SCI_LARGE) or 0 < a < SCI_SMALL)
+
+
+def _sci(x: float) -> str:
+    return f"{x:.{SCI_DIGITS - 1}e}"
+
+
+def fmt_num(x: float, decimals: int, *, large: bool = True) -> str:
+    """``x`` with ``decimals`` fixed decimals, in scientific notation if huge or tiny.
+
+    ``large=False`` keeps fixed decimals however large ``x`` is (e.g. seconds).
+    """
+    if not math.isfinite(x):
+        return DASH
+    return _sci(x) if _is_sci(x, large) else f"{x:.{decimals}f}"
+
+
+def fmt_mean_std(mean: float, std: float, decimals: int, *, large: bool = True) -> str:
+    """``"m ± s"``, just ``"m"`` for a single seed, ``"—"`` without data.
+
+    When the mean (or a huge std) needs scientific notation both numbers use it
+    (``"5.37e+06 ± 9.06e+06"``); otherwise each is formatted by :func:`fmt_num`.
+    """
     if not math.isfinite(mean):
         return DASH
     if not math.isfinite(std):
-        return fmt_num(mean, decimals)
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+        return fmt_num(mean, decimals, large=large)
+    if _is_sci(mean, large) or (large and abs(std) >= SCI_LARGE):
+        return f"{_sci(mean)} ± {_sci(std)}"
+    return f"{fmt_num(mean, decimals, large=large)} ± {fmt_num(std, decimals, large=large)}"
 
 
 def time_decimals(seconds: float) -> int:
@@ -231,7 +263,7 @@ def _range(lo: float, hi: float, thousands: bool = False) -> str:
 
 
 def _time_row(rec: dict[str, Any]) -> list[str]:
-    pm = fmt_mean_std
+    pm = functools.partial(fmt_mean_std, large=False)  # seconds stay whole numbers
     mixed = MIXED if rec["mixed_device_runs"] else ""
     no_protocol = NO_PROTOCOL if rec["n_runs"] and not rec["protocol_runs"] else ""
     ext = rec["extrapolated_time_s_mean"]
@@ -245,7 +277,7 @@ def _time_row(rec: dict[str, Any]) -> list[str]:
         + mixed,
         _range(rec["protocol_steps_min"], rec["protocol_steps_max"], thousands=True),
         pm(ext, rec["extrapolated_time_s_std"], time_decimals(ext)) + (mixed if math.isfinite(ext) else no_protocol),
-        fmt_num(rec["paper_v100_time_s"], 0),
+        fmt_num(rec["paper_v100_time_s"], 0, large=False),
         rec["note"],
     ]
 
