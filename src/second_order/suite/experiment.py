@@ -176,12 +176,21 @@ def _run_locked(
     record = environment.record()
     start = checkpoint.latest_step(run_dir) if resuming else 0
     environment.append_segment(run_dir / runs.ENV_FILE, record, start)
-    # Earlier segments, cut at the checkpoint this one continues from (later rows are redone).
+    # Earlier segments, cut at the checkpoint this one continues from (later rows are redone);
+    # a segment killed before it could record its end (end_step null) ended there too.
     segments = [
-        {**s, "end_step": min(int(s.get("end_step") or 0), start)}
+        {**s, "end_step": start if s.get("end_step") is None else min(int(s["end_step"]), start)}
         for s in previous.get("segments") or []
         if int(s.get("start_step", 0)) < start
     ]
+    this_segment: dict[str, Any] = {
+        "start_step": start,
+        "end_step": None,  # until this segment ends
+        "backend": record["backend"],
+        "device_kind": record["device_kind"],
+        "host": record["host"],
+    }
+    segments.append(this_segment)
     runs.write_json(run_dir / runs.SUMMARY_FILE, {**previous, **base, "status": "running", "segments": segments})
     try:
         outcome = fit(
@@ -199,21 +208,13 @@ def _run_locked(
         # Never leave "running" behind: a failed resume restores the record it found,
         # any other failure (a crash, out of memory, a signal before the loop) says so.
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        record = previous or {**base, "status": "failed", "error": f"{type(err).__name__}: {message}"}
+        kept = previous or {**base, "status": "failed", "error": f"{type(err).__name__}: {message}"}
         with contextlib.suppress(OSError):  # e.g. a full disk: the original error is what matters
-            runs.write_json(run_dir / runs.SUMMARY_FILE, record)
+            runs.write_json(run_dir / runs.SUMMARY_FILE, kept)
         raise
     finally:
         logger.close()
-    segments.append(
-        {
-            "start_step": outcome.start_step,
-            "end_step": outcome.steps,
-            "backend": record["backend"],
-            "device_kind": record["device_kind"],
-            "host": record["host"],
-        }
-    )
+    this_segment["end_step"] = outcome.steps
     steps = runs.read_table(run_dir / runs.STEPS_FILE)
     summary = {
         **base,
