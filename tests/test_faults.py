@@ -149,3 +149,21 @@ def test_seed_keys_never_collide():
         experiment.prepare(compose_config(["seed=1099511627776", "x64=false", "data.dir=/x"]))
     keys = {tuple(np.asarray(jax.random.key_data(jax.random.PRNGKey(s)))) for s in (0, 2**31 - 1, 12345)}
     assert len(keys) == 3
+
+
+def test_an_empty_training_set_is_a_config_error(tmp_path):
+    from second_order.suite.data import write_idx
+
+    data_dir = tmp_path / "data"
+    empty = np.zeros((0, 28, 28), np.uint8)
+    write_idx(data_dir, "train", empty, np.zeros(0, np.uint8))
+    write_idx(data_dir, "t10k", np.zeros((3, 28, 28), np.uint8), np.array([0, 1, 2], np.uint8))
+    with pytest.raises(ConfigError, match="empty"):
+        experiment.run(compose_config(["optimizer=sgd", f"data.dir={data_dir}", *QUIET]), tmp_path / "run")
+
+
+def test_log_lines_format_their_numbers():
+    from second_order.suite.cli import _fmt
+
+    assert _fmt(0.9335999488830566, "{:.2%}") == "93.36%"
+    assert _fmt(None, "{:.4g}") == "n/a" and _fmt(float("nan"), "{:.4g}") == "n/a"
