@@ -10,7 +10,7 @@ lacks counts as ``None``), except
 
 Labels name the method and, in parentheses, the keys that tell its groups apart:
 the optimizer keys that differ between groups of the same optimizer, and every other
-key that differs between any groups, e.g. ``"HF Newton (damping 1)"``.
+key that differs between the groups of some optimizer, e.g. ``"HF Newton (damping 1)"``.
 """
 
 from __future__ import annotations
@@ -162,11 +162,18 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
         configs.setdefault(key, dict(key))
     groups = [Group(configs[key]["optimizer.name"], configs[key], sorted(rs, key=lambda r: (r.seed, str(r.path))))
               for key, rs in buckets.items()]  # fmt: skip
-    known = [g.config for g in groups if len(g.config) > 1]  # groups with a config.yaml
-    common = {k for k in _differing(known) if not k.startswith("optimizer.")}
     by_method: dict[str, list[Group]] = collections.defaultdict(list)
     for group in groups:
         by_method[group.optimizer].append(group)
+    # Non-optimizer keys (width, epochs, ...) name every group once they vary within one
+    # optimizer's groups; a key that only a preset sets (e.g. a method's own parameter
+    # dtype) does not clutter every label.
+    common = {
+        k
+        for siblings in by_method.values()
+        for k in _differing([g.config for g in siblings if len(g.config) > 1])
+        if not k.startswith("optimizer.")
+    }
     ordered: list[Group] = []
     for method in ordered_methods(by_method):
         siblings = by_method[method]
