@@ -210,25 +210,17 @@ def test_resume_keeps_config_and_records_every_segment(real_mnist_dir, tmp_path)
 
 @pytest.mark.slow
 def test_missing_data_fails_when_ci_requires_it(tmp_path):
+    def run_data_test(env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_data.py::test_real_mnist"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
     env = {**os.environ, "MNIST_DIR": str(tmp_path / "absent"), "SECOND_ORDER_REQUIRE_DATA": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_data.py::test_real_mnist"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_data_test(env)
     assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout[-2000:]
     env.pop("SECOND_ORDER_REQUIRE_DATA")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_data.py::test_real_mnist"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_data_test(env)
     assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout[-2000:]
 
 

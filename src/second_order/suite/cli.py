@@ -9,7 +9,6 @@ SIGTERM), its checkpoint written; 1 a crash (a bug: traceback).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -104,12 +103,7 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / runs.SUMMARY_FILE
-    base: dict[str, Any] = {}
-    if summary_path.exists():
-        try:
-            base = json.loads(summary_path.read_text())
-        except (OSError, ValueError):
-            base = {}
+    base = runs.read_summary(run_dir) or {}
     if base.get("status") in ("completed", "budget", "diverged"):
         log.error("%s keeps its finished record (status %s)", run_dir, base["status"])
         return  # re-running a sweep never turns a finished job into a failed one

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,18 +47,9 @@ def prepare(cfg: Mapping[str, Any]) -> tuple[ValidConfig, optax.GradientTransfor
     return rc, build_optimizer(rc.optimizer)
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two configs, budgets and bookkeeping aside."""
-    a, b = _flatten(_plain(old)), _flatten(_plain(new))
+    a, b = runs.flatten_config(_plain(old)), runs.flatten_config(_plain(new))
     return sorted(
         k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUMABLE_KEYS)
     )
@@ -67,8 +57,6 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
 
 def check_run_dir(run_dir: Path, cfg: Mapping[str, Any], resume: bool) -> None:
     """Refuse to mix a new run, or a run of another configuration, into ``run_dir``."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run directory {run_dir} is an existing file; choose another with hydra.run.dir=<dir>")
     summary, config = run_dir / runs.SUMMARY_FILE, run_dir / runs.CONFIG_FILE
     differing: list[str] = []
     if config.exists():
@@ -86,10 +74,7 @@ def check_run_dir(run_dir: Path, cfg: Mapping[str, Any], resume: bool) -> None:
         )
     if resume or not summary.exists():
         return
-    try:
-        status = json.loads(summary.read_text()).get("status", "unknown")
-    except (OSError, ValueError):
-        status = "unreadable summary"
+    status = (runs.read_summary(run_dir) or {"status": "unreadable summary"}).get("status", "unknown")
     raise ConfigError(
         f"run directory {run_dir} already holds this run (status: {status}); continue it with "
         "trainer.resume=true, or start a new one elsewhere with hydra.run.dir=<dir>"
@@ -153,7 +138,7 @@ def _run_locked(
         lambda p: jax.ShapeDtypeStruct(p.shape, rc.model.param_dtype), abstract_params
     )
     diag_names = list(collect_diagnostics(jax.eval_shape(tx.init, abstract_params)))
-    previous = _read_summary(run_dir) if resuming else {}
+    previous = (runs.read_summary(run_dir) or {}) if resuming else {}
     wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id"))
     logger = RunLogger(run_dir, diag_names, wandb)
     per_epoch = n_train // rc.trainer.batch_size
@@ -239,13 +224,6 @@ def _run_locked(
         wandb.set_summary(summary)
         wandb.finish(exit_code=0 if outcome.status in ("completed", "budget", "diverged") else 1)
     return summary
-
-
-def _read_summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads((run_dir / runs.SUMMARY_FILE).read_text()))
-    except (OSError, ValueError):
-        return {}
 
 
 def _wandb_logger(rc: ValidConfig, run_dir: Path, cfg: Mapping[str, Any], resume_id: str | None) -> Any:

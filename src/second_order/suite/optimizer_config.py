@@ -21,17 +21,13 @@ from typing import Any
 
 import optax
 
-from second_order.suite.config import ConfigError, OptimizerConfig
+from second_order.suite.config import ConfigError, OptimizerConfig, _fail
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 #: The one rule the suite adds: optax's own optimizers accept a negative learning rate
 #: (gradient ascent), which is never what a config means.  Every other range is
 #: checked by the optimizer function itself.
 NON_NEGATIVE = ("learning_rate",)
-
-
-def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{key} = {value!r} is invalid: must be {allowed}")
 
 
 def resolve_target(target: str) -> Callable[..., Any]:

@@ -26,7 +26,7 @@ from matplotlib.colors import to_hex, to_rgb
 from second_order.suite.report.loading import warn
 from second_order.suite.report.runinfo import budget
 from second_order.suite.report.style import MethodStyle, method_style, ordered_methods
-from second_order.suite.tracking.runs import Run
+from second_order.suite.tracking.runs import Run, flatten_config
 
 IGNORED_KEYS: tuple[str, ...] = (
     "seed",
@@ -47,26 +47,6 @@ _VARIANT_LINESTYLES: tuple[Any, ...] = ("-", (0, (1, 1)), "-.", (0, (3, 1, 1, 1,
 _VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
-def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become tuples (hashable)."""
-    flat: dict[str, Any] = {}
-    for key, value in cfg.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = _hashable(value)
-    return flat
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_hashable(v) for v in value)
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
-    return value
-
-
 def is_ignored(key: str) -> bool:
     """Whether ``key`` never splits groups (ignored or a budget)."""
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in IGNORED_KEYS + BUDGET_KEYS)
@@ -74,7 +54,7 @@ def is_ignored(key: str) -> bool:
 
 def experiment_config(run: Run) -> dict[str, Any]:
     """The run's config keys that define its experiment (config order), optimizer name included."""
-    flat = {k: v for k, v in flatten(run.config).items() if not is_ignored(k)}
+    flat = {k: v for k, v in flatten_config(run.config).items() if not is_ignored(k)}
     flat["optimizer.name"] = run.optimizer
     return flat
 
@@ -133,7 +113,7 @@ def _sort_key(values: Iterable[Any]) -> tuple:
 
 def _differing(configs: Sequence[dict[str, Any]]) -> set[str]:
     keys = set().union(*configs) if configs else set()
-    return {k for k in keys if len({_hashable(c.get(k)) for c in configs}) > 1}
+    return {k for k in keys if len({c.get(k) for c in configs}) > 1}  # values are hashable (flatten_config)
 
 
 def group_runs(runs: Iterable[Run]) -> list[Group]:

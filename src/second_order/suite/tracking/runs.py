@@ -248,6 +248,34 @@ class Run:
         return int(self.summary.get("seed", _get(self.config, "seed", 0)))
 
 
+def read_summary(run_dir: Path | str) -> dict[str, Any] | None:
+    """A run's summary.json, or None when it is missing or unreadable."""
+    try:
+        return dict(json.loads((Path(run_dir) / SUMMARY_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": [1]}}`` → ``{"a.b": (1,)}``: dotted keys, hashable values."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_config(value, dotted + "."))
+        else:
+            flat[dotted] = _hashable(value)
+    return flat
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+    return value
+
+
 def _get(cfg: Mapping[str, Any], dotted: str, default: Any) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
