@@ -8,7 +8,8 @@ import pytest
 import yaml
 from conftest import REPO, compose_config
 
-from second_order.suite.config import TrainerConfig, one_line, validate
+from second_order.suite.cli import one_line
+from second_order.suite.config import TrainerConfig, validate
 from second_order.suite.experiment import prepare
 
 OPTIMIZERS = sorted(p.stem for p in (REPO / "configs" / "optimizer").glob("*.yaml"))

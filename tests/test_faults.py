@@ -17,7 +17,8 @@ from conftest import REPO, compose_config
 from test_pipeline import train_cli
 
 from second_order.suite import experiment
-from second_order.suite.config import ConfigError, one_line
+from second_order.suite.cli import one_line
+from second_order.suite.config import ConfigError
 from second_order.suite.tracking import runs
 from second_order.suite.training import resources
 

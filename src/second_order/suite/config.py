@@ -16,7 +16,6 @@ that function's keyword arguments, checked against its signature and type hints.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import math
 import typing
 from collections.abc import Callable, Mapping
@@ -296,40 +295,3 @@ def validate(cfg: Mapping[str, Any]) -> ValidConfig:
         validate_optimizer(optimizer),
         typed.logger,
     )
-
-
-#: File-system errors that are the user's to fix (permissions, a full disk, a file in the way).
-_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST, errno.ENOTDIR,
-                errno.EISDIR}  # fmt: skip
-
-
-def one_line(err: BaseException) -> str | None:
-    """The one-line message of a user error (bad config, data or checkpoint), else None (a bug).
-
-    Hydra's composition errors (an unknown group option, a new key without '+', a
-    value of the wrong type) are user errors too: their lines are joined into one.
-    """
-    from hydra.errors import HydraException
-
-    from second_order.suite.data import DataError
-    from second_order.suite.training.checkpoint import CheckpointError
-    from second_order.suite.training.resources import InsufficientMemory, RunDirBusy
-
-    if isinstance(err, OSError) and err.errno in _USER_ERRNOS:
-        where = err.filename or "the run directory"
-        return f"cannot write {where}: {err.strerror or err} (choose a writable directory with hydra.run.dir=<dir>)"
-    if isinstance(err, (ConfigError, DataError, CheckpointError, RunDirBusy, InsufficientMemory)):
-        text = str(err).strip()
-        return text.splitlines()[0] if text else type(err).__name__
-    cause = err.__cause__
-    if (
-        isinstance(err, HydraException)
-        and isinstance(cause, OmegaConfBaseException)
-        and type(cause).__name__ == "ValidationError"
-    ):
-        return str(from_omegaconf_error(cause))
-    if isinstance(err, (HydraException, OmegaConfBaseException)):
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        lines = [line for line in lines if not line.startswith(("full_key", "object_type", "reference_type"))]
-        return "; ".join(lines) or type(err).__name__
-    return None
