@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -134,6 +135,60 @@ def test_sigterm_during_a_sweep_exits_143_with_its_table(real_mnist_dir, tmp_pat
     table = json.loads((tmp_path / "sweep_summary.json").read_text())
     assert table["interrupted_by_signal"] == signal.SIGTERM
     assert [job["status"] for job in table["jobs"]] == ["interrupted"]
+
+
+@pytest.mark.slow
+def test_sigterm_between_two_sweep_jobs_exits_143_with_its_table(real_mnist_dir, tmp_path):
+    """The signal lands after job 1 has ended and before job 2 has started (no run holds the handlers)."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), "-m", "optimizer=sgd", "seed=0,1",
+         f"data.dir={real_mnist_dir}", "trainer.max_steps=5", f"hydra.sweep.dir={tmp_path}",
+         "+hydra.callbacks.terminate._target_=hydra_callbacks.TerminateAfterFirstJob", *QUIET],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+    )  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM; sweep table in")
+    table = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert table["interrupted_by_signal"] == signal.SIGTERM
+    assert [(job["seed"], job["status"]) for job in table["jobs"]] == [(0, "budget")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run_dir", ["/sys/kernel", "/sys/no_such_dir"])
+def test_a_read_only_run_directory_is_one_line(real_mnist_dir, run_dir):
+    """sysfs is read-only (for root too): an existing directory, and one that cannot be created."""
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("needs Linux sysfs")
+    proc = train_cli("optimizer=sgd", f"data.dir={real_mnist_dir}", f"hydra.run.dir={run_dir}", *QUIET)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: cannot write {run_dir}") and "hydra.run.dir" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_a_failed_record(real_mnist_dir, tmp_path):
+    """steps.csv is /dev/full: every write to it fails with ENOSPC, as on a full disk."""
+    (tmp_path / runs.STEPS_FILE).symlink_to("/dev/full")
+    proc = train_cli("optimizer=sgd", f"data.dir={real_mnist_dir}", f"hydra.run.dir={tmp_path}",
+                     "trainer.max_steps=50", *QUIET)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert f"cannot write {tmp_path / runs.STEPS_FILE}: No space left on device (free space" in proc.stderr
+    record = json.loads((tmp_path / runs.SUMMARY_FILE).read_text())
+    assert record["status"] == "failed" and "No space left" in record["error"], record
+
+
+@pytest.mark.slow
+def test_exact_newton_that_cannot_fit_is_refused_before_the_first_step(real_mnist_dir, tmp_path):
+    """hidden=[64]: n = 50,890 and a dense n × n Hessian with its eigendecomposition needs ~100 GB."""
+    proc = train_cli("optimizer=newton", "model.hidden=[64]", f"data.dir={real_mnist_dir}",
+                     f"hydra.run.dir={tmp_path}", *QUIET)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert "n = 50,890 parameters" in proc.stderr and "GB" in proc.stderr
+    assert "optimizer=hessian_free" in proc.stderr and "model.hidden" in proc.stderr
+    record = json.loads((tmp_path / runs.SUMMARY_FILE).read_text())
+    assert record["status"] == "failed" and "InsufficientMemory" in record["error"]
+    assert runs.read_table(tmp_path / runs.STEPS_FILE)["step"].size == 0
 
 
 @pytest.mark.slow

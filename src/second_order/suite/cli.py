@@ -31,19 +31,55 @@ def debug() -> bool:
     return os.environ.get("SECOND_ORDER_DEBUG", "") not in ("", "0")
 
 
+class Stopped(BaseException):
+    """SIGTERM outside a run (while Hydra starts, or between two jobs of a sweep).
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception``
+    (Hydra's job and callback wrappers included) swallows it.  Inside a run the
+    run's own handlers take over and stop it cleanly at the next chunk.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    del frame
+    raise Stopped(signum)
+
+
+#: The sweep directory of the multirun in progress (its table is written if a signal stops it between jobs).
+_sweep_dir: Path | None = None
+
+
 def exit_on_user_error(main: Callable[[], Any]) -> int:
-    """Call the Hydra app; a user error becomes one line on stderr and status 2."""
+    """Call the Hydra app; a user error becomes one line on stderr and status 2.
+
+    SIGINT and SIGTERM outside a run (start-up, between sweep jobs) end the process
+    with status 128 + N and, in a sweep, its ``sweep_summary.json``.
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         main()
-    except KeyboardInterrupt:  # Ctrl-C outside a run (e.g. while Hydra starts): no traceback
-        print("error: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+    except (KeyboardInterrupt, Stopped) as err:
+        sig = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
+        where = ""
+        if _sweep_dir is not None and _sweep_dir.is_dir():
+            from second_order.suite.sweep import SWEEP_SUMMARY, write_sweep_summary
+
+            write_sweep_summary(_sweep_dir, interrupted_by=sig)
+            where = f"; sweep table in {_sweep_dir / SWEEP_SUMMARY}"
+        print(f"error: stopped by {signal.Signals(sig).name}{where}", file=sys.stderr)
+        return 128 + sig
     except Exception as err:
         message = one_line(err)
         if message is None or debug():
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -57,9 +93,11 @@ def train_job(cfg: DictConfig) -> float | None:
 
     from second_order.suite import experiment
 
+    global _sweep_dir
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    _sweep_dir = Path(hc.sweep.dir) if multirun else None
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)
@@ -127,6 +165,18 @@ _USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQU
                 errno.EISDIR}  # fmt: skip
 
 
+def _user_os_error(err: BaseException) -> OSError | None:
+    """The file-system error behind ``err`` (itself or a cause, e.g. Hydra's log set-up), if it is the user's."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _USER_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def one_line(err: BaseException) -> str | None:
     """The one-line message of a user error (bad config, data or checkpoint), else None (a bug).
 
@@ -139,9 +189,12 @@ def one_line(err: BaseException) -> str | None:
     from second_order.suite.training.checkpoint import CheckpointError
     from second_order.suite.training.resources import InsufficientMemory, RunDirBusy
 
-    if isinstance(err, OSError) and err.errno in _USER_ERRNOS:
-        where = err.filename or "the run directory"
-        return f"cannot write {where}: {err.strerror or err} (choose a writable directory with hydra.run.dir=<dir>)"
+    os_error = _user_os_error(err)
+    if os_error is not None:
+        where = os_error.filename or "the run directory"
+        full = os_error.errno in (errno.ENOSPC, errno.EDQUOT)
+        fix = "free space, or choose another" if full else "choose a writable"
+        return f"cannot write {where}: {os_error.strerror or os_error} ({fix} directory with hydra.run.dir=<dir>)"
     if isinstance(err, (ConfigError, DataError, CheckpointError, RunDirBusy, InsufficientMemory)):
         text = str(err).strip()
         return text.splitlines()[0] if text else type(err).__name__

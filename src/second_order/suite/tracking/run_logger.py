@@ -67,8 +67,10 @@ class RunLogger:
         self.evals = runs.CsvLog(self.run_dir / runs.EVAL_FILE, self.evals.columns)
 
     def close(self) -> None:
-        self.steps.close()
-        self.evals.close()
+        try:
+            self.steps.close()
+        finally:
+            self.evals.close()
 
 
 def _python_values(values: np.ndarray) -> list[Any]:

@@ -16,6 +16,7 @@ here knows about optimizers.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -100,15 +101,28 @@ class CsvLog:
         self._writer.writerows(_fmt_row(r) for r in rows)
 
     def flush(self, durable: bool = True) -> None:
-        """Hand rows to the OS; ``durable`` also fsyncs them to disk."""
-        self._file.flush()
-        if durable:
-            os.fsync(self._file.fileno())
+        """Hand rows to the OS; ``durable`` also fsyncs them to disk.
+
+        A failed write (a full disk) raises an ``OSError`` that names this file.
+        """
+        try:
+            self._file.flush()
+            if durable:
+                os.fsync(self._file.fileno())
+        except OSError as err:
+            if err.filename is not None:
+                raise
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
 
     def close(self) -> None:
-        if not self._file.closed:
+        """Flush and close; after a failed write the file is closed all the same."""
+        if self._file.closed:
+            return
+        try:
             self.flush()
-            self._file.close()
+        finally:
+            with contextlib.suppress(OSError):  # the rows that could not be written are lost either way
+                self._file.close()
 
 
 def _fmt_row(row: Sequence[Any]) -> list[str]:

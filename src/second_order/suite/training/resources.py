@@ -70,7 +70,7 @@ def available_bytes(device: Any) -> int | None:
         return None
 
 
-def check_fits(compiled: Any, device: Any) -> None:
+def check_fits(compiled: Any, device: Any, parameter_count: int | None = None) -> None:
     """Refuse a compiled step whose arguments, outputs and temporaries exceed the memory.
 
     XLA knows after compilation how much temporary memory the step needs (e.g. n²
@@ -87,9 +87,14 @@ def check_fits(compiled: Any, device: Any) -> None:
                  ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes"))  # fmt: skip
     have = available_bytes(device)
     if have is not None and needed > have:
+        n = (
+            ""
+            if parameter_count is None
+            else f" for n = {parameter_count:,} parameters (n² = {parameter_count**2:.2g})"
+        )
         raise InsufficientMemory(
-            f"the compiled training step needs {needed / 1e9:.1f} GB ({int(stats.temp_size_in_bytes) / 1e9:.1f} GB "
-            f"of temporaries) but {have / 1e9:.1f} GB is available on {device.platform}; use a smaller model "
+            f"the compiled training step{n} needs {needed / 1e9:.1f} GB ({int(stats.temp_size_in_bytes) / 1e9:.1f} "
+            f"GB of temporaries) but {have / 1e9:.1f} GB is available on {device.platform}; use a smaller model "
             "(model.hidden), fewer steps per chunk (trainer.chunk_steps), or a method whose curvature needs no "
             "dense matrix (a Hessian-free method such as optimizer=hessian_free)"
         )

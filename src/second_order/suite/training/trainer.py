@@ -64,7 +64,7 @@ class TimedChunks:
         if k not in self.compiled:
             with self.clock.measure("compile"):
                 compiled = self.chunk_fn.lower(params, opt_state, x, y, idx).compile()
-                check_fits(compiled, jax.devices()[0])
+                check_fits(compiled, jax.devices()[0], sum(p.size for p in jax.tree_util.tree_leaves(params)))
                 if self.signals is not None and self.signals.received is not None:
                     return None
                 self.compiled[k] = compiled
