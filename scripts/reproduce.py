@@ -48,7 +48,19 @@ def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str]) -> None
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def newton_overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """The exact-Newton jobs' overrides: a step budget by default (machine-load independent)."""
+    if args.full:
+        return extra
+    budget = (
+        [f"trainer.max_time_s={args.newton_budget_s}"]
+        if args.newton_budget_s is not None
+        else [f"trainer.max_steps={min(args.newton_steps, args.max_steps or args.newton_steps)}"]
+    )
+    return [e for e in extra if not e.startswith("trainer.max_steps=")] + budget
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="no budget: the paper's full protocol for Newton too")
     parser.add_argument(
@@ -73,17 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "results", help="figures, tables and manifest")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke tests)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job (e.g. data.dir=...)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     start = time.time()
     extra = list(args.overrides) + ([f"trainer.max_steps={args.max_steps}"] if args.max_steps else [])
     sweep(args.runs, FAST_METHODS, args.seeds, extra)
-    budget = (
-        [f"trainer.max_time_s={args.newton_budget_s}"]
-        if args.newton_budget_s is not None
-        else [f"trainer.max_steps={min(args.newton_steps, args.max_steps or args.newton_steps)}"]
-    )
-    newton_extra = extra if args.full else [e for e in extra if not e.startswith("trainer.max_steps=")] + budget
+    newton_extra = newton_overrides(args, extra)
     sweep(args.runs, NEWTON_METHODS, args.seeds, newton_extra)
     if args.paper_precision:
         sweep(args.runs, PAPER_PRECISION, args.seeds, newton_extra)

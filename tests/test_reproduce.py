@@ -1,0 +1,35 @@
+"""``make reproduce``: what each sweep is asked to run (the sweeps themselves are tested in test_pipeline)."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import ModuleType
+
+from conftest import REPO
+
+
+def _reproduce() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_exact_newton_gets_a_step_budget_not_a_time_budget():
+    """A step budget gives the same results on a quiet and a busy machine (a time budget does not)."""
+    rep = _reproduce()
+    args = rep.parse_args(["data.dir=/d"])
+    overrides = rep.newton_overrides(args, ["data.dir=/d"])
+    assert overrides == ["data.dir=/d", "trainer.max_steps=100"]
+    assert not any(o.startswith("trainer.max_time_s") for o in overrides)
+
+
+def test_newton_budget_options():
+    rep = _reproduce()
+    smoke = rep.parse_args(["--max-steps", "3"])
+    assert rep.newton_overrides(smoke, ["trainer.max_steps=3"]) == ["trainer.max_steps=3"]
+    timed = rep.parse_args(["--newton-budget-s", "60"])
+    assert rep.newton_overrides(timed, []) == ["trainer.max_time_s=60.0"]
+    full = rep.parse_args(["--full"])
+    assert rep.newton_overrides(full, ["x=1"]) == ["x=1"]
