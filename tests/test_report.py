@@ -92,6 +92,7 @@ def write_run(
     new_keys: bool = True,
     summary_extra: dict | None = None,
     tag: str = "",
+    diagnostics: dict | None = None,
 ) -> dict:
     """One synthetic run directory; returns its summary.
 
@@ -111,8 +112,9 @@ def write_run(
         loss[diverge_at:] = np.nan
     time_s = np.cumsum(dt * (1 + 0.1 * rng.random(n_steps)))
     epoch = (step - 1) // per_epoch
-    log = CsvLog(run_dir / STEPS_FILE, STEP_COLUMNS + ("cg_iterations",))
-    log.write_rows(zip(step, epoch, loss, time_s, rng.integers(1, 10, n_steps)))
+    extra = {"cg_iterations": rng.integers(1, 10, n_steps), **(diagnostics or {})}
+    log = CsvLog(run_dir / STEPS_FILE, STEP_COLUMNS + tuple(extra))
+    log.write_rows(zip(step, epoch, loss, time_s, *extra.values()))
     log.close()
     accs = []
     evals = CsvLog(run_dir / EVAL_FILE, EVAL_COLUMNS)
@@ -260,3 +262,40 @@ def test_budget_eval_at_fractional_epoch(tmp_path: Path) -> None:
     assert curve is not None
     np.testing.assert_allclose(curve.x, [1.0, 2.0, 2.4])  # final eval logged as epoch 2, step 120
     assert [(x, kind) for x, _, kind in curve.ends] == [(2.4, "budget")]
+
+
+def test_trajectory_figures_appear_for_runs_that_log_their_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Damping (λ, ρ) and trust-region (Δ, ρ, accepted) figures, from any optimizer's logged columns."""
+    from second_order.suite.report.grouping import group_runs
+    from second_order.suite.report.loading import load_runs
+    from second_order.suite.report.trajectories import group_trajectory
+
+    monkeypatch.setattr(style, "FIGURE_FORMATS", ("png",))
+    n = 120
+    write_run(tmp_path / "runs", "sgd", 0, n_steps=n)
+    out = tmp_path / "results"
+    assert _load_script().main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert not list(out.glob("fig13*")) and not list(out.glob("fig14*")), "no run logged damping or radius"
+
+    lam = 32.0 * (2 / 3) ** np.arange(n)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs", "hessian_free_lm", seed, n_steps=n,
+                  diagnostics={"damping": lam, "rho": np.full(n, 0.9)})  # fmt: skip
+    accepted = (np.arange(n) % 4 != 0).astype(float)  # 3 in 4 accepted
+    write_run(tmp_path / "runs", "trust_region_cg", 0, n_steps=n,
+              diagnostics={"radius": np.full(n, 0.5), "rho": np.full(n, 5.0), "accepted": accepted})  # fmt: skip
+    assert _load_script().main([str(tmp_path / "runs"), "--out", str(out), "--smooth", "4"]) == 0
+    assert (out / "fig13_damping_trajectory.png").stat().st_size > 1000
+    assert (out / "fig14_trust_region_trajectory.png").stat().st_size > 1000
+    captions = (out / "captions.md").read_text()
+    assert "**fig13_damping_trajectory.**" in captions and "(2 seeds)" in captions
+    assert "**fig14_trust_region_trajectory.**" in captions and "4-step moving average" in captions
+
+    groups = {g.optimizer: g for g in group_runs(load_runs([tmp_path / "runs"]))}
+    steps, mean = group_trajectory(groups["hessian_free_lm"], "damping", 1)  # type: ignore[misc]
+    np.testing.assert_allclose(mean, lam, rtol=1e-9)  # mean over seeds of the logged λ
+    _, rate = group_trajectory(groups["trust_region_cg"], "accepted", 4)  # type: ignore[misc]
+    assert rate[-1] == pytest.approx(0.75)
+    assert group_trajectory(groups["sgd"], "damping", 4) is None

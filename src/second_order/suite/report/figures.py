@@ -42,6 +42,7 @@ from second_order.suite.report.grouping import Group, group_runs, groups_of
 from second_order.suite.report.loading import ReportWarning
 from second_order.suite.report.runinfo import devices, mixed_devices
 from second_order.suite.report.style import new_figure, save_figure, with_paper_style
+from second_order.suite.report.trajectories import make_trajectory_figures
 from second_order.suite.tracking.runs import Run
 
 __all__ = ["BANDS", "FIGURES", "Curve", "FigureSpec", "MissingMethodWarning", "accuracy_curve", "aggregate",
@@ -384,7 +385,8 @@ def caption(
 def make_all_figures(
     runs: Sequence[Run], out_dir: Path | str, *, smooth: int = 50, log_loss: bool = False, band: str = "std"
 ) -> list[Path]:
-    """Write every figure in :data:`FIGURES` (PNG + PDF) and ``captions.md``; returns paths.
+    """Write every figure in :data:`FIGURES`, the trajectory figures some run has data for
+    (:mod:`.trajectories`), PNG + PDF, and ``captions.md``; returns paths.
 
     A figure none of whose featured methods has runs is skipped with a warning.
     """
@@ -404,6 +406,9 @@ def make_all_figures(
         paths += save_figure(fig, out_dir, spec.name)
         text = caption(spec, runs, smooth=smooth, log_loss=log_loss, band=band, groups=groups)
         captions += [f"**{spec.name}.** " + text, ""]
+    more, more_captions = make_trajectory_figures(groups, out_dir, window=smooth)
+    paths += more
+    captions += more_captions
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "captions.md").write_text("\n".join(captions))
     paths.append(out_dir / "captions.md")

@@ -1,0 +1,131 @@
+"""How adaptive methods adapt: the trajectories of their logged state against the step.
+
+Damping that Levenberg–Marquardt adjusts, a trust region's radius, the reduction ratio
+ρ and the fraction of accepted steps are per-step diagnostics in ``steps.csv``.  A
+figure here is drawn when some run logged its columns, whatever the optimizer: one
+panel per column, one line per group (mean over its seeds of a trailing moving
+average), coloured and labelled as in every other figure.  Nothing here knows which
+optimizer logs what.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from second_order.suite.report.curves import moving_average
+from second_order.suite.report.grouping import Group
+from second_order.suite.report.style import new_figure, save_figure, with_paper_style
+from second_order.suite.tracking.runs import Run
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One logged column: its axis label, log scale, and a display range (values outside are clipped)."""
+
+    column: str
+    label: str
+    log: bool = False
+    clip: tuple[float, float] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrajectorySpec:
+    """A figure of ``panels``, drawn when at least one run logged ``panels[0].column``."""
+
+    name: str
+    title: str
+    panels: tuple[Panel, ...]
+    what: str  # caption text: what the figure shows
+
+
+RHO = Panel("rho", "reduction ratio ρ (clipped to [−1, 2])", clip=(-1.0, 2.0))
+TRAJECTORIES: tuple[TrajectorySpec, ...] = (
+    TrajectorySpec(
+        "fig13_damping_trajectory",
+        "Levenberg–Marquardt damping",
+        (Panel("damping", "damping λ", log=True), RHO),
+        "the damping λ used in each step's solve and the reduction ratio ρ = actual / predicted decrease of "
+        "the mini-batch loss (λ grows ×3/2 when ρ < ¼, shrinks ×2/3 when ρ > ¾)",
+    ),
+    TrajectorySpec(
+        "fig14_trust_region_trajectory",
+        "Trust region",
+        (Panel("radius", "trust radius Δ", log=True), RHO, Panel("accepted", "fraction accepted", clip=(0, 1))),
+        "the trust-region radius Δ of each step, the reduction ratio ρ and the fraction of accepted steps",
+    ),
+)
+
+
+def _logged(run: Run, column: str) -> bool:
+    values = run.steps.get(column)
+    return values is not None and bool(np.isfinite(values).any())
+
+
+def group_trajectory(group: Group, column: str, window: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, mean over seeds of the moving average of ``column``) over the steps all seeds reached."""
+    series = [(r.steps["step"], moving_average(r.steps[column], window)) for r in group.runs if _logged(r, column)]
+    if not series:
+        return None
+    n = min(len(s) for s, _ in series)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (a diverged seed) stay NaN
+        mean = np.nanmean(np.stack([v[:n] for _, v in series]), axis=0)
+    return np.asarray(series[0][0][:n]), mean
+
+
+@with_paper_style
+def plot_trajectory(spec: TrajectorySpec, groups: Sequence[Group], window: int = 50) -> Figure | None:
+    """The figure of ``spec`` for the groups that logged its columns; None when none did."""
+    shown = [g for g in groups if any(_logged(r, spec.panels[0].column) for r in g.runs)]
+    if not shown:
+        return None
+    fig = new_figure(width=2.6 * len(spec.panels), height=2.5)
+    axes = fig.subplots(1, len(spec.panels), squeeze=False)[0]
+    for ax, panel in zip(axes, spec.panels):
+        for group in shown:
+            line = group_trajectory(group, panel.column, 1 if panel.column == "damping" else window)
+            if line is None:
+                continue
+            x, y = line
+            if panel.clip is not None:
+                y = np.clip(y, *panel.clip)
+            st = group.style
+            ax.plot(x, y, color=st.color, linestyle=st.linestyle, label=st.label)
+        if panel.log:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(panel.label)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7)
+    fig.suptitle(spec.title)
+    return fig
+
+
+def trajectory_caption(spec: TrajectorySpec, shown: Sequence[Group], window: int) -> str:
+    """What the figure shows, for which groups and seeds, and how it is smoothed."""
+    names = "; ".join(f"{g.style.label} ({len(g.runs)} seed{'s' if len(g.runs) != 1 else ''})" for g in shown)
+    return (
+        f"{spec.title}: {spec.what}, against the optimizer step. Each line is the mean over seeds of a trailing "
+        f"{window}-step moving average (λ and Δ unsmoothed). Runs: {names}."
+    )
+
+
+def make_trajectory_figures(groups: Sequence[Group], out_dir: Path, window: int = 50) -> tuple[list[Path], list[str]]:
+    """Every trajectory figure some group has data for: (paths written, caption lines)."""
+    paths: list[Path] = []
+    captions: list[str] = []
+    for spec in TRAJECTORIES:
+        fig = plot_trajectory(spec, groups, window)
+        if fig is None:
+            continue
+        paths += save_figure(fig, out_dir, spec.name)
+        shown = [g for g in groups if any(_logged(r, spec.panels[0].column) for r in g.runs)]
+        captions += [f"**{spec.name}.** " + trajectory_caption(spec, shown, window), ""]
+    return paths, captions
