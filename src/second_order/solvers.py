@@ -7,7 +7,7 @@ optimizer can expose it as per-step diagnostics.  Pytree arithmetic is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -29,7 +29,12 @@ class CGResult(NamedTuple):
     the final ‖r‖ = ‖b − A x‖ (the recursively updated residual, as in scipy/jax);
     ``b_norm`` ‖b‖ (so ``residual_norm / b_norm`` is the relative residual);
     ``min_curvature`` min over iterations of pᵀAp / pᵀp (negative: A is not PD along p);
-    ``negative_curvature`` True when some iteration met pᵀAp ≤ 0 (CG went on regardless).
+    ``negative_curvature`` True when some iteration met pᵀAp ≤ 0 (CG went on regardless);
+    ``objective`` the quadratic model φ(x) = ½ xᵀAx − bᵀx = −½ xᵀ(b + r) at ``x`` (with
+    the recursive residual ``r``; two dots after the loop); ``saved`` the iterates at the
+    iterations listed in ``save_at``, stacked on a leading axis (slot ``j`` holds
+    ``x_{save_at[j]}`` when ``save_at[j] ≤ iterations`` and zeros otherwise; ``None``
+    when ``save_at`` is empty).
     """
 
     x: PyTree
@@ -38,6 +43,21 @@ class CGResult(NamedTuple):
     b_norm: jax.Array
     min_curvature: jax.Array
     negative_curvature: jax.Array
+    objective: jax.Array
+    saved: PyTree = None
+
+
+def progress_window(i: jax.Array) -> jax.Array:
+    """Martens's look-back ``k = max(10, ⌊0.1 i⌋)`` of the relative-progress rule."""
+    return jnp.maximum(10, i // 10)
+
+
+def checked_save_at(save_at: Sequence[int]) -> tuple[int, ...]:
+    """``save_at`` as a tuple of strictly increasing positive Python ints, or a ValueError."""
+    out = tuple(int(c) for c in save_at)
+    if any(c < 1 for c in out) or any(a >= b for a, b in zip(out, out[1:])):
+        raise ValueError(f"cg: save_at must be strictly increasing integers >= 1, got {tuple(save_at)}")
+    return out
 
 
 def cg(
@@ -47,12 +67,15 @@ def cg(
     tol: float | jax.Array = 1e-5,
     atol: float = 0.0,
     maxiter: int | jax.Array | None = None,
+    x0: PyTree | None = None,
+    progress_tol: float | jax.Array | None = None,
+    save_at: Sequence[int] = (),
 ) -> CGResult:
-    """Conjugate gradient for ``A x = b`` with ``A`` symmetric, started at ``x₀ = 0``.
+    """Conjugate gradient for ``A x = b`` with ``A`` symmetric, started at ``x₀`` (default 0).
 
     Hestenes & Stiefel (1952)::
 
-        r₀ = p₀ = b
+        r₀ = b − A x₀,  p₀ = r₀
         αₖ = rₖᵀrₖ / pₖᵀA pₖ,  xₖ₊₁ = xₖ + αₖ pₖ,  rₖ₊₁ = rₖ − αₖ A pₖ
         βₖ = rₖ₊₁ᵀrₖ₊₁ / rₖᵀrₖ, pₖ₊₁ = rₖ₊₁ + βₖ pₖ
 
@@ -60,30 +83,76 @@ def cg(
     ``10·n`` with ``n`` the number of unknowns) — the same criterion and defaults as
     ``jax.scipy.sparse.linalg.cg`` and scipy.  It does not stop on pᵀAp ≤ 0 (as
     jax/scipy); that event is reported in ``negative_curvature``.  A
-    ``lax.while_loop``: jit-compatible, static shapes, no host round-trip; ``tol``
-    and ``maxiter`` may be traced (e.g. under ``optax.inject_hyperparams``).
+    ``lax.while_loop``: jit-compatible, static shapes, no host round-trip; ``tol``,
+    ``maxiter`` and ``progress_tol`` may be traced (e.g. under
+    ``optax.inject_hyperparams``).
+
+    Options, all off by default (then the iteration is exactly the one above with
+    ``x₀ = 0``, ``r₀ = b`` and no extra product):
+
+    * ``x0``: the initial guess (a pytree like ``b``); costs one product for ``r₀``,
+      not counted in ``iterations``.  Martens (2010, §4.5) starts each CG run from the
+      previous step's solution scaled by ζ < 1.
+    * ``progress_tol`` = ε: Martens's (2010, §4.4) relative-progress rule on the
+      quadratic ``φ(x) = ½ xᵀAx − bᵀx`` that CG minimises: stop at iteration ``i`` when
+      ``i > k``, ``φ(xᵢ) < 0`` and ``(φ(xᵢ) − φ(xᵢ₋ₖ)) / φ(xᵢ) < k ε`` with
+      ``k = max(10, ⌊0.1 i⌋)`` (the paper uses ε = 5·10⁻⁴), in addition to the residual
+      rule and ``maxiter``.  φ is tracked by the exact CG identity
+      ``φ(xₖ₊₁) = φ(xₖ) − ½ αₖ rₖᵀrₖ`` (from ``pₖᵀrₖ = rₖᵀrₖ``), free of products and
+      dots, with ``φ(x₀) = −½ x₀ᵀ(b + r₀)``; the last ``k_max + 1`` values live in a
+      ring buffer (``k_max = max(10, ⌊0.1·maxiter⌋)``, or ``max(10, n)`` when
+      ``maxiter`` is traced, where ``k`` is capped at that bound).
+    * ``save_at``: static, strictly increasing iterations whose iterates are copied
+      into ``saved`` (for Martens's CG backtracking, §4.6); memory
+      ``len(save_at) + 1`` copies of ``x`` in the loop carry, one O(n) copy per
+      iteration.
     """
     n = otu.tree_size(b)
     cap = 10 * n if maxiter is None else static_int(maxiter)
     if cap is not None and cap < 0:
         raise ValueError(f"cg: maxiter must be >= 0, got {maxiter}")
+    save = checked_save_at(save_at)
     limit = maxiter if cap is None else cap  # a tracer stays a tracer
     bb = otu.tree_vdot(b, b)
     dtype = bb.dtype
     threshold2 = jnp.maximum(jnp.asarray(tol, dtype) ** 2 * bb, jnp.asarray(atol, dtype) ** 2)
-    x0 = otu.tree_zeros_like(b)
     inf = jnp.asarray(jnp.inf, dtype)
 
     def axpy(y: PyTree, alpha: jax.Array, x: PyTree) -> PyTree:
         # y + α x with every leaf kept in its own dtype (α is in the dtype of the dots).
         return otu.tree_cast_like(otu.tree_add_scale(y, alpha, x), y)
 
+    if x0 is None:
+        x_start, r_start, rr_start = otu.tree_zeros_like(b), b, bb
+        phi_start = jnp.zeros((), dtype)
+    else:
+        x_start = otu.tree_cast_like(x0, b)
+        r_start = axpy(b, jnp.asarray(-1.0, dtype), matvec(x_start))
+        rr_start = otu.tree_vdot(r_start, r_start)
+        phi_start = -0.5 * (otu.tree_vdot(x_start, r_start) + otu.tree_vdot(x_start, b))
+
+    # Optional parts of the loop carry (empty tuples when off: the default loop is unchanged).
+    track = progress_tol is not None
+    k_max = max(10, (cap if cap is not None else 10 * n) // 10)
+    ring = k_max + 1
+    eps = jnp.asarray(progress_tol if track else 0.0, dtype)
+    slots = jnp.asarray(save if save else (0,), jnp.int32)
+
+    def progress_stop(k: jax.Array, phi: jax.Array, history: jax.Array) -> jax.Array:
+        window = jnp.minimum(progress_window(k), k_max)
+        earlier = history[jnp.mod(k - window, ring)]
+        ratio = (phi - earlier) / jnp.where(phi < 0, phi, -1.0)
+        return (k > window) & (phi < 0) & (ratio < window * eps)
+
     def cond(state):
-        _, _, _, rr, k, _, _ = state
-        return (rr > threshold2) & (k < limit)
+        _, _, _, rr, k, _, _, tracked, _ = state
+        go = (rr > threshold2) & (k < limit)
+        if track:
+            go = go & ~progress_stop(k, *tracked)
+        return go
 
     def body(state):
-        x, r, p, rr, k, min_curv, negative = state
+        x, r, p, rr, k, min_curv, negative, tracked, saved = state
         ap = matvec(p)
         pap = otu.tree_vdot(p, ap)
         min_curv = jnp.minimum(min_curv, pap / otu.tree_vdot(p, p))
@@ -93,11 +162,27 @@ def cg(
         r = axpy(r, -alpha, ap)
         rr_new = otu.tree_vdot(r, r)
         p = axpy(r, rr_new / rr, p)
-        return x, r, p, rr_new, k + 1, min_curv, negative
+        if track:
+            phi, history = tracked
+            phi = phi - 0.5 * alpha * rr
+            tracked = (phi, history.at[jnp.mod(k + 1, ring)].set(phi))
+        if save:
+            hit = slots == k + 1
+            slot = jnp.where(jnp.any(hit), jnp.argmax(hit), len(save))  # row len(save) is scratch
+            saved = jax.tree_util.tree_map(lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, slot, 0), saved, x)
+        return x, r, p, rr_new, k + 1, min_curv, negative, tracked, saved
 
-    init = (x0, b, b, bb, jnp.int32(0), inf, jnp.array(False))
-    x, _, _, rr, k, min_curv, negative = jax.lax.while_loop(cond, body, init)
-    return CGResult(x, k, jnp.sqrt(rr), jnp.sqrt(bb), min_curv, negative)
+    tracked0: tuple = ()
+    if track:
+        tracked0 = (phi_start, jnp.zeros((ring,), dtype).at[0].set(phi_start))
+    saved0: PyTree = ()
+    if save:
+        saved0 = jax.tree_util.tree_map(lambda v: jnp.zeros((len(save) + 1, *v.shape), v.dtype), x_start)
+    init = (x_start, r_start, r_start, rr_start, jnp.int32(0), inf, jnp.array(False), tracked0, saved0)
+    x, r, _, rr, k, min_curv, negative, _, saved = jax.lax.while_loop(cond, body, init)
+    objective = -0.5 * (otu.tree_vdot(x, r) + otu.tree_vdot(x, b))
+    kept = jax.tree_util.tree_map(lambda s: s[: len(save)], saved) if save else None
+    return CGResult(x, k, jnp.sqrt(rr), jnp.sqrt(bb), min_curv, negative, objective, kept)
 
 
 class DenseSolveResult(NamedTuple):

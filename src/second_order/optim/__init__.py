@@ -1,15 +1,33 @@
 """Second-order optimizers as optax transformations.
 
 Each returns an ``optax.GradientTransformationExtraArgs``; ``update`` takes the loss
-through keyword arguments (``value_fn`` for :func:`newton` and :func:`hessian_free`,
-``predict_fn`` and ``output_loss_fn`` for :func:`gauss_newton`) and ignores the ones
-it does not need, so a trainer can hand every optimizer the same arguments.  SGD is
-``optax.sgd``.
+through keyword arguments (``value_fn``; ``predict_fn`` and ``output_loss_fn`` for
+Gauss-Newton curvature) and ignores the ones it does not need, so a trainer can hand
+every optimizer the same arguments.  SGD is ``optax.sgd``.
+
+* :func:`newton`: exact (damped) Newton on the mini-batch Hessian.
+* :func:`hessian_free`, :func:`gauss_newton`: CG on Hessian / Gauss-Newton products,
+  optionally with Levenberg–Marquardt damping (Martens 2010).
+* :func:`trust_region`: trust-region Newton, Steihaug–Toint CG or Newton–Lanczos (GLTR).
+* :func:`saddle_free_newton`: ``(|H| + λI)⁻¹ g`` on a Lanczos Krylov space (Dauphin et al. 2014).
+* :func:`online_parabola`: a parabola fitted online along the momentum direction (Duda 2019).
 """
 
 from second_order.optim.base import SecondOrderState, collect_diagnostics
 from second_order.optim.gauss_newton import gauss_newton
 from second_order.optim.hessian_free import hessian_free
 from second_order.optim.newton import newton
+from second_order.optim.online_parabola import online_parabola
+from second_order.optim.saddle_free import saddle_free_newton
+from second_order.optim.trust_region import trust_region
 
-__all__ = ["newton", "hessian_free", "gauss_newton", "SecondOrderState", "collect_diagnostics"]
+__all__ = [
+    "newton",
+    "hessian_free",
+    "gauss_newton",
+    "trust_region",
+    "saddle_free_newton",
+    "online_parabola",
+    "SecondOrderState",
+    "collect_diagnostics",
+]

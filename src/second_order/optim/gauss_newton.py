@@ -8,7 +8,9 @@ import jax
 import optax
 
 from second_order.optim.base import cg_transformation, require
+from second_order.optim.cg_step import CGOptions
 from second_order.optim.hessian_free import DEFAULT_MAXITER
+from second_order.optim.levenberg_marquardt import DEFAULT_MIN_DAMPING, UNDAMPED
 
 
 def gauss_newton(
@@ -17,6 +19,12 @@ def gauss_newton(
     maxiter: int | None = DEFAULT_MAXITER,
     tol: float = 1e-5,
     *,
+    damping_adaptation: str | None = None,
+    lm_model: str = UNDAMPED,
+    min_damping: float = DEFAULT_MIN_DAMPING,
+    warm_start: float | None = None,
+    progress_tol: float | None = None,
+    backtracking: bool = False,
     solve_dtype: Any | None = None,
     product_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -39,6 +47,14 @@ def gauss_newton(
     ``jax_enable_x64`` is on, else float32); the update has the parameters' dtype.
     The paper's setting: ``product_dtype=float64``, ``solve_dtype=float64``.
     ``optax.inject_hyperparams`` and diagnostics as for :func:`hessian_free`.
+
+    Martens's options (``damping_adaptation``, ``lm_model``, ``min_damping``,
+    ``warm_start``, ``progress_tol``, ``backtracking``) as for :func:`hessian_free`, all
+    off by default, with ``G`` in place of ``H`` (the undamped model
+    ``q(s) = gᵀs + ½ sᵀGs`` is Martens's own choice for the Gauss-Newton matrix).  The
+    Levenberg–Marquardt ratio and backtracking evaluate the loss, so they also need
+    ``value_fn``: ``update(grads, state, params, value_fn=..., predict_fn=...,
+    output_loss_fn=...)``.  ``configs/optimizer/gauss_newton_lm.yaml`` turns them on.
     """
 
     def make_matvec(params, extra_args):
@@ -52,6 +68,7 @@ def gauss_newton(
 
         return ggn_product
 
+    options = CGOptions(damping_adaptation, lm_model, min_damping, warm_start, progress_tol, backtracking)
     return cg_transformation(
-        "gauss_newton", make_matvec, learning_rate, damping, maxiter, tol, solve_dtype, product_dtype
+        "gauss_newton", make_matvec, learning_rate, damping, maxiter, tol, solve_dtype, product_dtype, options
     )
