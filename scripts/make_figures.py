@@ -102,11 +102,14 @@ def load(roots: Sequence[Path], experiment: str | None) -> list[Run]:
             runs += found
     if experiment is not None:
         return [r for r in runs if r.experiment == experiment]
-    names = sorted({r.experiment for r in runs})
-    if len(names) > 1:
-        print(
-            f"warning: runs of several experiments are pooled: {', '.join(names)} (use --experiment)", file=sys.stderr
-        )
+    for group in group_runs(runs):  # seeds of one configuration from different experiments: say so
+        names = sorted({str(r.experiment) for r in group.runs})
+        if len(names) > 1:
+            print(
+                f"warning: {group.style.label}: runs of several experiments are pooled: {', '.join(names)} "
+                "(use --experiment)",
+                file=sys.stderr,
+            )
     return runs
 
 

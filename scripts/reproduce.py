@@ -4,6 +4,7 @@
     python scripts/reproduce.py            # CPU protocol (make reproduce), ≈ 11 min on 2 CPU cores
     python scripts/reproduce.py --full     # the paper's complete protocol for every method (a GPU)
     python scripts/reproduce.py --paper-precision   # + undamped Newton in the paper's precision (fig. 12)
+    python scripts/reproduce.py --beyond-paper      # + LM damping, trust regions, saddle-free, parabola
 
 SGD, Hessian-free Newton and Hessian-free Gauss-Newton always run the full 7-epoch
 protocol with seeds 0, 1, 2.  Exact Newton (undamped and damped) costs about a second
@@ -29,14 +30,16 @@ REPO = Path(__file__).resolve().parents[1]
 FAST_METHODS = "sgd,hessian_free,gauss_newton"
 NEWTON_METHODS = "newton,newton_damped"
 PAPER_PRECISION = "newton_paper_precision"  # undamped Newton in the paper's precision (figure 12)
+#: The methods of experiment=beyond_paper (configs/experiment/beyond_paper.yaml), full protocol.
+BEYOND_PAPER = "hessian_free_lm,gauss_newton_lm,trust_region_cg,newton_lanczos,saddle_free_newton,online_parabola"
 
 
-def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str]) -> None:
+def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str], experiment: str = "paper") -> None:
     cmd = [
         sys.executable,
         str(REPO / "scripts" / "train.py"),
         "-m",
-        "experiment=paper",
+        f"experiment={experiment}",
         f"optimizer={optimizers}",
         f"seed={seeds}",
         "trainer.resume=true",
@@ -80,6 +83,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run undamped Newton in the paper's precision (first step float32, then float64 parameters)",
     )
+    parser.add_argument(
+        "--beyond-paper",
+        action="store_true",
+        help="also run experiment=beyond_paper (LM damping, trust regions, saddle-free Newton, online parabola)",
+    )
+    parser.add_argument(
+        "--beyond-runs", type=Path, default=REPO / "runs" / "beyond_paper", help="run directories of --beyond-paper"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "paper", help="where run directories go")
     parser.add_argument("--out", type=Path, default=REPO / "results", help="figures, tables and manifest")
@@ -98,11 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     sweep(args.runs, NEWTON_METHODS, args.seeds, newton_extra)
     if args.paper_precision:
         sweep(args.runs, PAPER_PRECISION, args.seeds, newton_extra)
+    roots = [args.runs]
+    if args.beyond_paper:
+        sweep(args.beyond_runs, BEYOND_PAPER, args.seeds, extra, experiment="beyond_paper")
+        roots.append(args.beyond_runs)
     train_wall = time.time() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_figures.py"), str(args.runs), "--out", str(args.out)],
+        [sys.executable, str(REPO / "scripts" / "make_figures.py"), *map(str, roots), "--out", str(args.out)],
         cwd=REPO,
         check=True,
     )
@@ -115,7 +130,7 @@ def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: 
 
     jobs = [
         {
-            "run_dir": str(r.path.relative_to(args.runs)),
+            "run_dir": str(r.path.relative_to(REPO)) if r.path.is_relative_to(REPO) else str(r.path),
             **{
                 k: r.summary.get(k)
                 for k in (
@@ -132,12 +147,13 @@ def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: 
                 )
             },
         }
-        for r in runs.find_runs([args.runs])
+        for r in runs.find_runs([args.runs, args.beyond_runs] if args.beyond_paper else [args.runs])
     ]
     manifest = {
         "command": "make reproduce"
         + (" FULL=1" if args.full else "")
-        + (" --paper-precision" if args.paper_precision else ""),
+        + (" --paper-precision" if args.paper_precision else "")
+        + (" --beyond-paper" if args.beyond_paper else ""),
         "protocol": "full"
         if args.full
         else "cpu: exact Newton budget "

@@ -105,6 +105,18 @@ BAD = [
     (["+optimizer.dampin=3"], "optimizer.dampin"),
     (["+banana=1"], "banana"),
     (["optimizer=bogus"], "bogus"),
+    # beyond the paper: trust regions, Krylov sizes, LM, the online parabola
+    (["optimizer=trust_region_cg", "optimizer.initial_radius=-1"], "optimizer.initial_radius"),
+    (["optimizer=trust_region_cg", "optimizer.eta=0.5"], "optimizer.eta"),
+    (["optimizer=trust_region_cg", "optimizer.eta=-0.1"], "optimizer.eta"),
+    (["optimizer=trust_region_cg", "optimizer.solver=lanczos"], "optimizer.solver"),
+    (["optimizer=trust_region_cg", "optimizer.curvature=fisher"], "optimizer.curvature"),
+    (["optimizer=newton_lanczos", "optimizer.krylov_dim=0"], "optimizer.krylov_dim"),
+    (["optimizer=saddle_free_newton", "optimizer.krylov_dim=0"], "optimizer.krylov_dim"),
+    (["optimizer=saddle_free_newton", "optimizer.damping=-1"], "optimizer.damping"),
+    (["optimizer=hessian_free_lm", "optimizer.damping_adaptation=marquardt"], "optimizer.damping_adaptation"),
+    (["optimizer=gauss_newton_lm", "optimizer.lm_model=exact"], "optimizer.lm_model"),
+    (["optimizer=online_parabola", "optimizer.beta=1.5"], "optimizer.beta"),
 ]
 
 

@@ -299,3 +299,16 @@ def test_trajectory_figures_appear_for_runs_that_log_their_columns(
     _, rate = group_trajectory(groups["trust_region_cg"], "accepted", 4)  # type: ignore[misc]
     assert rate[-1] == pytest.approx(0.75)
     assert group_trajectory(groups["sgd"], "damping", 4) is None
+
+
+def test_pooling_is_warned_only_when_one_group_mixes_experiments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(style, "FIGURE_FORMATS", ("png",))
+    write_run(tmp_path / "a", "sgd", 0, n_steps=60, summary_extra={"experiment": "paper"})
+    write_run(tmp_path / "b", "online_parabola", 0, n_steps=60, summary_extra={"experiment": "beyond_paper"})
+    assert _load_script().main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
+    assert "pooled" not in capsys.readouterr().err  # two experiments, but each method from one
+    write_run(tmp_path / "b", "sgd", 1, n_steps=60, summary_extra={"experiment": "beyond_paper"})
+    assert _load_script().main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
+    assert "warning: SGD: runs of several experiments are pooled: beyond_paper, paper" in capsys.readouterr().err

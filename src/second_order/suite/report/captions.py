@@ -20,7 +20,7 @@ from second_order.suite.report.style import method_style
 from second_order.suite.tracking.runs import Run
 
 if TYPE_CHECKING:
-    from second_order.suite.report.figures import FigureSpec
+    from second_order.suite.report.specs import FigureSpec
 
 
 def _distinct(runs: Sequence[Run], fact: Callable[[Run], object]) -> list[str]:

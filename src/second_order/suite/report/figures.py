@@ -13,7 +13,6 @@ seconds add up different machines) but kept on step and epoch axes.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,6 +40,7 @@ from second_order.suite.report.curves import (
 from second_order.suite.report.grouping import Group, group_runs, groups_of
 from second_order.suite.report.loading import ReportWarning
 from second_order.suite.report.runinfo import devices, mixed_devices
+from second_order.suite.report.specs import FIGURES, FigureSpec
 from second_order.suite.report.style import new_figure, save_figure, with_paper_style
 from second_order.suite.report.trajectories import make_trajectory_figures
 from second_order.suite.tracking.runs import Run
@@ -51,7 +51,6 @@ __all__ = ["BANDS", "FIGURES", "Curve", "FigureSpec", "MissingMethodWarning", "a
 
 MAX_POINTS = 2000  # per drawn line; smoothed curves are thinned to about this many points
 CLIP_FACTOR = 1.5  # linear loss axes stop at 1.5 x the initial loss when a curve explodes
-BASELINE = "sgd"  # drawn in every paper figure beside the featured method(s)
 
 
 class MissingMethodWarning(ReportWarning):
@@ -60,59 +59,6 @@ class MissingMethodWarning(ReportWarning):
 
 def _missing(message: str) -> None:
     warnings.warn(message, MissingMethodWarning, stacklevel=3)
-
-
-@dataclasses.dataclass(frozen=True)
-class FigureSpec:
-    """One output figure: file name, x axis kind, methods drawn (None: all), paper slide."""
-
-    name: str
-    kind: str  # "step" | "time" | "epoch"
-    methods: tuple[str, ...] | None
-    slide: int | None = None
-    log_time: bool = False
-    requires: tuple[str, ...] = ()  # drawn only when all of these have runs
-
-    @property
-    def featured(self) -> tuple[str, ...]:
-        """The methods the figure is about (all but the SGD baseline); empty for the overview."""
-        return tuple(m for m in self.methods or () if m != BASELINE) or tuple(self.methods or ())
-
-    def skipped_because(self, present: set[str]) -> str | None:
-        """Why the figure cannot be drawn from runs of ``present`` methods, or None."""
-        if self.methods is not None and not present & set(self.featured):
-            return f"no runs of {' or '.join(self.featured)}"
-        missing = [m for m in self.requires if m not in present]
-        return f"no runs of {', '.join(missing)}" if missing else None
-
-
-def _pair(slide: int, kind: str, other: tuple[str, ...]) -> FigureSpec:
-    what = {"step": "loss_vs_step", "time": "loss_vs_time", "epoch": "acc_vs_epoch"}[kind]
-    return FigureSpec(f"fig{slide:02d}_{what}_{other[-1]}", kind, (BASELINE,) + other, slide)
-
-
-FIGURES: tuple[FigureSpec, ...] = (
-    FigureSpec("fig00_overview_loss_vs_time", "time", None, None, log_time=True),  # every optimizer found
-    _pair(1, "step", ("newton",)),
-    _pair(2, "time", ("newton",)),
-    _pair(3, "step", ("newton_damped",)),
-    _pair(4, "time", ("newton_damped",)),
-    _pair(5, "epoch", ("newton_damped",)),
-    _pair(6, "step", ("hessian_free",)),
-    _pair(7, "time", ("hessian_free",)),
-    _pair(8, "epoch", ("hessian_free",)),
-    _pair(9, "step", ("hessian_free", "gauss_newton")),
-    _pair(10, "time", ("hessian_free", "gauss_newton")),
-    _pair(11, "epoch", ("hessian_free", "gauss_newton")),
-    # Beyond the paper: what its precision (first step float32, then float64 parameters)
-    # does to undamped Newton; drawn when `reproduce.py --paper-precision` was run.
-    FigureSpec(
-        "fig12_loss_vs_step_newton_precision",
-        "step",
-        ("newton", "newton_paper_precision"),
-        requires=("newton_paper_precision",),
-    ),
-)
 
 
 def _groups(runs: Sequence[Run], groups: Sequence[Group] | None) -> Sequence[Group]:

@@ -50,6 +50,19 @@ EXTRA_STYLES: dict[str, MethodStyle] = {
     "newton_paper_precision": MethodStyle(
         "Newton, paper precision", "Newton in the paper's precision (first step float32, then float64)",
         "#000000", (0, (3, 1, 1, 1)), "x"),
+    # experiment=beyond_paper: each a darker or new hue beside the paper method it extends
+    "hessian_free_lm": MethodStyle("HF Newton + LM", "Hessian-free Newton, Levenberg-Marquardt damping",
+                                   "#00604A", "-", "^"),
+    "gauss_newton_lm": MethodStyle("HF Gauss-Newton + LM", "Hessian-free Gauss-Newton, Levenberg-Marquardt damping",
+                                   "#8E3B73", "-", "v"),
+    "trust_region_cg": MethodStyle("TR Newton (Steihaug CG)", "Trust-region Newton, Steihaug-Toint CG",
+                                   "#56B4E9", (0, (4, 1, 1, 1)), "P"),
+    "newton_lanczos": MethodStyle("TR Newton-Lanczos", "Trust-region Newton-Lanczos (GLTR)",
+                                  "#8C564B", (0, (6, 2)), "X"),
+    "saddle_free_newton": MethodStyle("Saddle-free Newton", "Saddle-free Newton (Krylov, absolute eigenvalues)",
+                                      "#9467BD", (0, (1, 1, 3, 1)), "*"),
+    "online_parabola": MethodStyle("Online parabola", "SGD with an online parabola model",
+                                   "#7F7F7F", (0, (2, 1)), "h"),
 }  # fmt: skip
 
 # Optimizers the paper does not have: colours none of the five above use (stable per name).
@@ -105,9 +118,10 @@ def method_style(name: str) -> MethodStyle:
 
 
 def ordered_methods(names: Iterable[str]) -> list[str]:
-    """Names in the paper's order, unknown ones after them alphabetically."""
+    """Names in the paper's order, then this suite's presets, unknown ones after them alphabetically."""
     names = set(names)
-    return [m for m in METHODS if m in names] + sorted(names - set(METHODS))
+    known = [*METHODS, *EXTRA_STYLES]
+    return [m for m in known if m in names] + sorted(names - set(known))
 
 
 @contextlib.contextmanager

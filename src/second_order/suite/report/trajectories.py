@@ -44,7 +44,7 @@ class TrajectorySpec:
     what: str  # caption text: what the figure shows
 
 
-RHO = Panel("rho", "reduction ratio ρ (clipped to [−1, 2])", clip=(-1.0, 2.0))
+RHO = Panel("rho", "reduction ratio ρ", clip=(-1.0, 2.0))
 TRAJECTORIES: tuple[TrajectorySpec, ...] = (
     TrajectorySpec(
         "fig13_damping_trajectory",
@@ -113,7 +113,7 @@ def trajectory_caption(spec: TrajectorySpec, shown: Sequence[Group], window: int
     names = "; ".join(f"{g.style.label} ({len(g.runs)} seed{'s' if len(g.runs) != 1 else ''})" for g in shown)
     return (
         f"{spec.title}: {spec.what}, against the optimizer step. Each line is the mean over seeds of a trailing "
-        f"{window}-step moving average (λ and Δ unsmoothed). Runs: {names}."
+        f"{window}-step moving average (λ and Δ unsmoothed; ρ clipped to [−1, 2] for display). Runs: {names}."
     )
 
 
