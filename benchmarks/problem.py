@@ -10,7 +10,8 @@ import numpy as np
 import optax
 
 from second_order.optim import collect_diagnostics
-from second_order.suite.model import MLP, cross_entropy
+from second_order.suite.model import MLP
+from second_order.suite.training.step import loss_functions
 
 
 class Problem:
@@ -19,6 +20,7 @@ class Problem:
     def __init__(self, data: Any, hidden: int, batch: int, num_classes: int, seed: int = 0):
         self.hidden, self.batch = hidden, batch
         self.model = MLP(hidden=(hidden,), num_classes=num_classes)
+        self.apply_fn: Callable[..., Any] = self.model.apply
         self.x_all = jax.device_put(data.train_images)
         self.y_all = jax.device_put(data.train_labels)
         n_train = self.x_all.shape[0]
@@ -40,18 +42,8 @@ class Problem:
 
     def fns(self, x: jax.Array, y: jax.Array) -> tuple[Callable, Callable, Callable]:
         """(value_fn, predict_fn, output_loss_fn) of the mini-batch (x, y), as the optimizers take them."""
-        apply = self.model.apply
-
-        def predict_fn(p):
-            return apply({"params": p}, x)
-
-        def output_loss_fn(z):
-            return cross_entropy(z, y)
-
-        def value_fn(p):
-            return output_loss_fn(predict_fn(p))
-
-        return value_fn, predict_fn, output_loss_fn
+        f = loss_functions(self.apply_fn, x, y)
+        return f.value_fn, f.predict_fn, f.output_loss_fn
 
     def grad_fn(self) -> Callable:
         """(params, x, y) → (loss, gradient)."""
@@ -61,11 +53,9 @@ class Problem:
         """One optimizer step as in the trainer: value_and_grad, tx.update, apply_updates."""
 
         def step(params, opt_state, x, y):
-            value_fn, predict_fn, output_loss_fn = self.fns(x, y)
-            loss, grads = jax.value_and_grad(value_fn)(params)
-            updates, opt_state = tx.update(
-                grads, opt_state, params, value_fn=value_fn, predict_fn=predict_fn, output_loss_fn=output_loss_fn
-            )
+            fns = loss_functions(self.apply_fn, x, y)  # every extra argument the trainer passes
+            loss, grads = jax.value_and_grad(fns.value_fn)(params)
+            updates, opt_state = tx.update(grads, opt_state, params, **fns._asdict())
             return optax.apply_updates(params, updates), opt_state, loss, collect_diagnostics(opt_state)
 
         return step

@@ -100,9 +100,12 @@ import importlib.util, inspect, jax, jax.numpy as jnp, optax
 import second_order.optim as so
 for absent in ("hydra", "omegaconf", "wandb", "matplotlib", "tqdm", "flax"):
     assert importlib.util.find_spec(absent) is None, absent + " was installed with the core"
-params = {"a": {"w": jnp.array([[1.0, -0.5], [0.3, 2.0]])}, "b": jnp.array([0.1, -0.2])}
+params = {"layer": {"kernel": jnp.array([[1.0, -0.5], [0.3, 2.0]]), "bias": jnp.array([0.1, -0.2])}}
 x, y = jnp.array([[1.0, 2.0], [-1.0, 0.5], [0.2, 0.1]]), jnp.array([0, 1, 1])
-def predict_fn(p): return jnp.tanh(x @ p["a"]["w"]) + p["b"]
+def tapped_predict_fn(p, taps):  # a Dense layer (kernel (in, out), bias), its pre-activation tapped
+    s = x @ p["layer"]["kernel"] + p["layer"]["bias"]
+    return jnp.tanh(s if taps is None else s + taps["layer"]), {"layer": x}
+def predict_fn(p): return tapped_predict_fn(p, None)[0]
 def output_loss_fn(z): return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
 def value_fn(p): return output_loss_fn(predict_fn(p))
 names = [n for n in so.__all__ if inspect.isfunction(getattr(so, n)) and n != "collect_diagnostics"]
@@ -113,7 +116,8 @@ for name in names:
     state = tx.init(params)
     grads = jax.grad(value_fn)(params)
     updates, state = jax.jit(lambda g, s, p: tx.update(g, s, p, value_fn=value_fn, predict_fn=predict_fn,
-                                                        output_loss_fn=output_loss_fn))(grads, state, params)
+                                                        output_loss_fn=output_loss_fn,
+                                                        tapped_predict_fn=tapped_predict_fn))(grads, state, params)
     new = optax.apply_updates(params, updates)
     assert value_fn(new) < value_fn(params), name
     print(name, float(value_fn(params)), "->", float(value_fn(new)), sorted(so.collect_diagnostics(state)))

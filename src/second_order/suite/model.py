@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,6 +27,43 @@ class MLP(nn.Module):
         for width in self.hidden:
             x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(self.num_classes)(x)
+
+
+def apply_with_dense_taps(
+    apply_fn: Callable[..., jax.Array], variables: Mapping[str, Any], x: jax.Array, taps: Any | None
+) -> tuple[jax.Array, dict[str, Any]]:
+    """``apply_fn(variables, x)`` with every ``nn.Dense`` tapped: ``(outputs, layer_inputs)``.
+
+    Works for any Flax model whose Dense layers are ``nn.Dense`` modules, each called
+    once (``nn.intercept_methods``; the model is not changed).  ``layer_inputs`` holds
+    each Dense layer's input ``a`` (``(..., in)``) and ``taps`` (``None``: none) each
+    layer's tap, an array shaped like its pre-activation output ``s = a W + b``
+    (``(..., out)``) that is added to ``s``; both are nested dicts keyed like the
+    parameters (``{"Dense_0": a₀, "Dense_1": a₁}`` for :class:`MLP`).  At zero taps
+    the outputs are unchanged and ∂L/∂tap = ∂L/∂s, the back-propagated
+    pre-activation gradients.
+    """
+    inputs: dict[str, Any] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        if not isinstance(context.module, nn.Dense) or context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        *outer, last = context.module.path
+        node = inputs
+        for key in outer:
+            node = node.setdefault(key, {})
+        node[last] = args[0]
+        out = next_fun(*args, **kwargs)
+        if taps is None:
+            return out
+        tap = taps
+        for key in context.module.path:
+            tap = tap[key]
+        return out + tap
+
+    with nn.intercept_methods(interceptor):
+        outputs = apply_fn(variables, x)
+    return outputs, inputs
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -13,7 +13,19 @@ optimizer (each one takes what it needs and ignores the rest):
   products, line searches, ratios ρ);
 * ``predict_fn``: ``params → outputs`` ``z = f(w)``, the logits of the batch
   (Gauss-Newton, K-FAC-style methods);
-* ``output_loss_fn``: ``outputs → scalar`` ``ℓ(z)``, so ``L = ℓ ∘ f``.
+* ``output_loss_fn``: ``outputs → scalar`` ``ℓ(z)``, so ``L = ℓ ∘ f``;
+* ``tapped_predict_fn``: ``(params, taps) → (outputs, layer_inputs)``, ``predict_fn``
+  with every Dense layer (a parameter dict with a 2-D ``kernel`` ``(in, out)`` and
+  optionally a ``bias``) tapped (K-FAC-style methods): ``layer_inputs`` holds each
+  Dense layer's input ``a`` ``(batch, in)``; ``taps`` (``None``: no taps) holds
+  for each Dense layer an array ``(batch, out)`` that the model adds to the layer's
+  pre-activation output ``s = a W + b``.  Both are nested dicts keyed like the
+  parameters (``{"Dense_0": ..., "Dense_1": ...}``).  At zero taps the outputs are
+  ``predict_fn``'s and the gradients of the loss w.r.t. the taps are the
+  back-propagated pre-activation gradients ∂L/∂s.  The taps' structure comes from
+  ``jax.eval_shape(tapped_predict_fn, params, None)``: a layer's tap is zeros of
+  shape ``a.shape[:-1] + (kernel.shape[1],)``
+  (:func:`second_order.optim.kfac.zero_taps`).
 
 Whatever diagnostics the optimizer's state carries
 (:func:`second_order.optim.collect_diagnostics`) are returned per step and logged;
@@ -30,7 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from second_order.optim import collect_diagnostics
-from second_order.suite.model import cross_entropy
+from second_order.suite.model import apply_with_dense_taps, cross_entropy
 
 PyTree = Any
 ApplyFn = Callable[..., jax.Array]
@@ -42,10 +54,11 @@ class LossFunctions(NamedTuple):
     value_fn: Callable[[PyTree], jax.Array]
     predict_fn: Callable[[PyTree], jax.Array]
     output_loss_fn: Callable[[jax.Array], jax.Array]
+    tapped_predict_fn: Callable[[PyTree, PyTree | None], tuple[jax.Array, PyTree]]
 
 
 def loss_functions(apply_fn: ApplyFn, x: jax.Array, y: jax.Array) -> LossFunctions:
-    """The batch ``(x, y)``'s loss as ``value_fn = output_loss_fn ∘ predict_fn``."""
+    """The batch ``(x, y)``'s loss as ``value_fn = output_loss_fn ∘ predict_fn``, and its tapped ``predict_fn``."""
 
     def predict_fn(params: PyTree) -> jax.Array:
         return apply_fn({"params": params}, x)
@@ -56,7 +69,10 @@ def loss_functions(apply_fn: ApplyFn, x: jax.Array, y: jax.Array) -> LossFunctio
     def value_fn(params: PyTree) -> jax.Array:
         return output_loss_fn(predict_fn(params))
 
-    return LossFunctions(value_fn, predict_fn, output_loss_fn)
+    def tapped_predict_fn(params: PyTree, taps: PyTree | None) -> tuple[jax.Array, PyTree]:
+        return apply_with_dense_taps(apply_fn, {"params": params}, x, taps)
+
+    return LossFunctions(value_fn, predict_fn, output_loss_fn, tapped_predict_fn)
 
 
 def train_step(
