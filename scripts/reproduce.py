@@ -5,6 +5,7 @@
     python scripts/reproduce.py --full     # the paper's complete protocol for every method (a GPU)
     python scripts/reproduce.py --paper-precision   # + undamped Newton in the paper's precision (fig. 12)
     python scripts/reproduce.py --beyond-paper      # + LM damping, trust regions, saddle-free, parabola
+    python scripts/reproduce.py --baselines         # + Adam, Sophia, AdaHessian, Shampoo, K-FAC
 
 SGD, Hessian-free Newton and Hessian-free Gauss-Newton always run the full 7-epoch
 protocol with seeds 0, 1, 2.  Exact Newton (undamped and damped) costs about a second
@@ -32,6 +33,8 @@ NEWTON_METHODS = "newton,newton_damped"
 PAPER_PRECISION = "newton_paper_precision"  # undamped Newton in the paper's precision (figure 12)
 #: The methods of experiment=beyond_paper (configs/experiment/beyond_paper.yaml), full protocol.
 BEYOND_PAPER = "hessian_free_lm,gauss_newton_lm,trust_region_cg,newton_lanczos,saddle_free_newton,online_parabola"
+#: The methods of experiment=baselines (configs/experiment/baselines.yaml), full protocol.
+BASELINES = "adam,sophia,adahessian,shampoo,kfac"
 
 
 def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str], experiment: str = "paper") -> None:
@@ -91,6 +94,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--beyond-runs", type=Path, default=REPO / "runs" / "beyond_paper", help="run directories of --beyond-paper"
     )
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also run experiment=baselines (Adam, Sophia, AdaHessian, Shampoo, K-FAC)",
+    )
+    parser.add_argument(
+        "--baselines-runs", type=Path, default=REPO / "runs" / "baselines", help="run directories of --baselines"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "paper", help="where run directories go")
     parser.add_argument("--out", type=Path, default=REPO / "results", help="figures, tables and manifest")
@@ -109,20 +120,29 @@ def main(argv: list[str] | None = None) -> int:
     sweep(args.runs, NEWTON_METHODS, args.seeds, newton_extra)
     if args.paper_precision:
         sweep(args.runs, PAPER_PRECISION, args.seeds, newton_extra)
-    roots = [args.runs]
     if args.beyond_paper:
         sweep(args.beyond_runs, BEYOND_PAPER, args.seeds, extra, experiment="beyond_paper")
-        roots.append(args.beyond_runs)
+    if args.baselines:
+        sweep(args.baselines_runs, BASELINES, args.seeds, extra, experiment="baselines")
     train_wall = time.time() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_figures.py"), *map(str, roots), "--out", str(args.out)],
+        [sys.executable, str(REPO / "scripts" / "make_figures.py"), *map(str, run_roots(args)), "--out", str(args.out)],
         cwd=REPO,
         check=True,
     )
     write_manifest(args, train_wall, time.time() - start)
     return 0
+
+
+def run_roots(args: argparse.Namespace) -> list[Path]:
+    """The run roots this invocation fills (the figures and the manifest read all of them)."""
+    return (
+        [args.runs]
+        + ([args.beyond_runs] if args.beyond_paper else [])
+        + ([args.baselines_runs] if args.baselines else [])
+    )
 
 
 def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: float) -> None:
@@ -147,13 +167,14 @@ def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: 
                 )
             },
         }
-        for r in runs.find_runs([args.runs, args.beyond_runs] if args.beyond_paper else [args.runs])
+        for r in runs.find_runs(run_roots(args))
     ]
     manifest = {
         "command": "make reproduce"
         + (" FULL=1" if args.full else "")
         + (" --paper-precision" if args.paper_precision else "")
-        + (" --beyond-paper" if args.beyond_paper else ""),
+        + (" --beyond-paper" if args.beyond_paper else "")
+        + (" --baselines" if args.baselines else ""),
         "protocol": "full"
         if args.full
         else "cpu: exact Newton budget "

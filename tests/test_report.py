@@ -312,3 +312,15 @@ def test_pooling_is_warned_only_when_one_group_mixes_experiments(
     write_run(tmp_path / "b", "sgd", 1, n_steps=60, summary_extra={"experiment": "beyond_paper"})
     assert _load_script().main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
     assert "warning: SGD: runs of several experiments are pooled: beyond_paper, paper" in capsys.readouterr().err
+
+
+def test_an_optimizer_seed_that_follows_the_run_seed_does_not_split_groups(tmp_path: Path) -> None:
+    """optimizer.seed: ${seed} (Hutchinson probes, sketches) differs per run like the seed itself."""
+    from second_order.suite.report.grouping import group_runs
+    from second_order.suite.report.loading import load_runs
+
+    for seed in (0, 1, 2):
+        write_run(tmp_path, "sophia", seed, n_steps=60, config={"optimizer.seed": seed})
+    write_run(tmp_path, "sophia", 0, n_steps=60, config={"optimizer.seed": 0, "optimizer.gamma": 0.1}, tag="g")
+    groups = group_runs(load_runs([tmp_path]))
+    assert sorted(len(g.runs) for g in groups) == [1, 3]  # gamma splits, the probe seed does not

@@ -51,18 +51,18 @@ def test_runs_group_by_config_not_by_optimizer(tmp_path: Path, capsys: pytest.Ca
               config={"optimizer.damping": 1.0, "trainer.max_steps": 60, "trainer.resume": True,
                       "trainer.chunk_steps": 7, "data.dir": "/elsewhere", "logger.wandb.mode": "disabled",
                       "experiment_name": "other"})  # fmt: skip
-    write_run(root, "adam", 0, n_steps=100)  # an optimizer the paper does not have
+    write_run(root, "lion", 0, n_steps=100)  # an optimizer the paper does not have
     write_run(root, "sgd", 7, n_steps=100, write_config=False, tag="_old")  # joins the only SGD group
 
     with pytest.warns(ReportWarning, match="sgd_s7_completed_old: no config.yaml"):
         groups = group_runs(load_runs([root]))
     assert [(g.label, len(g.runs)) for g in groups] == [
-        ("SGD", 3), ("HF Newton (damping 1)", 3), ("HF Newton (damping 4)", 2), ("adam", 1),
+        ("SGD", 3), ("HF Newton (damping 1)", 3), ("HF Newton (damping 4)", 2), ("lion", 1),
     ]  # fmt: skip
     assert groups[1].budgets() == "max steps 60" and "trainer.resume" in IGNORED_KEYS
     assert groups[1].style.color != groups[2].style.color
-    assert style.method_style("adam") == style.method_style("adam")  # stable fallback
-    assert style.method_style("adam").color not in {s.color for s in style.STYLES.values()}
+    assert style.method_style("lion") == style.method_style("lion")  # stable fallback
+    assert style.method_style("lion").color not in {s.color for s in style.STYLES.values()}
 
     out = tmp_path / "out"
     assert _load_script().main([str(root), "--out", str(out), "--smooth", "5"]) == 0
@@ -73,10 +73,10 @@ def test_runs_group_by_config_not_by_optimizer(tmp_path: Path, capsys: pytest.Ca
         hf["hessian_free[optimizer.damping=1]"]["n_runs"] == "3"
         and "max steps 60" in hf["hessian_free[optimizer.damping=1]"]["note"]
     )
-    assert any(r["method"] == "adam" for r in rows)
+    assert any(r["method"] == "lion" for r in rows)
     captions = (out / "captions.md").read_text()
     assert "“HF Newton (damping 4)”; learning rate 0.5, damping 4, tol 1e-05" in captions
-    assert "adam (learning rate 0.01)" in captions  # the overview draws every optimizer found
+    assert "lion (learning rate 0.01)" in captions  # the overview draws every optimizer found
     printed = capsys.readouterr().out
     assert "found HF Newton (damping 1): 3 run(s)" in printed
 

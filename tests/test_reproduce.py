@@ -33,3 +33,10 @@ def test_newton_budget_options():
     assert rep.newton_overrides(timed, []) == ["trainer.max_time_s=60.0"]
     full = rep.parse_args(["--full"])
     assert rep.newton_overrides(full, ["x=1"]) == ["x=1"]
+
+
+def test_the_run_roots_follow_the_flags():
+    rep = _reproduce()
+    assert rep.run_roots(rep.parse_args([])) == [REPO / "runs" / "paper"]
+    both = rep.run_roots(rep.parse_args(["--beyond-paper", "--baselines"]))
+    assert both == [REPO / "runs" / "paper", REPO / "runs" / "beyond_paper", REPO / "runs" / "baselines"]

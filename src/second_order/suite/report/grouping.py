@@ -30,6 +30,7 @@ from second_order.suite.tracking.runs import Run, flatten_config
 
 IGNORED_KEYS: tuple[str, ...] = (
     "seed",
+    "*.seed",  # seeds of an optimizer's random parts (probes, sketches), e.g. optimizer.seed: ${seed}
     "experiment_name",  # a name; --experiment selects by it, pooled experiments are warned about
     "trainer.resume",
     "trainer.progress",

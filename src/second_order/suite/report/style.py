@@ -63,6 +63,12 @@ EXTRA_STYLES: dict[str, MethodStyle] = {
                                       "#9467BD", (0, (1, 1, 3, 1)), "*"),
     "online_parabola": MethodStyle("Online parabola", "SGD with an online parabola model",
                                    "#7F7F7F", (0, (2, 1)), "h"),
+    # experiment=baselines: the methods the field compares against
+    "adam": MethodStyle("Adam", "Adam", "#17BECF", "-", "o"),
+    "sophia": MethodStyle("Sophia", "Sophia (optax.contrib)", "#BCBD22", (0, (5, 2)), "s"),
+    "adahessian": MethodStyle("AdaHessian", "AdaHessian", "#D62728", (0, (3, 1, 1, 1)), "D"),
+    "shampoo": MethodStyle("Shampoo", "Shampoo (Adam graft)", "#1F3A93", (0, (1, 1)), "^"),
+    "kfac": MethodStyle("K-FAC", "K-FAC (Dense layers)", "#FF7F0E", (0, (4, 2, 1, 2)), "v"),
 }  # fmt: skip
 
 # Optimizers the paper does not have: colours none of the five above use (stable per name).
