@@ -65,18 +65,27 @@ EXACT_NEWTON = [n for n in ALL_OPTIMIZERS if _target(n).endswith(".newton")]
 OTHERS = [n for n in ALL_OPTIMIZERS if n not in EXACT_NEWTON]
 
 
-@pytest.mark.parametrize("name", OTHERS)
-def test_short_run_decreases_loss_and_writes_logs(name, real_mnist_dir, tmp_path):
-    run_dir = tmp_path / name
+@pytest.fixture(scope="module")
+def short_runs(real_mnist_dir, tmp_path_factory) -> Path:
+    """One Hydra multirun of 60 steps per optimizer (one process: the jobs share its start-up)."""
+    sweep_dir = tmp_path_factory.mktemp("short_runs")
     proc = train_cli(
-        f"optimizer={name}",
+        "-m",
+        f"optimizer={','.join(OTHERS)}",
         f"data.dir={real_mnist_dir}",
         "trainer.max_steps=60",
         "trainer.chunk_steps=20",
-        f"hydra.run.dir={run_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
         "logger.wandb.mode=offline",
+        timeout=1200,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep_dir
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_short_run_decreases_loss_and_writes_logs(name, short_runs):
+    (run_dir,) = {p.parent for p in (short_runs / name).rglob(runs.SUMMARY_FILE)}
     summary = check_run_files(run_dir)
     assert summary["status"] == "budget" and summary["steps"] == 60 and not summary["diverged"]
     run = runs.load_run(run_dir)
