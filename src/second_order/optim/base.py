@@ -240,6 +240,26 @@ def cg_transformation(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+def static_hyperparameter(fn: str, name: str, value: Any) -> int | None:
+    """A hyperparameter that fixes array shapes: ``int(value)`` (``None`` passes), or a TypeError if traced."""
+    if value is None:
+        return None
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{fn}: {name} fixes array shapes and cannot be traced; with optax.inject_hyperparams "
+            f"pass static_args=({name!r}, ...)"
+        )
+    return int(value)
+
+
+def positive_static_int(fn: str, name: str, value: Any) -> int:
+    """:func:`static_hyperparameter` that must be given and ``>= 1`` (a ValueError otherwise)."""
+    out = static_hyperparameter(fn, name, value)
+    if out is None or out < 1:
+        raise ValueError(f"{fn}: {name} must be >= 1, got {value}")
+    return out
+
+
 def static_maxiter(name: str, maxiter: Any, n: int) -> int:
     """``maxiter`` as a Python int (``None``: ``10·n``), or a TypeError when it is traced."""
     if maxiter is None:

@@ -16,6 +16,7 @@ from second_order.optim.base import (
     descent_updates,
     require,
     resolve_solve_dtype,
+    static_hyperparameter,
 )
 from second_order.solvers import damped_solve, low_rank_damped_solve
 
@@ -25,18 +26,6 @@ CHOLESKY, EIGH_PINV, LOW_RANK = 0, 1, 2
 #: Default ``max_rank`` of :func:`newton`: the paper's mini-batch Hessian (batch 64,
 #: 784-10-10 ReLU network) has rank ≈ 470 measured, ≤ 64 · (10 + 2·10) = 1,920.
 DEFAULT_MAX_RANK = 640
-
-
-def _static(name: str, value: Any) -> int | None:
-    """A shape-determining integer hyperparameter: concrete, or a clear error."""
-    if value is None:
-        return None
-    if isinstance(value, jax.core.Tracer):
-        raise TypeError(
-            f"newton: {name} fixes array shapes and cannot be traced; with optax.inject_hyperparams "
-            f"pass static_args=({name!r}, ...)"
-        )
-    return int(value)
 
 
 def newton(
@@ -98,8 +87,8 @@ def newton(
     of the low-rank check (NaN when it did not run), ``grad_norm``, ``step_norm``.
     """
     check_hyperparameters("newton", learning_rate, damping)
-    max_rank = _static("max_rank", max_rank)
-    chunk_size = _static("hessian_chunk_size", hessian_chunk_size)
+    max_rank = static_hyperparameter("newton", "max_rank", max_rank)
+    chunk_size = static_hyperparameter("newton", "hessian_chunk_size", hessian_chunk_size)
     if max_rank is not None and max_rank < 1:
         raise ValueError(f"newton: max_rank must be >= 1 or None, got {max_rank}")
     dtype = resolve_solve_dtype(solve_dtype)

@@ -15,10 +15,10 @@ from second_order.optim.base import (
     SecondOrderState,
     check_hyperparameters,
     descent_updates,
+    positive_static_int,
     require,
     resolve_solve_dtype,
 )
-from second_order.optim.trust_region import positive_static_int
 from second_order.solvers import pinv_rtol
 
 

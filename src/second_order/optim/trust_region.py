@@ -12,7 +12,13 @@ from jax.flatten_util import ravel_pytree
 
 from second_order.curvature import ggn_vp, tree_cast
 from second_order.krylov import KrylovStep, gltr, steihaug_cg
-from second_order.optim.base import SecondOrderState, concrete_float, require, resolve_solve_dtype
+from second_order.optim.base import (
+    SecondOrderState,
+    concrete_float,
+    positive_static_int,
+    require,
+    resolve_solve_dtype,
+)
 
 PyTree = Any
 
@@ -29,19 +35,6 @@ class TrustRegionState(NamedTuple):
 
     radius: jax.Array
     base: SecondOrderState
-
-
-def positive_static_int(fn: str, name: str, value: Any) -> int:
-    """A shape-determining integer hyperparameter: concrete, or a clear error."""
-    if isinstance(value, jax.core.Tracer):
-        raise TypeError(
-            f"{fn}: {name} fixes array shapes and cannot be traced; with optax.inject_hyperparams "
-            f"pass static_args=({name!r}, ...)"
-        )
-    out = int(value)
-    if out < 1:
-        raise ValueError(f"{fn}: {name} must be >= 1, got {value}")
-    return out
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
