@@ -33,7 +33,8 @@ NEWTON_PANELS: tuple[Panel, ...] = (
 )
 
 
-def _logged(run: Run, column: str) -> bool:
+def logged(run: Run, column: str) -> bool:
+    """Whether ``run`` logged ``column`` with at least one finite value."""
     values = run.steps.get(column)
     return values is not None and bool(np.isfinite(values).any())
 
@@ -51,7 +52,7 @@ def plot_diagnostics(
     runs: Sequence[Run], panels: Sequence[Panel], title: str, groups: Sequence[Group] | None = None
 ) -> Figure | None:
     """One panel per column at least one run logged; None when no run logged any."""
-    panels = [p for p in panels if any(_logged(r, p[0]) for r in runs)]
+    panels = [p for p in panels if any(logged(r, p[0]) for r in runs)]
     if not panels:
         return None
     wanted = {id(r) for r in runs}
@@ -60,15 +61,15 @@ def plot_diagnostics(
     for ax, (column, label, log) in zip(axes, panels):
         for group in groups if groups is not None else group_runs(runs):
             st = group.style
-            for run in (r for r in group.runs if id(r) in wanted and _logged(r, column)):
+            for run in (r for r in group.runs if id(r) in wanted and logged(r, column)):
                 ax.plot(run.steps["step"], run.steps[column], color=st.color, linestyle=st.linestyle,
                         marker="." if column == "solve_path" else None, markersize=2,
                         label=f"{st.label} s{run.seed}")  # fmt: skip
                 tol = cfg_get(run, "optimizer.tol")
                 if column == "cg_residual" and isinstance(tol, (int, float)) and tol > 0:
                     ax.axhline(float(tol), color=st.color, linestyle=":", linewidth=0.8)
-        logged = [r.steps[column] for r in runs if _logged(r, column)]
-        if log and all(np.nanmin(v) > 0 for v in logged):
+        values = [r.steps[column] for r in runs if logged(r, column)]
+        if log and all(np.nanmin(v) > 0 for v in values):
             ax.set_yscale("log")
         if column == "solve_path":
             set_solve_path_axis(ax)

@@ -19,9 +19,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from second_order.suite.report.curves import moving_average
+from second_order.suite.report.diagnostics import logged
 from second_order.suite.report.grouping import Group
 from second_order.suite.report.style import new_figure, save_figure, with_paper_style
-from second_order.suite.tracking.runs import Run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +62,14 @@ TRAJECTORIES: tuple[TrajectorySpec, ...] = (
 )
 
 
-def _logged(run: Run, column: str) -> bool:
-    values = run.steps.get(column)
-    return values is not None and bool(np.isfinite(values).any())
+def groups_logging(spec: TrajectorySpec, groups: Sequence[Group]) -> list[Group]:
+    """The groups with a run that logged the figure's first column."""
+    return [g for g in groups if any(logged(r, spec.panels[0].column) for r in g.runs)]
 
 
 def group_trajectory(group: Group, column: str, window: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(steps, mean over seeds of the moving average of ``column``) over the steps all seeds reached."""
-    series = [(r.steps["step"], moving_average(r.steps[column], window)) for r in group.runs if _logged(r, column)]
+    series = [(r.steps["step"], moving_average(r.steps[column], window)) for r in group.runs if logged(r, column)]
     if not series:
         return None
     n = min(len(s) for s, _ in series)
@@ -82,7 +82,7 @@ def group_trajectory(group: Group, column: str, window: int) -> tuple[np.ndarray
 @with_paper_style
 def plot_trajectory(spec: TrajectorySpec, groups: Sequence[Group], window: int = 50) -> Figure | None:
     """The figure of ``spec`` for the groups that logged its columns; None when none did."""
-    shown = [g for g in groups if any(_logged(r, spec.panels[0].column) for r in g.runs)]
+    shown = groups_logging(spec, groups)
     if not shown:
         return None
     fig = new_figure(width=2.6 * len(spec.panels), height=2.5)
@@ -126,6 +126,5 @@ def make_trajectory_figures(groups: Sequence[Group], out_dir: Path, window: int 
         if fig is None:
             continue
         paths += save_figure(fig, out_dir, spec.name)
-        shown = [g for g in groups if any(_logged(r, spec.panels[0].column) for r in g.runs)]
-        captions += [f"**{spec.name}.** " + trajectory_caption(spec, shown, window), ""]
+        captions += [f"**{spec.name}.** " + trajectory_caption(spec, groups_logging(spec, groups), window), ""]
     return paths, captions
