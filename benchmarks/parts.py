@@ -75,6 +75,10 @@ def section_parts(data: Any, s: Settings, methods: Mapping[str, Method]) -> dict
         f"ggn {sec(parts['ggn_vp']) * 1e3:.3f} ms"
     )
 
+    # -- one in-loop curvature measurement (diagnostics=curvature, default sizes), off the time axis in training.
+    parts["curvature_diagnostics"], products = curvature_call(prob, p32, s)
+    log(f"  curvature diagnostics call {sec(parts['curvature_diagnostics']) * 1e3:.1f} ms ({products} products)")
+
     # -- CG solves (the optimizers' own update, given the gradient) at init and after SGD.
     trained = train_sgd(prob, methods["sgd"], s.sgd_steps)
     cg = {}
@@ -142,6 +146,8 @@ def section_parts(data: Any, s: Settings, methods: Mapping[str, Method]) -> dict
             med(steps.get("newton_damped")), sec(parts["dense_hessian"]) + sec(parts["cholesky"])
         ),
         "jax_hessian_over_dense_hessian": ratio(med(parts["jax_hessian"]), med(parts["dense_hessian"])),
+        "curvature_diagnostics_over_gradient": ratio(med(parts["curvature_diagnostics"]), g32),
+        "curvature_diagnostics_products": products,
         "cg_iteration_over_hvp": {
             m: ratio(
                 cg[m]["init"]["time_per_iteration_s"], med(parts["hvp"] if m == "hessian_free" else parts["ggn_vp"])
@@ -318,3 +324,20 @@ def cg_stats(prob: Problem, method: Method, states: dict, s: Settings) -> dict:
             "note": "solve = the optimizer's update given the gradient (float64 cast, linearisation, CG, cast back)",
         }
     return out
+
+
+def curvature_call(prob: Problem, params: Any, s: Settings) -> tuple[dict, int]:
+    """One call of the trainer's curvature probe (configs/diagnostics/curvature.yaml's sizes, both matrices).
+
+    Returns (timing, curvature products per call).
+    """
+    from second_order.suite.config import DiagnosticsConfig
+    from second_order.suite.spectrum import SpectrumSizes, make_curvature_probe
+    from second_order.suite.training.step import loss_functions
+
+    d = DiagnosticsConfig(name="curvature")
+    sizes = SpectrumSizes(d.top_k, d.lanczos_steps, d.trace_probes, d.slq_probes, d.slq_steps, d.negative_tol)
+    probe = make_curvature_probe(lambda x, y: loss_functions(prob.apply_fn, x, y), d.matrices, sizes, "float64")
+    args = (params, prob.x_all, prob.y_all, prob.perm(0)[0], jax.random.PRNGKey(0))
+    timing, _ = measure(probe, *args, repeats=s.repeats, min_total_s=s.min_total_s)
+    return timing, sizes.products * len(d.matrices)

@@ -101,7 +101,9 @@ def _parts_md(p: dict, settings: dict) -> list[str]:
         + "; "
         "damped Newton step / (Hessian build + Cholesky): "
         f"{fmt_x(r['newton_damped_step_over_hessian_plus_cholesky'])}; "
-        f"jax.hessian / dense_hessian: {fmt_x(r['jax_hessian_over_dense_hessian'])}.",
+        f"jax.hessian / dense_hessian: {fmt_x(r['jax_hessian_over_dense_hessian'])}; "
+        f"one curvature-diagnostics call (diagnostics=curvature, {r.get('curvature_diagnostics_products')} "
+        f"Hessian and Gauss-Newton products) / gradient: {fmt_x(r.get('curvature_diagnostics_over_gradient'), 0)}.",
     ]
     if "newton_over_newton_lowrank" in r:
         k = p["steps"]["newton" + LOW_RANK_SUFFIX].get("max_rank")

@@ -25,6 +25,7 @@ from second_order.suite.report.figures import BANDS, make_all_figures
 from second_order.suite.report.grouping import group_runs
 from second_order.suite.report.loading import ReportWarning, load_runs
 from second_order.suite.report.runinfo import status_counts
+from second_order.suite.report.spectra import split_measured
 from second_order.suite.report.style import METHODS
 from second_order.suite.report.tables import write_all_tables
 from second_order.suite.tracking.runs import Run
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         describe(runs)
     with warning_lines():
         written = make_all_figures(runs, args.out, smooth=args.smooth, log_loss=args.log_loss, band=args.band)
-        written += write_all_tables(runs, args.out)
+        written += write_all_tables(split_measured(runs)[0], args.out)
     kinds = collections.Counter(p.suffix for p in written)
     for path in written:
         print(f"wrote {path}")

@@ -6,6 +6,7 @@
     python scripts/reproduce.py --paper-precision   # + undamped Newton in the paper's precision (fig. 12)
     python scripts/reproduce.py --beyond-paper      # + LM damping, trust regions, saddle-free, parabola
     python scripts/reproduce.py --baselines         # + Adam, Sophia, AdaHessian, Shampoo, K-FAC
+    python scripts/reproduce.py --curvature         # + Hessian / Gauss-Newton spectra along training
 
 SGD, Hessian-free Newton and Hessian-free Gauss-Newton always run the full 7-epoch
 protocol with seeds 0, 1, 2.  Exact Newton (undamped and damped) costs about a second
@@ -35,6 +36,10 @@ PAPER_PRECISION = "newton_paper_precision"  # undamped Newton in the paper's pre
 BEYOND_PAPER = "hessian_free_lm,gauss_newton_lm,trust_region_cg,newton_lanczos,saddle_free_newton,online_parabola"
 #: The methods of experiment=baselines (configs/experiment/baselines.yaml), full protocol.
 BASELINES = "adam,sophia,adahessian,shampoo,kfac"
+#: experiment=curvature (configs/experiment/curvature.yaml): spectra along training, one seed.
+CURVATURE = "sgd,hessian_free,gauss_newton,gauss_newton_lm,saddle_free_newton,adam,kfac"
+CURVATURE_SEED = "0"
+CURVATURE_NEWTON_EVERY = 10  # exact Newton runs 100 steps (its budget): a measurement every 10
 
 
 def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str], experiment: str = "paper") -> None:
@@ -102,6 +107,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--baselines-runs", type=Path, default=REPO / "runs" / "baselines", help="run directories of --baselines"
     )
+    parser.add_argument(
+        "--curvature",
+        action="store_true",
+        help="also run experiment=curvature (Hessian and Gauss-Newton spectra along training, seed 0)",
+    )
+    parser.add_argument(
+        "--curvature-runs", type=Path, default=REPO / "runs" / "curvature", help="run directories of --curvature"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "paper", help="where run directories go")
     parser.add_argument("--out", type=Path, default=REPO / "results", help="figures, tables and manifest")
@@ -124,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         sweep(args.beyond_runs, BEYOND_PAPER, args.seeds, extra, experiment="beyond_paper")
     if args.baselines:
         sweep(args.baselines_runs, BASELINES, args.seeds, extra, experiment="baselines")
+    if args.curvature:
+        sweep(args.curvature_runs, CURVATURE, CURVATURE_SEED, extra, experiment="curvature")
+        every = [f"diagnostics.every_steps={CURVATURE_NEWTON_EVERY}"] if not args.full else []
+        sweep(args.curvature_runs, NEWTON_METHODS, CURVATURE_SEED, newton_extra + every, experiment="curvature")
     train_wall = time.time() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +159,7 @@ def run_roots(args: argparse.Namespace) -> list[Path]:
         [args.runs]
         + ([args.beyond_runs] if args.beyond_paper else [])
         + ([args.baselines_runs] if args.baselines else [])
+        + ([args.curvature_runs] if args.curvature else [])
     )
 
 
@@ -174,7 +192,8 @@ def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: 
         + (" FULL=1" if args.full else "")
         + (" --paper-precision" if args.paper_precision else "")
         + (" --beyond-paper" if args.beyond_paper else "")
-        + (" --baselines" if args.baselines else ""),
+        + (" --baselines" if args.baselines else "")
+        + (" --curvature" if args.curvature else ""),
         "protocol": "full"
         if args.full
         else "cpu: exact Newton budget "

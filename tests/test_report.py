@@ -324,3 +324,60 @@ def test_an_optimizer_seed_that_follows_the_run_seed_does_not_split_groups(tmp_p
     write_run(tmp_path, "sophia", 0, n_steps=60, config={"optimizer.seed": 0, "optimizer.gamma": 0.1}, tag="g")
     groups = group_runs(load_runs([tmp_path]))
     assert sorted(len(g.runs) for g in groups) == [1, 3]  # gamma splits, the probe seed does not
+
+
+def write_curvature(run_dir: Path, steps: list[int], top: list[float], nodes: np.ndarray, weights: np.ndarray) -> None:
+    """A curvature.csv as diagnostics=curvature writes it (one matrix pair, top_k 1)."""
+    from second_order.suite.tracking.runs import CURVATURE_COLUMNS, CURVATURE_FILE
+
+    names = [
+        f"{m}_{c}" for m in ("hessian", "gauss_newton") for c in ("top1", "bottom1", "trace", "trace_sem", "neg_mass")
+    ]
+    names += [f"hessian_slq_node{j}" for j in range(len(nodes))] + [f"hessian_slq_weight{j}" for j in range(len(nodes))]
+    log = CsvLog(run_dir / CURVATURE_FILE, CURVATURE_COLUMNS + tuple(names))
+    for step, t in zip(steps, top):
+        values = [t, -0.5, 10.0, 1.0, 0.01, t / 2, 0.0, 5.0, 0.5, 0.0, *nodes, *weights]
+        log.write_rows([(step, step // 50, 0.01 * step, 0.2, *values)])
+    log.close()
+
+
+def test_curvature_figures_come_from_measured_runs_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs with curvature.csv draw figures 21-22 and stay out of the loss figures and tables."""
+    from second_order.suite.report.grouping import group_runs
+    from second_order.suite.report.loading import load_runs
+    from second_order.suite.report.spectra import _series, split_measured
+
+    monkeypatch.setattr(style, "FIGURE_FORMATS", ("png",))
+    nodes, weights = np.array([-2.0, 0.001, 3.0, 40.0]), np.array([0.01, 0.94, 0.04, 0.01])
+    write_run(tmp_path / "runs", "sgd", 0, n_steps=120)
+    for seed, top in ((0, [40.0, 20.0, 10.0]), (1, [60.0, 30.0, 20.0])):
+        write_run(tmp_path / "runs", "hessian_free", seed, n_steps=120, tag="_measured",
+                  config={"diagnostics": {"name": "curvature"}})  # fmt: skip
+        write_curvature(
+            tmp_path / "runs" / f"hessian_free_s{seed}_completed_measured", [0, 50, 100], top, nodes, weights
+        )
+    runs = load_runs([tmp_path / "runs"])
+    plain, measured = split_measured(runs)
+    assert [r.optimizer for r in plain] == ["sgd"] and len(measured) == 2
+    (group,) = group_runs(measured)
+    steps, mean = _series(group, "hessian_top1")  # type: ignore[misc]
+    np.testing.assert_array_equal(steps, [0, 50, 100])
+    np.testing.assert_allclose(mean, [50.0, 25.0, 15.0])  # mean over the two seeds
+
+    out = tmp_path / "results"
+    assert _load_script().main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert (out / "fig21_curvature_along_training.png").stat().st_size > 1000
+    assert (out / "fig22_spectral_density.png").stat().st_size > 1000
+    captions = (out / "captions.md").read_text()
+    assert "**fig21_curvature_along_training.**" in captions and "HF Newton" in captions
+    overview = captions.split("**fig00_overview_loss_vs_time.**")[1].split("\n")[0]
+    assert "HF Newton" not in overview, "measured runs must not join the loss figures"
+
+    # Measured runs alone: they are all there is, so they draw the loss figures too.
+    alone = tmp_path / "alone"
+    assert (
+        _load_script().main([str(tmp_path / "runs" / "hessian_free_s0_completed_measured"), "--out", str(alone)]) == 0
+    )
+    assert (alone / "fig21_curvature_along_training.png").exists() and (
+        alone / "fig00_overview_loss_vs_time.png"
+    ).exists()

@@ -96,6 +96,34 @@ class TrainerConfig:
     progress: bool = setting(True, help="progress bar on stderr")
 
 
+DIAGNOSTICS = ("none", "curvature")
+CURVATURE_MATRICES = ("hessian", "gauss_newton")
+
+
+@dataclasses.dataclass
+class DiagnosticsConfig:
+    """In-loop measurements off the optimizer clock (``diagnostics=curvature``; see second_order.suite.spectrum)."""
+
+    name: str = setting("none", help="none, or curvature: Hessian and Gauss-Newton spectra", choices=DIAGNOSTICS)
+    every_steps: int = setting(
+        100, help="measure at every this many steps of each epoch (and at its first and the last step)", minimum=1
+    )
+    matrices: list[str] = setting(
+        factory=lambda: list(CURVATURE_MATRICES),
+        help="curvature matrices measured",
+        check=lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(CURVATURE_MATRICES),
+        allowed="a non-empty list of distinct names from hessian, gauss_newton",
+    )
+    top_k: int = setting(3, help="largest and smallest eigenvalues logged per matrix", minimum=1)
+    lanczos_steps: int = setting(40, help="Lanczos steps (products) for the extreme eigenvalues", minimum=1)
+    trace_probes: int = setting(16, help="Rademacher probes of the Hutchinson trace", minimum=1)
+    slq_probes: int = setting(4, help="probes of the stochastic Lanczos quadrature density", minimum=1)
+    slq_steps: int = setting(30, help="Lanczos steps per SLQ probe (nodes per probe)", minimum=1)
+    negative_tol: float = setting(
+        1e-3, help="negative mass counts eigenvalues below -negative_tol * max|eigenvalue|", minimum=0, maximum=0.5
+    )
+
+
 @dataclasses.dataclass
 class WandbConfig:
     mode: str = setting(
@@ -128,6 +156,7 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     optimizer: Any = MISSING  # open group: see validate_optimizer
+    diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
     logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
 
 
@@ -263,6 +292,7 @@ class ValidConfig:
     trainer: TrainerConfig
     optimizer: OptimizerConfig
     logger: LoggerConfig
+    diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
 
 
 def validate(cfg: Mapping[str, Any]) -> ValidConfig:
@@ -283,6 +313,12 @@ def validate(cfg: Mapping[str, Any]) -> ValidConfig:
     _check_dataclass(typed, "")
     if typed.model.param_dtype == "float64" and not typed.x64:
         raise _fail("model.param_dtype", "float64", "float32 when x64 = false (float64 needs x64=true)")
+    if typed.diagnostics.top_k > typed.diagnostics.lanczos_steps:
+        raise _fail(
+            "diagnostics.top_k",
+            typed.diagnostics.top_k,
+            f"at most diagnostics.lanczos_steps = {typed.diagnostics.lanczos_steps}",
+        )
     from second_order.suite.optimizer_config import validate_optimizer
 
     return ValidConfig(
@@ -294,4 +330,5 @@ def validate(cfg: Mapping[str, Any]) -> ValidConfig:
         typed.trainer,
         validate_optimizer(optimizer),
         typed.logger,
+        typed.diagnostics,
     )

@@ -49,7 +49,10 @@ def prepare(cfg: Mapping[str, Any]) -> tuple[ValidConfig, optax.GradientTransfor
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two configs, budgets and bookkeeping aside."""
-    a, b = runs.flatten_config(_plain(old)), runs.flatten_config(_plain(new))
+    old, new = _plain(old), _plain(new)
+    if "diagnostics" not in old and (new.get("diagnostics") or {}).get("name") == "none":
+        old["diagnostics"] = new["diagnostics"]  # a run from before the diagnostics group measured nothing
+    a, b = runs.flatten_config(old), runs.flatten_config(new)
     return sorted(
         k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUMABLE_KEYS)
     )
@@ -138,9 +141,10 @@ def _run_locked(
         lambda p: jax.ShapeDtypeStruct(p.shape, rc.model.param_dtype), abstract_params
     )
     diag_names = list(collect_diagnostics(jax.eval_shape(tx.init, abstract_params)))
+    probe, curvature_names = curvature_probe(rc, model, abstract_params)
     previous = (runs.read_summary(run_dir) or {}) if resuming else {}
     wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id"))
-    logger = RunLogger(run_dir, diag_names, wandb)
+    logger = RunLogger(run_dir, diag_names, wandb, curvature_names)
     per_epoch = n_train // rc.trainer.batch_size
     base = {
         "optimizer": rc.optimizer.name,
@@ -188,6 +192,7 @@ def _run_locked(
             logger=logger,
             param_dtype=rc.model.param_dtype,
             signals=signals,
+            probe=probe,
         )
     except BaseException as err:
         # Never leave "running" behind: a failed resume restores the record it found,
@@ -214,6 +219,7 @@ def _run_locked(
         "eval_time_s": outcome.clock.get("eval", 0.0),
         "log_time_s": outcome.clock.get("log", 0.0),
         "checkpoint_time_s": outcome.clock.get("checkpoint", 0.0),
+        **_curvature_summary(run_dir, outcome.clock, probe is not None),
         "diverged": outcome.status == "diverged",
         "diverged_step": outcome.diverged_step,
         "signal": outcome.signal,
@@ -224,6 +230,31 @@ def _run_locked(
         wandb.set_summary(summary)
         wandb.finish(exit_code=0 if outcome.status in ("completed", "budget", "diverged") else 1)
     return summary
+
+
+def curvature_probe(rc: ValidConfig, model: Any, abstract_params: Any) -> tuple[tuple[Any, int] | None, list[str]]:
+    """``diagnostics=curvature``: the trainer's probe ``(fn, every_steps)`` and the columns of curvature.csv."""
+    d = rc.diagnostics
+    if d.name == "none":
+        return None, []
+    from second_order.suite.spectrum import SpectrumSizes, column_names, make_curvature_probe
+    from second_order.suite.training.step import loss_functions
+
+    n = int(sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract_params)))
+    for key in ("lanczos_steps", "slq_steps"):
+        if getattr(d, key) > n:
+            raise ConfigError(f"diagnostics.{key} = {getattr(d, key)} is invalid: must be at most the {n} parameters")
+    sizes = SpectrumSizes(d.top_k, d.lanczos_steps, d.trace_probes, d.slq_probes, d.slq_steps, d.negative_tol)
+    dtype = "float64" if rc.x64 else "float32"
+    fn = make_curvature_probe(lambda x, y: loss_functions(model.apply, x, y), d.matrices, sizes, dtype)
+    return (fn, d.every_steps), column_names(d.matrices, sizes)
+
+
+def _curvature_summary(run_dir: Path, clock: Mapping[str, float], enabled: bool) -> dict[str, Any]:
+    if not enabled:
+        return {}
+    rows = runs.read_table(run_dir / runs.CURVATURE_FILE).get("step", np.zeros(0))
+    return {"curvature_time_s": clock.get("curvature", 0.0), "curvature_calls": len(rows)}
 
 
 def _wandb_logger(rc: ValidConfig, run_dir: Path, cfg: Mapping[str, Any], resume_id: str | None) -> Any:

@@ -41,6 +41,7 @@ from second_order.suite.report.grouping import Group, group_runs, groups_of
 from second_order.suite.report.loading import ReportWarning
 from second_order.suite.report.runinfo import devices, mixed_devices
 from second_order.suite.report.specs import FIGURES, FigureSpec
+from second_order.suite.report.spectra import make_spectrum_figures, split_measured
 from second_order.suite.report.style import new_figure, save_figure, with_paper_style
 from second_order.suite.report.trajectories import make_trajectory_figures
 from second_order.suite.tracking.runs import Run
@@ -332,11 +333,13 @@ def make_all_figures(
     runs: Sequence[Run], out_dir: Path | str, *, smooth: int = 50, log_loss: bool = False, band: str = "std"
 ) -> list[Path]:
     """Write every figure in :data:`FIGURES`, the trajectory figures some run has data for
-    (:mod:`.trajectories`), PNG + PDF, and ``captions.md``; returns paths.
+    (:mod:`.trajectories`), the curvature figures of runs that measured it (:mod:`.spectra`;
+    those runs draw nothing else), PNG + PDF, and ``captions.md``; returns paths.
 
     A figure none of whose featured methods has runs is skipped with a warning.
     """
     out_dir = Path(out_dir)
+    runs, measured = split_measured(runs)
     groups = group_runs(runs)
     present = {g.optimizer for g in groups}
     paths: list[Path] = []
@@ -353,6 +356,9 @@ def make_all_figures(
         text = caption(spec, runs, smooth=smooth, log_loss=log_loss, band=band, groups=groups)
         captions += [f"**{spec.name}.** " + text, ""]
     more, more_captions = make_trajectory_figures(groups, out_dir, window=smooth)
+    paths += more
+    captions += more_captions
+    more, more_captions = make_spectrum_figures(group_runs(measured), out_dir)
     paths += more
     captions += more_captions
     out_dir.mkdir(parents=True, exist_ok=True)

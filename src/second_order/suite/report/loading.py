@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from second_order.suite.tracking.runs import CONFIG_FILE, EVAL_FILE, STEPS_FILE, SUMMARY_FILE, Run
+from second_order.suite.tracking.runs import CONFIG_FILE, CURVATURE_FILE, EVAL_FILE, STEPS_FILE, SUMMARY_FILE, Run
 
 
 class ReportWarning(UserWarning):
@@ -130,7 +130,8 @@ def load_run_checked(path: Path | str) -> Run | None:
     summary = {**summary, "seed": seed}
     steps = dedupe_steps(read_table_checked(path / STEPS_FILE), path / STEPS_FILE)
     evals = dedupe_steps(read_table_checked(path / EVAL_FILE), path / EVAL_FILE)
-    return Run(path=path, config=config, summary=summary, steps=steps, evals=evals)
+    curvature = dedupe_steps(read_table_checked(path / CURVATURE_FILE), path / CURVATURE_FILE)
+    return Run(path=path, config=config, summary=summary, steps=steps, evals=evals, curvature=curvature)
 
 
 def run_dirs(root: Path | str) -> list[Path]:

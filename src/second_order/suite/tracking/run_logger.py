@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,19 +13,35 @@ from second_order.suite.tracking import runs
 
 
 class RunLogger:
-    """Per-step and per-epoch metrics → ``steps.csv`` / ``eval.csv`` and an optional W&B run.
+    """Per-step, per-epoch and curvature metrics → ``steps.csv`` / ``eval.csv`` / ``curvature.csv``, and W&B.
 
     ``diagnostic_names`` fixes the extra columns of ``steps.csv`` (the optimizer's
-    diagnostics).  Rows are buffered by the OS and flushed every chunk; ``flush(durable=True)``
-    also fsyncs (every epoch, checkpoint and stop).
+    diagnostics), ``curvature_names`` those of ``curvature.csv`` (none: no such file).
+    Rows are buffered by the OS and flushed every chunk; ``flush(durable=True)`` also
+    fsyncs (every epoch, checkpoint and stop).  W&B receives every curvature column but
+    the SLQ nodes and weights (``curvature/<name>``): they are the raw density, kept
+    in the CSV for the report's density figure.
     """
 
-    def __init__(self, run_dir: Path, diagnostic_names: Sequence[str], wandb: Any | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        diagnostic_names: Sequence[str],
+        wandb: Any | None = None,
+        curvature_names: Sequence[str] = (),
+    ):
         self.run_dir = Path(run_dir)
         self.diagnostic_names = tuple(sorted(diagnostic_names))
+        self.curvature_names = tuple(curvature_names)
         self.steps = runs.CsvLog(self.run_dir / runs.STEPS_FILE, runs.STEP_COLUMNS + self.diagnostic_names)
         self.evals = runs.CsvLog(self.run_dir / runs.EVAL_FILE, runs.EVAL_COLUMNS)
+        self.curvature = self._curvature_log()
         self.wandb = wandb
+
+    def _curvature_log(self) -> runs.CsvLog | None:
+        if not self.curvature_names:
+            return None
+        return runs.CsvLog(self.run_dir / runs.CURVATURE_FILE, runs.CURVATURE_COLUMNS + self.curvature_names)
 
     def log_steps(
         self,
@@ -53,24 +70,40 @@ class RunLogger:
                 {"step": step, "epoch": epoch, "time_s": time_s, "eval/loss": test_loss, "eval/acc": test_acc}
             )
 
+    def log_curvature(self, step: int, epoch: int, time_s: float, seconds: float, values: Mapping[str, Any]) -> None:
+        """One curvature measurement at ``step`` (``values`` keyed by ``curvature_names``)."""
+        if self.curvature is None:
+            raise ValueError("log_curvature needs curvature_names")
+        row = (step, epoch, float(time_s), float(seconds), *(float(values[n]) for n in self.curvature_names))
+        self.curvature.write_rows([row])
+        self.curvature.flush()
+        if self.wandb is not None:
+            from second_order.suite.spectrum import is_summary_column
+
+            metrics = {f"curvature/{n}": float(values[n]) for n in self.curvature_names if is_summary_column(n)}
+            self.wandb.log_eval({"step": step, "epoch": epoch, "time_s": float(time_s), **metrics})
+
+    def _tables(self) -> list[runs.CsvLog]:
+        return [t for t in (self.steps, self.evals, self.curvature) if t is not None]
+
     def flush(self, durable: bool = False) -> None:
-        self.steps.flush(durable)
-        self.evals.flush(durable)
+        for table in self._tables():
+            table.flush(durable)
 
     def truncate_after(self, step: int) -> None:
         """Forget rows logged after ``step`` (resuming from a checkpoint taken there)."""
-        self.steps.close()
-        self.evals.close()
-        runs.truncate_after_step(self.run_dir / runs.STEPS_FILE, step)
-        runs.truncate_after_step(self.run_dir / runs.EVAL_FILE, step)
+        for table in self._tables():
+            table.close()
+        for name in (runs.STEPS_FILE, runs.EVAL_FILE, runs.CURVATURE_FILE):
+            runs.truncate_after_step(self.run_dir / name, step)
         self.steps = runs.CsvLog(self.run_dir / runs.STEPS_FILE, self.steps.columns)
         self.evals = runs.CsvLog(self.run_dir / runs.EVAL_FILE, self.evals.columns)
+        self.curvature = self._curvature_log()
 
     def close(self) -> None:
-        try:
-            self.steps.close()
-        finally:
-            self.evals.close()
+        with contextlib.ExitStack() as stack:  # every table is closed, even when one fails
+            for table in self._tables():
+                stack.callback(table.close)
 
 
 def _python_values(values: np.ndarray) -> list[Any]:

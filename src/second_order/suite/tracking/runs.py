@@ -7,6 +7,9 @@ A run directory holds::
                        (a run resumed on another machine has several)
     steps.csv          one row per optimizer step: step, epoch, train_loss, time_s, <diagnostics>
     eval.csv           one row per evaluation: epoch, step, time_s, test_loss, test_acc
+    curvature.csv      diagnostics=curvature only: one row per measurement: step, epoch, time_s,
+                       seconds (its own cost), <matrix>_top1..., _bottom1..., _trace, _neg_mass,
+                       _slq_node0..., _slq_weight0... (see second_order.suite.spectrum)
     summary.json       final numbers and status (see ``SUMMARY_KEYS``)
 
 ``time_s`` is the cumulative optimizer wall-clock time (compilation, evaluation and
@@ -33,10 +36,12 @@ CONFIG_FILE = "config.yaml"
 ENV_FILE = "environment.json"
 STEPS_FILE = "steps.csv"
 EVAL_FILE = "eval.csv"
+CURVATURE_FILE = "curvature.csv"
 SUMMARY_FILE = "summary.json"
 
 STEP_COLUMNS = ("step", "epoch", "train_loss", "time_s")
 EVAL_COLUMNS = ("epoch", "step", "time_s", "test_loss", "test_acc")
+CURVATURE_COLUMNS = ("step", "epoch", "time_s", "seconds")
 SUMMARY_KEYS = (
     "optimizer",
     "experiment",
@@ -55,6 +60,8 @@ SUMMARY_KEYS = (
     "param_count",
     "log_time_s",
     "checkpoint_time_s",
+    "curvature_time_s",  # diagnostics=curvature: seconds spent measuring (off the time axis)
+    "curvature_calls",
     "signal",
     "wandb_run_id",
     "error",
@@ -248,6 +255,7 @@ class Run:
     summary: dict[str, Any]
     steps: dict[str, np.ndarray]
     evals: dict[str, np.ndarray]
+    curvature: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # empty without diagnostics
 
     @property
     def optimizer(self) -> str:
@@ -317,6 +325,7 @@ def load_run(path: Path | str) -> Run:
         summary=summary,
         steps=read_table(path / STEPS_FILE),
         evals=read_table(path / EVAL_FILE),
+        curvature=read_table(path / CURVATURE_FILE) if (path / CURVATURE_FILE).exists() else {},
     )
 
 

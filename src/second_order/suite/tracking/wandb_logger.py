@@ -9,9 +9,10 @@ Metric layout (one W&B history row per optimizer step, plus one per evaluation):
 
     step rows:  step, epoch, time_s, train/loss, opt/<diagnostic>...
     eval rows:  step, epoch, time_s, eval/loss, eval/acc
+    curvature rows (diagnostics=curvature): step, epoch, time_s, curvature/<measure>...
 
 ``step`` (our optimizer step) is the x-axis of every ``train/*``, ``opt/*``,
-``eval/*`` chart via ``define_metric(..., step_metric="step")``; W&B's own
+``eval/*``, ``curvature/*`` chart via ``define_metric(..., step_metric="step")``; W&B's own
 ``_step`` just counts ``log`` calls, so resumed runs that re-log steps after a
 checkpoint never trip W&B's "step must increase" check.  ``time_s`` is logged
 in every row and declared with ``define_metric("time_s")``, so it can be picked
@@ -163,7 +164,7 @@ class WandbLogger:
         try:
             run.define_metric("step")
             run.define_metric("time_s")
-            for pattern in ("epoch", "train/*", "opt/*", "eval/*"):
+            for pattern in ("epoch", "train/*", "opt/*", "eval/*", "curvature/*"):
                 run.define_metric(pattern, step_metric="step")
         except Exception:
             run.finish(exit_code=1)

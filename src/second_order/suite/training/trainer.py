@@ -7,7 +7,8 @@ discarded warm-up per chunk shape, the optimizer clock stopped after
 :class:`~.stop.StopSignals` say when to stop, and :mod:`.checkpoint` commits the
 state after each evaluation, every ``checkpoint_every_s`` and on stop.  The step
 itself and the optimizer contract are in :mod:`.step`.  Compilation (with the
-warm-up), evaluation, logging and checkpointing have their own clocks.
+warm-up), evaluation, in-loop measurements (:mod:`.probe`), logging and
+checkpointing have their own clocks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from second_order.suite.config import TrainerConfig
 from second_order.suite.tracking.run_logger import RunLogger
 from second_order.suite.training import checkpoint as ckpt
 from second_order.suite.training.clock import Clock
+from second_order.suite.training.probe import PROBE_STREAM, TimedProbe
 from second_order.suite.training.resources import check_fits
 from second_order.suite.training.sampler import EpochSampler
 from second_order.suite.training.step import make_chunk_fn, make_eval_fn
@@ -87,6 +89,7 @@ def fit(
     logger: RunLogger,
     param_dtype: str = "float32",
     signals: StopSignals | None = None,
+    probe: tuple[Any, int] | None = None,
 ) -> Outcome:
     """Train ``model`` with ``tx`` on ``data`` (train/test images and labels) into ``run_dir``.
 
@@ -94,6 +97,10 @@ def fit(
     float64 reproduces the paper's exact Newton, whose float32 parameters became
     float64 after its first step.  ``signals``: handlers the caller installed earlier
     (so that a signal during data loading stops the run too); default: installed here.
+    ``probe``: ``(fn, every_steps)``, a jitted measurement ``(params, X, Y, batch_idx,
+    key) → {column: scalar}`` (e.g. :func:`second_order.suite.spectrum.make_curvature_probe`)
+    taken at step 0, every ``every_steps`` steps of each epoch and at the end, on the
+    batch of the next step, and logged with ``logger.log_curvature``.
     """
     clock = Clock()
     with clock.measure("setup"):
@@ -118,7 +125,10 @@ def fit(
         logger.truncate_after(step)  # rows past the checkpoint (or all rows: no checkpoint) are redone
         run_chunk = TimedChunks(make_chunk_fn(model.apply, tx), clock)
         eval_fn = make_eval_fn(model.apply)
+        measurer = TimedProbe(probe[0], probe[1], clock) if probe is not None else None
+        probe_key = jax.random.fold_in(jax.random.PRNGKey(seed), PROBE_STREAM)
     start_step = step
+    measured_step: int | None = meta.get("measured_step")
     last_eval: dict[str, float] = dict(meta.get("last_eval", {}))
     status, diverged_step = "completed", None
     last_ckpt = time.monotonic()
@@ -132,10 +142,22 @@ def fit(
         with clock.measure("log"):
             logger.log_eval(epoch, step, clock["train"], float(loss), float(acc))
 
+    def measure() -> None:
+        """The probe at the current parameters, on the batch of the next step."""
+        nonlocal measured_step
+        if measurer is None or measured_step == step:
+            return
+        batch = sampler.chunk(step, 1, step + 1)[0]
+        values, seconds = measurer(params, x_train, y_train, batch, jax.random.fold_in(probe_key, step))
+        with clock.measure("log"):
+            logger.log_curvature(step, step // per_epoch, clock["train"], seconds, values)
+        measured_step = step
+
     def save_checkpoint() -> None:
+        meta = {"step": step, "clock": clock.state(), "last_eval": last_eval, "measured_step": measured_step}
         with clock.measure("checkpoint"):
             logger.flush(durable=True)
-            ckpt.save(run_dir, params, opt_state, {"step": step, "clock": clock.state(), "last_eval": last_eval})
+            ckpt.save(run_dir, params, opt_state, meta)
 
     with contextlib.ExitStack() as stack:
         if signals is None:
@@ -148,7 +170,10 @@ def fit(
             if policy.out_of_time(clock["train"]):
                 status = "budget"  # checked before a chunk too, so a resumed run keeps its budget
                 break
-            idx = sampler.chunk(step, settings.chunk_steps, policy.last_step)
+            if measurer is not None and measurer.due(step, per_epoch):
+                measure()  # at step 0, or a resumed run's first step when its measurement was lost
+            cap = policy.last_step if measurer is None else min(policy.last_step, measurer.next_due(step, per_epoch))
+            idx = sampler.chunk(step, settings.chunk_steps, cap)
             t0 = clock["train"]
             out = run_chunk(params, opt_state, x_train, y_train, idx)
             if out is None:  # stopped between compilation and the first execution
@@ -175,6 +200,8 @@ def fit(
                 # One truth for the time axis and the summary: the run ends at the diverging step.
                 clock.totals["train"] = float(times[n_ok - 1])
                 break
+            if measurer is not None and measurer.due(step, per_epoch) and signals.received is None:
+                measure()  # before the checkpoint, so a resume never measures a step twice
             if step % per_epoch == 0 and (step // per_epoch) % settings.eval_every == 0:
                 evaluate()
                 save_checkpoint()
@@ -189,6 +216,8 @@ def fit(
         # one does not (a resumed run must log exactly what an uninterrupted one logs).
         if status in ("completed", "budget") and last_eval.get("step") != step:
             evaluate()
+        if status in ("completed", "budget"):
+            measure()
         if status != "diverged":
             save_checkpoint()
         logger.flush(durable=True)

@@ -1,0 +1,156 @@
+"""The curvature each method sees: figures from ``curvature.csv`` (``diagnostics=curvature``).
+
+* ``fig21_curvature_along_training``: against the step, the Hessian's largest and
+  smallest eigenvalue, its negative mass (the fraction of eigenvalues below
+  ``−ε·max|λ|``) and the Gauss-Newton matrix's largest eigenvalue, one line per group
+  (mean over its seeds).
+* ``fig22_spectral_density``: one panel per group, the Hessian's SLQ spectral density
+  at its first, middle and last measurement, as the fraction of eigenvalues per bin
+  of a symmetric-log eigenvalue axis.
+
+Runs that measured curvature feed only these figures (:func:`split_measured`): their
+training is that of the same run without measurements, so their losses would
+duplicate those runs in the loss figures and tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from second_order.suite.report.grouping import Group
+from second_order.suite.report.style import new_figure, save_figure, with_paper_style
+from second_order.suite.tracking.runs import Run
+
+LINTHRESH = 1e-2  # symlog axes: linear within ±1e-2, logarithmic outside
+PANELS = (
+    ("hessian_top1", "Hessian λ_max", "log"),
+    ("hessian_bottom1", "Hessian λ_min", "symlog"),
+    ("hessian_neg_mass", "Hessian negative mass (%)", "linear"),
+    ("gauss_newton_top1", "Gauss-Newton λ_max", "log"),
+)
+
+
+def split_measured(runs: Sequence[Run]) -> tuple[list[Run], list[Run]]:
+    """(runs for the loss figures and tables, runs with curvature measurements).
+
+    Measured runs go to the loss figures only when no run without measurements is there.
+    """
+    measured = [r for r in runs if r.curvature]
+    plain = [r for r in runs if not r.curvature]
+    return (plain or list(runs)), measured
+
+
+def _series(group: Group, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, mean over seeds) over the measurements all seeds have."""
+    cols = [r.curvature for r in group.runs if column in r.curvature and len(r.curvature[column])]
+    if not cols:
+        return None
+    n = min(len(c["step"]) for c in cols)
+    return cols[0]["step"][:n], np.mean(np.stack([c[column][:n] for c in cols]), axis=0)
+
+
+@with_paper_style
+def plot_curvature_along_training(groups: Sequence[Group]) -> Figure:
+    fig = new_figure(width=7.0, height=5.2)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, (column, label, scale) in zip(axes, PANELS):
+        for group in groups:
+            line = _series(group, column)
+            if line is None:
+                continue
+            x, y = line
+            if column.endswith("neg_mass"):
+                y = 100 * y
+            st = group.style
+            ax.plot(x, y, color=st.color, linestyle=st.linestyle, marker=".", markersize=3, label=st.label)
+        if scale == "symlog":
+            ax.set_yscale("symlog", linthresh=LINTHRESH)
+            ax.axhline(0.0, color="0.6", linewidth=0.6)
+        elif scale == "log":
+            ax.set_yscale("log")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_ylabel(label)
+    for ax in axes[2:]:
+        ax.set_xlabel("optimizer step (linear to 10, then log)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=7)
+    fig.suptitle("Curvature along training (mini-batch of the next step)")
+    return fig
+
+
+def density_steps(run: Run) -> list[int]:
+    """Indices of the first, middle and last measurement (fewer when there are fewer)."""
+    n = len(run.curvature.get("step", []))
+    return sorted({0, n // 2, n - 1}) if n else []
+
+
+def _symlog(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log10(1 + np.abs(x) / LINTHRESH)
+
+
+def _draw_density(ax: Axes, run: Run, edges: np.ndarray) -> None:
+    c = run.curvature
+    count = sum(1 for k in c if k.startswith("hessian_slq_node"))
+    for i, colour in zip(density_steps(run), ("#9ecae1", "#3182bd", "#08306b")):
+        nodes = np.array([c[f"hessian_slq_node{j}"][i] for j in range(count)])
+        weights = np.array([c[f"hessian_slq_weight{j}"][i] for j in range(count)])
+        mass, _ = np.histogram(_symlog(nodes), bins=edges, weights=weights)
+        ax.stairs(np.where(mass > 0, mass, np.nan), edges, color=colour, label=f"step {int(c['step'][i])}")
+    ax.set_yscale("log")
+
+
+@with_paper_style
+def plot_spectral_density(groups: Sequence[Group]) -> Figure:
+    shown = [g for g in groups if density_steps(g.runs[0])]
+    cols = min(3, len(shown))
+    rows = -(-len(shown) // cols)
+    fig = new_figure(width=2.5 * cols, height=2.1 * rows + 0.5)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False, sharey=True)).ravel()
+    reach = max(
+        float(np.nanmax(np.abs(np.stack([v for k, v in g.runs[0].curvature.items() if "_slq_node" in k]))))
+        for g in shown
+    )
+    edges = np.linspace(-_symlog(np.array(reach))[()], _symlog(np.array(reach))[()], 61)
+    for ax, group in zip(axes, shown):
+        _draw_density(ax, group.runs[0], edges)
+        ax.set_title(f"{group.style.label} (seed {group.runs[0].seed})", fontsize=8)
+        ticks = [t for t in (-100, -1, 0, 1, 100) if abs(t) <= reach]
+        ax.set_xticks(_symlog(np.array(ticks, float)), [str(t) for t in ticks])
+        ax.legend(fontsize=6, loc="upper right")
+    for ax in axes[len(shown) :]:
+        ax.set_visible(False)
+    for ax in axes[: len(shown)][-cols:]:
+        ax.set_xlabel("Hessian eigenvalue (symmetric log)")
+    for ax in axes[::cols]:
+        ax.set_ylabel("fraction of eigenvalues")
+    fig.suptitle("Hessian spectral density (stochastic Lanczos quadrature)")
+    return fig
+
+
+def make_spectrum_figures(groups: Sequence[Group], out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Figures 21-22 for the groups with curvature measurements: (paths written, caption lines)."""
+    shown = [g for g in groups if any(r.curvature for r in g.runs)]
+    if not shown:
+        return [], []
+    names = "; ".join(f"{g.style.label} ({len(g.runs)} seed{'s' if len(g.runs) != 1 else ''})" for g in shown)
+    paths = save_figure(plot_curvature_along_training(shown), out_dir, "fig21_curvature_along_training")
+    paths += save_figure(plot_spectral_density(shown), out_dir, "fig22_spectral_density")
+    captions = [
+        "**fig21_curvature_along_training.** Curvature along training, measured every few steps on the "
+        "mini-batch of the next step, off the optimizer clock: the Hessian's largest and smallest eigenvalue "
+        "(Lanczos, full reorthogonalisation), the fraction of its eigenvalues below −ε·max|λ| (stochastic "
+        "Lanczos quadrature) and the Gauss-Newton matrix's largest eigenvalue; mean over seeds. "
+        f"Runs: {names}.",
+        "",
+        "**fig22_spectral_density.** The Hessian's spectral density estimated by stochastic Lanczos quadrature at "
+        "the first, middle and last measurement of one seed: the fraction of eigenvalues in each bin of a "
+        f"symmetric-log eigenvalue axis (linear within ±{LINTHRESH:g}); empty bins are not drawn. Most "
+        "eigenvalues of a small ReLU network's mini-batch Hessian are zero (the bin at 0).",
+        "",
+    ]
+    return paths, captions

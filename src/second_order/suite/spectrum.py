@@ -1,0 +1,198 @@
+"""Curvature spectra of the mini-batch loss, measured in the training loop.
+
+For a symmetric curvature matrix ``A`` over the ``n`` parameters, known only through
+products ``v ↦ A v`` — the Hessian ``H = ∇²L(w)`` (:func:`second_order.curvature.hvp`)
+or the generalized Gauss-Newton matrix ``G = Jᵀ H_z J``
+(:func:`second_order.curvature.ggn_vp`) — :func:`spectrum` estimates:
+
+* **extreme eigenvalues**: ``m = lanczos_steps`` steps of Lanczos with full
+  reorthogonalisation (Lanczos 1950) from a random unit vector give a tridiagonal
+  ``T`` (m×m); its ``k`` largest and ``k`` smallest eigenvalues (Ritz values) lie in
+  ``[λ_min, λ_max]`` and converge to the extreme eigenvalues first.
+* **trace**: Hutchinson's estimator ``tr A ≈ (1/p) Σᵢ vᵢᵀ A vᵢ`` with ``p =
+  trace_probes`` Rademacher vectors (Hutchinson 1990), and its standard error
+  ``std(vᵢᵀ A vᵢ)/√p`` (the variance is ``2(‖A‖_F² − Σᵢ Aᵢᵢ²)/p``: a few large
+  eigenvalues make it noisy, about 6 % at 16 probes for the paper's network).
+* **spectral density** by stochastic Lanczos quadrature (SLQ; Golub & Meurant 2010;
+  Ubaru, Chen & Saad 2017; Ghorbani, Krishnan & Xiao 2019; PyHessian, Yao et al. 2020):
+  for each of ``p = slq_probes`` Rademacher vectors ``v``, ``s = slq_steps`` Lanczos
+  steps from ``v/‖v‖`` give ``T = U diag(θ) Uᵀ``, and the normalised density
+  ``φ(λ) = (1/n) Σᵢ δ(λ − λᵢ)`` is approximated by ``(1/p) Σ_probes Σⱼ τⱼ² δ(λ − θⱼ)``
+  with ``τⱼ = U₁ⱼ``.  The nodes ``θ`` and weights ``τ²/p`` (they sum to 1) are
+  returned, and the **negative mass** ``∫_{λ < −ε} φ``: the fraction of eigenvalues
+  below ``−ε``, ``ε = negative_tol · max|θ|``.  The tolerance keeps the cluster at
+  zero out (most eigenvalues of a small ReLU network's mini-batch Hessian are 0 and
+  SLQ puts one node, slightly off zero, on them).
+
+Lanczos and the Hutchinson trace are matfree's (``decomp.tridiag_sym`` with
+``reortho="full"``, ``stochtrace.estimator_monte_carlo``).  SLQ is assembled here
+from matfree's tridiagonalisation: matfree's ``funm.monte_carlo_funm_sym`` returns one
+number ``tr f(A)`` per function ``f``, while the density figures need the quadrature
+nodes and weights themselves (one ``eigh`` of an s×s matrix per probe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from matfree import decomp, stochtrace
+
+from second_order.curvature import ggn_vp, hvp, tree_cast
+
+PyTree = Any
+MatVec = Callable[[PyTree], PyTree]
+MATRICES = ("hessian", "gauss_newton")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumSizes:
+    """How much each estimate costs: curvature products per call = ``lanczos_steps +
+    trace_probes + slq_probes · slq_steps`` per matrix."""
+
+    top_k: int = 3
+    lanczos_steps: int = 40
+    trace_probes: int = 16
+    slq_probes: int = 4
+    slq_steps: int = 30
+    negative_tol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "lanczos_steps", "trace_probes", "slq_probes", "slq_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
+        if self.top_k > self.lanczos_steps:
+            raise ValueError(f"top_k = {self.top_k} exceeds lanczos_steps = {self.lanczos_steps}")
+        if not 0 <= self.negative_tol < 1:
+            raise ValueError(f"negative_tol = {self.negative_tol} must be in [0, 1)")
+
+    @property
+    def products(self) -> int:
+        """Curvature-matrix products per matrix and call."""
+        return self.lanczos_steps + self.trace_probes + self.slq_probes * self.slq_steps
+
+
+def spectrum(matvec: MatVec, like: PyTree, key: jax.Array, sizes: SpectrumSizes) -> dict[str, jax.Array]:
+    """Extreme eigenvalues, trace and SLQ density of the symmetric operator ``matvec``.
+
+    ``like``: a pytree shaped like the operator's vectors (the parameters).  Returns
+    ``top`` (k largest Ritz values, largest first), ``bottom`` (k smallest, smallest
+    first), ``trace`` and its standard error ``trace_sem``, ``neg_mass``, ``slq_nodes``
+    and ``slq_weights`` (``slq_probes · slq_steps`` each, weights summing to 1).
+    Pure and jittable.
+    """
+    flat, unravel = ravel_pytree(like)
+    n = flat.shape[0]
+    for name in ("lanczos_steps", "slq_steps"):
+        if getattr(sizes, name) > n:
+            raise ValueError(f"{name} = {getattr(sizes, name)} exceeds the {n} parameters")
+
+    def matvec_flat(v: jax.Array) -> jax.Array:
+        return ravel_pytree(matvec(unravel(v)))[0]
+
+    k_start, k_trace, k_slq = jax.random.split(key, 3)
+    start = jax.random.normal(k_start, (n,), flat.dtype)
+    _, tri, *_ = decomp.tridiag_sym(sizes.lanczos_steps, reortho="full", materialize=True)(
+        matvec_flat, start / jnp.linalg.norm(start)
+    )
+    ritz = jnp.linalg.eigvalsh(tri)
+    top, bottom = ritz[::-1][: sizes.top_k], ritz[: sizes.top_k]
+
+    sampler = stochtrace.sampler_signs(flat, num=sizes.trace_probes)
+    estimator = stochtrace.estimator_monte_carlo_mean_and_sem(stochtrace.monte_carlo_trace(), sampler)
+    trace, trace_sem = estimator(matvec_flat, k_trace)
+
+    slq_tridiag = decomp.tridiag_sym(sizes.slq_steps, reortho="full", materialize=True)
+
+    def quadrature(probe_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        v = jax.random.rademacher(probe_key, (n,), flat.dtype)
+        _, t, *_ = slq_tridiag(matvec_flat, v / jnp.sqrt(jnp.asarray(n, flat.dtype)))
+        theta, u = jnp.linalg.eigh(t)
+        return theta, u[0] ** 2
+
+    # lax.map, not vmap: one Krylov basis (s × n) in memory at a time.
+    nodes, weights = jax.lax.map(quadrature, jax.random.split(k_slq, sizes.slq_probes))
+    nodes, weights = nodes.reshape(-1), weights.reshape(-1) / sizes.slq_probes
+    threshold = -sizes.negative_tol * jnp.max(jnp.abs(nodes))
+    return {
+        "top": top,
+        "bottom": bottom,
+        "trace": trace,
+        "trace_sem": trace_sem,
+        "neg_mass": jnp.sum(jnp.where(nodes < threshold, weights, 0.0)),
+        "slq_nodes": nodes,
+        "slq_weights": weights,
+    }
+
+
+def column_names(matrices: Sequence[str], sizes: SpectrumSizes) -> list[str]:
+    """The columns of ``curvature.csv`` for these matrices, in :func:`as_columns` order."""
+    names: list[str] = []
+    for m in matrices:
+        names += [f"{m}_top{i + 1}" for i in range(sizes.top_k)]
+        names += [f"{m}_bottom{i + 1}" for i in range(sizes.top_k)]
+        names += [f"{m}_trace", f"{m}_trace_sem", f"{m}_neg_mass"]
+        count = sizes.slq_probes * sizes.slq_steps
+        names += [f"{m}_slq_node{j}" for j in range(count)] + [f"{m}_slq_weight{j}" for j in range(count)]
+    return names
+
+
+def as_columns(matrix: str, result: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """One matrix's :func:`spectrum` result as scalar columns (``hessian_top1``, ...)."""
+    cols = {f"{matrix}_{key}": result[key] for key in ("trace", "trace_sem", "neg_mass")}
+    for key, label in (("top", "top"), ("bottom", "bottom")):
+        cols.update({f"{matrix}_{label}{i + 1}": v for i, v in enumerate(result[key])})
+    for key, label in (("slq_nodes", "slq_node"), ("slq_weights", "slq_weight")):
+        cols.update({f"{matrix}_{label}{j}": v for j, v in enumerate(result[key])})
+    return cols
+
+
+def is_summary_column(name: str) -> bool:
+    """Scalar summaries (top/bottom eigenvalues, trace, negative mass), not SLQ nodes or weights."""
+    return "_slq_" not in name
+
+
+def curvature_matvecs(
+    value_fn: Callable[[PyTree], jax.Array],
+    predict_fn: Callable[[PyTree], jax.Array],
+    output_loss_fn: Callable[[jax.Array], jax.Array],
+    params: PyTree,
+) -> dict[str, MatVec]:
+    """``v ↦ H v`` and ``v ↦ G v`` at ``params`` for ``L = output_loss_fn ∘ predict_fn``."""
+    return {
+        "hessian": lambda v: hvp(value_fn, params, v),
+        "gauss_newton": lambda v: ggn_vp(predict_fn, output_loss_fn, params, v),
+    }
+
+
+def make_curvature_probe(
+    loss_functions: Callable[[jax.Array, jax.Array], Any],
+    matrices: Sequence[str],
+    sizes: SpectrumSizes,
+    dtype: Any,
+) -> Callable[..., dict[str, jax.Array]]:
+    """Jitted ``(params, X, Y, batch_idx, key) → {column: scalar}`` on the batch ``X[batch_idx]``.
+
+    ``loss_functions(x, y)`` returns the batch's ``value_fn``, ``predict_fn`` and
+    ``output_loss_fn`` (the trainer's :func:`~second_order.suite.training.step.loss_functions`
+    with the model bound); the parameters are cast to ``dtype`` first (float64: the
+    curvature measured as precisely as the solves that use it).
+    """
+    unknown = [m for m in matrices if m not in MATRICES]
+    if unknown or not matrices:
+        raise ValueError(f"matrices = {list(matrices)}: choose from {', '.join(MATRICES)}")
+
+    def probe(params, x_all, y_all, batch_idx, key):
+        params = tree_cast(params, dtype)
+        fns = loss_functions(x_all[batch_idx], y_all[batch_idx])
+        ops = curvature_matvecs(fns.value_fn, fns.predict_fn, fns.output_loss_fn, params)
+        cols: dict[str, jax.Array] = {}
+        for i, m in enumerate(matrices):
+            cols.update(as_columns(m, spectrum(ops[m], params, jax.random.fold_in(key, i), sizes)))
+        return cols
+
+    return jax.jit(probe)
