@@ -96,6 +96,8 @@ class Method:
         opt = dict(self.optimizer)
         if "max_rank" in opt:
             opt["max_rank"] = max_rank if self.low_rank else None
+        if "max_params" in opt:
+            opt["max_params"] = None  # the benchmark's own time and memory rules decide (scaling.py)
         return build_tx(opt)
 
 

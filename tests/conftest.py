@@ -1,4 +1,4 @@
-"""Shared test setup: float64 available (as in the paper), small problems, real MNIST path."""
+"""Shared test setup: float64 available (as in the paper), small problems, real MNIST and Fashion-MNIST paths."""
 
 from __future__ import annotations
 
@@ -32,6 +32,30 @@ def real_mnist_dir() -> Path:
     d = mnist_dir()
     if d is None:
         message = "real MNIST not found: set MNIST_DIR to a directory with the four IDX files"
+        if REQUIRE_DATA:
+            pytest.fail(message + " (SECOND_ORDER_REQUIRE_DATA is set)")
+        pytest.skip(message)
+    return d
+
+
+def fashion_mnist_dir() -> Path | None:
+    """FASHION_MNIST_DIR when set (and only it), else Debian's /usr/share/datasets/fashion-mnist, else None."""
+    env = os.environ.get("FASHION_MNIST_DIR")
+    candidates = [Path(env)] if env else [Path("/usr/share/datasets/fashion-mnist")]
+    for c in candidates:
+        if (c / "train-images-idx3-ubyte.gz").exists():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_fashion_mnist_dir() -> Path:
+    d = fashion_mnist_dir()
+    if d is None:
+        message = (
+            "real Fashion-MNIST not found: apt-get install dataset-fashion-mnist, or set "
+            "FASHION_MNIST_DIR to a directory with the four IDX files"
+        )
         if REQUIRE_DATA:
             pytest.fail(message + " (SECOND_ORDER_REQUIRE_DATA is set)")
         pytest.skip(message)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from second_order.suite import data
-from second_order.suite.data import DataError, load_mnist, write_idx
+from second_order.suite.data import DataError, load_mnist, tfds_download, write_idx
+from second_order.suite.data import mnist as mnist_data
 
 
 def _small(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +215,7 @@ def test_no_dir_uses_tfds(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(kw)
         return "tfds"
 
-    monkeypatch.setattr(data, "_load_tfds", fake_tfds)
+    monkeypatch.setattr(mnist_data, "_load_tfds", fake_tfds)
     assert load_mnist(verify_checksums=False) == "tfds"
     assert calls == [{"verify_checksums": False}]
 
@@ -254,7 +255,7 @@ def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     server.answered = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    monkeypatch.setattr(data, "TFDS_MNIST_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    monkeypatch.setattr(mnist_data, "TFDS_MNIST_URL", f"http://127.0.0.1:{server.server_address[1]}/")
     yield served
     # TFDS raises on the first failed download while the others may still be under
     # way; a refused connection would be retried with back-off for minutes, so keep
@@ -272,15 +273,15 @@ def test_tfds_download(mirror: Path, tmp_path: Path) -> None:
     for split, (images, labels) in arrays.items():
         write_idx(mirror, split, images, labels)
     cache = tmp_path / "downloads"
-    _check_small(data._load_tfds(download_dir=cache), arrays)
+    _check_small(mnist_data._load_tfds(download_dir=cache), arrays)
     for f in mirror.iterdir():
         f.unlink()  # a second call reads the TFDS download cache only
-    _check_small(data._load_tfds(download_dir=cache), arrays)
+    _check_small(mnist_data._load_tfds(download_dir=cache), arrays)
 
 
 def test_tfds_download_fails(mirror: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="Downloading MNIST .* failed") as info:
-        data._load_tfds(download_dir=tmp_path / "downloads")
+        mnist_data._load_tfds(download_dir=tmp_path / "downloads")
     assert "MNIST_DIR" in str(info.value)
 
 
@@ -289,7 +290,7 @@ def test_tfds_corrupt_download(mirror: Path, tmp_path: Path) -> None:
     write_idx(mirror, "t10k", *_small(1, 3))
     (mirror / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip")
     with pytest.raises(DataError, match="Delete it") as info:
-        data._load_tfds(download_dir=tmp_path / "downloads")
+        mnist_data._load_tfds(download_dir=tmp_path / "downloads")
     assert str(tmp_path / "downloads") in str(info.value)
 
 
@@ -325,10 +326,10 @@ def test_tfds_offline_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setattr(tfds.download.DownloadManager, "download", never)
     start = time.monotonic()
     with pytest.raises(DataError) as info:
-        data._load_tfds(download_dir=tmp_path / "downloads")
+        mnist_data._load_tfds(download_dir=tmp_path / "downloads")
     assert time.monotonic() - start < 2.0
     message = str(info.value)
-    assert data.TFDS_MNIST_URL in message
+    assert mnist_data.TFDS_MNIST_URL in message
     assert "data.dir=<dir> / MNIST_DIR" in message
     assert "connect to the internet" in message
     assert "train-images-idx3-ubyte.gz" in message
@@ -340,11 +341,11 @@ def test_tfds_cache_used_offline(mirror: Path, monkeypatch: pytest.MonkeyPatch, 
     for split, (images, labels) in arrays.items():
         write_idx(mirror, split, images, labels)
     cache = tmp_path / "downloads"
-    _check_small(data._load_tfds(download_dir=cache), arrays)  # the probe reaches the loopback mirror
+    _check_small(mnist_data._load_tfds(download_dir=cache), arrays)  # the probe reaches the loopback mirror
     for f in mirror.iterdir():
         f.unlink()
     probed = _no_network(monkeypatch)
-    _check_small(data._load_tfds(download_dir=cache), arrays)
+    _check_small(mnist_data._load_tfds(download_dir=cache), arrays)
     assert probed == []  # everything cached: no reachability check at all
 
 
@@ -363,7 +364,7 @@ def test_tfds_retries_bounded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
     monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
     with pytest.raises(DataError, match="Downloading MNIST .* failed"):
-        data._load_tfds(download_dir=tmp_path / "downloads")
+        mnist_data._load_tfds(download_dir=tmp_path / "downloads")
     assert seen and seen[0] <= 3
     assert downloader.MAX_RETRIES == default
 
@@ -371,8 +372,8 @@ def test_tfds_retries_bounded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 def test_probe_targets(monkeypatch: pytest.MonkeyPatch) -> None:
     _clear_proxies(monkeypatch)
     probed = _no_network(monkeypatch)
-    assert data._unreachable("file:///tmp/mnist/") is None  # local: never probed
-    assert "example.invalid:8080 is unreachable" in (data._unreachable("http://example.invalid:8080/x") or "")
+    assert tfds_download._unreachable("file:///tmp/mnist/") is None  # local: never probed
+    assert "example.invalid:8080 is unreachable" in (tfds_download._unreachable("http://example.invalid:8080/x") or "")
     monkeypatch.setenv("https_proxy", "http://proxy.invalid:3128")
-    assert "proxy.invalid:3128" in (data._unreachable("https://storage.googleapis.com/x") or "")
+    assert "proxy.invalid:3128" in (tfds_download._unreachable("https://storage.googleapis.com/x") or "")
     assert probed == [("example.invalid", 8080), ("proxy.invalid", 3128)]

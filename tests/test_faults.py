@@ -180,8 +180,11 @@ def test_a_full_disk_is_one_line_and_a_failed_record(real_mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_exact_newton_that_cannot_fit_is_refused_before_the_first_step(real_mnist_dir, tmp_path):
-    """hidden=[64]: n = 50,890 and a dense n × n Hessian with its eigendecomposition needs ~100 GB."""
-    proc = train_cli("optimizer=newton", "model.hidden=[64]", f"data.dir={real_mnist_dir}",
+    """hidden=[64]: n = 50,890 and a dense n × n Hessian with its eigendecomposition needs ~100 GB.
+
+    ``optimizer.max_params=null`` lifts the size limit, which would refuse the model first.
+    """
+    proc = train_cli("optimizer=newton", "model.hidden=[64]", "optimizer.max_params=null", f"data.dir={real_mnist_dir}",
                      f"hydra.run.dir={tmp_path}", *QUIET)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
     assert "n = 50,890 parameters" in proc.stderr and "GB" in proc.stderr

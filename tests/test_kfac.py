@@ -10,7 +10,7 @@ import pytest
 from problems import Problem, dense_ggn_ref
 
 from second_order.optim import collect_diagnostics
-from second_order.optim.kfac import DIAGNOSTIC_KEYS, dense_layers, kfac, zero_taps
+from second_order.optim.kfac import DIAGNOSTIC_KEYS, kfac, kfac_layers, zero_taps
 from second_order.suite.model import MLP
 from second_order.suite.training.step import loss_functions
 
@@ -198,7 +198,7 @@ def test_kfac_trains_the_mlp_and_leaves_non_dense_parameters_to_sgd():
     value = lambda p: prob.output_loss_fn(p["scale"] * prob.predict_fn(p))
     tapped2 = lambda p, t: (p["scale"] * tapped(p, t)[0], tapped(p, t)[1])
     prob2 = Problem(params2, lambda p: p["scale"] * prob.predict_fn(p), prob.output_loss_fn, value)
-    assert list(dense_layers(params2)) == [("Dense_0",)]
+    assert list(kfac_layers(params2)) == [("Dense_0",)]
     upd, _ = run(kfac(0.3, 1e-2), prob2, tapped2)
     np.testing.assert_allclose(upd["scale"], -0.3 * jax.grad(value)(params2)["scale"], rtol=1e-13)
 

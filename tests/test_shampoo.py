@@ -183,11 +183,11 @@ def test_roots_refresh_only_every_k_steps():
     assert float(diags[0]["condition_number"]) == 0.0
 
 
-def test_large_and_other_rank_leaves_take_the_graft():
+def test_large_and_scalar_leaves_take_the_graft():
     rng = np.random.default_rng(5)
     params = {"a": {"kernel": jnp.zeros((5, 3)), "scale": jnp.zeros(()), "conv": jnp.zeros((2, 2, 3))}}
     gs = [jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape)), params) for _ in range(3)]
-    tx = shampoo(LR, max_dim=4, start_preconditioning_step=0)
+    tx = shampoo(LR, max_dim=3, start_preconditioning_step=0)  # the (2, 2, 3) conv is the (4, 3) matrix
     ref = optax.adam(LR)
     upds, diags, states = run(tx, gs, params)
     ref_state = ref.init(params)
@@ -197,9 +197,30 @@ def test_large_and_other_rank_leaves_take_the_graft():
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-14)
     assert all(s is None for s in states[-1].statistics)
     assert float(diags[-1]["preconditioned_fraction"]) == 0.0
-    # With max_dim = 5 the (5, 3) kernel is preconditioned.
+    # With max_dim = 5 the (5, 3) kernel and the conv's (4, 3) matrix are preconditioned.
     _, diags, _ = run(shampoo(LR, max_dim=5, start_preconditioning_step=0), gs, params)
-    np.testing.assert_allclose(float(diags[0]["preconditioned_fraction"]), 15 / 28, rtol=1e-14)
+    np.testing.assert_allclose(float(diags[0]["preconditioned_fraction"]), 27 / 28, rtol=1e-14)
+
+
+def test_conv_kernel_is_preconditioned_as_its_fan_in_by_fan_out_matrix():
+    """A Flax HWIO kernel (kh, kw, in, out) steps as the matrix (kh·kw·in, out): P_L m̂ P_R reshaped back."""
+    rng = np.random.default_rng(8)
+    shape = (3, 3, 2, 4)
+    params = {"conv": {"kernel": jnp.zeros(shape), "bias": jnp.zeros(4)}}
+    gs = [
+        {"conv": {"kernel": jnp.asarray(rng.normal(size=shape)), "bias": jnp.asarray(rng.normal(size=4))}}
+        for _ in range(2)
+    ]
+    tx = shampoo(LR, eps=EPS, precondition_every=1, start_preconditioning_step=0)
+    upds, diags, states = run(tx, gs, params)
+    mats = [np.asarray(g["conv"]["kernel"]).reshape(18, 4) for g in gs]  # rows ordered (h, w, in)
+    left, right = sum(m @ m.T for m in mats), sum(m.T @ m for m in mats)
+    m_hat, graft = moments(mats, 0.9, 0.999)
+    direction = inv_root(left) @ m_hat @ inv_root(right)
+    assert_shampoo_step(np.asarray(upds[1]["conv"]["kernel"]).reshape(18, 4), direction, graft)
+    kernel_stats = [s for s in states[1].statistics if s is not None]
+    np.testing.assert_allclose(np.asarray(kernel_stats[0][0]), left, rtol=1e-14)
+    np.testing.assert_allclose(float(diags[1]["preconditioned_fraction"]), 72 / 76, rtol=1e-14)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])

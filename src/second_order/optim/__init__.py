@@ -13,7 +13,7 @@ every optimizer the same arguments.  SGD is ``optax.sgd``.
 * :func:`online_parabola`: a parabola fitted online along the momentum direction (Duda 2019).
 * The methods the field compares against: :func:`sophia` (a wrapper of
   ``optax.contrib.sophia`` that passes ``value_fn``), :func:`adahessian`,
-  :func:`shampoo` and :func:`kfac` (Dense layers, through ``tapped_predict_fn``);
+  :func:`shampoo` and :func:`kfac` (Dense and conv layers, through ``tapped_predict_fn``);
   Adam is ``optax.adam``.
 """
 

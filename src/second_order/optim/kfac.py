@@ -1,4 +1,4 @@
-"""K-FAC: Kronecker-factored approximate curvature for Dense layers (Martens & Grosse 2015).
+"""K-FAC: Kronecker-factored approximate curvature for Dense (Martens & Grosse 2015) and conv layers (KFC).
 
 For a Dense layer ``s = a W + b`` (Flax layout: kernel ``W`` ``(in, out)``, bias ``b``
 ``(out,)``) write ``ā = [a, 1]`` (``ā = a`` without a bias) and ``δ = ∂ℓₙ/∂s`` the
@@ -17,8 +17,27 @@ with factored Tikhonov damping (§6.3; ``π = 1`` with ``pi_adjusted=False``).  
 ``G`` are exponential moving averages over steps with weight ``min(1 − 1/k, ema)`` at
 step ``k`` (§5); the damped inverses are recomputed every ``inverse_every`` steps
 (§8, a ``lax.cond`` on the step count) from symmetric eigendecompositions.  Other
-parameters (not in a Dense layer) get the plain gradient.  The update is
+parameters (not in a Dense or conv layer) get the plain gradient.  The update is
 ``−η v`` with heavy-ball momentum ``v ← μ v + Δ`` (``μ = 0``: none).
+
+Convolutions (KFC; Grosse & Martens 2016, "A Kronecker-factored approximate Fisher
+matrix for convolution layers", §3).  A conv layer with Flax kernel ``(*window, in,
+out)`` (HWIO in 2-D) is a Dense layer applied at each of the ``T`` output locations
+``t`` to the input patch there, ``s_t = a_t W + b`` with ``W`` the kernel reshaped to
+``(prod(window)·in, out)`` and ``a_t`` the patch in the same order
+(:func:`conv_patches`).  Its gradient is ``Σ_t ā_t δ_tᵀ``; assuming activations
+independent of derivatives, spatial homogeneity and spatially uncorrelated derivatives
+(``E[δ_t δ_t'ᵀ] = 0`` for ``t ≠ t'``) the Fisher block is ``Ω ⊗ Γ`` with
+
+    A = Ω = E_n[Σ_t ā_{n,t} ā_{n,t}ᵀ]   (a sum over locations),
+    G = Γ = E_{n,t}[δ_{n,t} δ_{n,t}ᵀ]    (a mean over locations),
+
+which for ``T = 1`` (a Dense layer, or a 1×1 conv on a 1×1 image) is the block above.
+Any tapped layer whose input has extra row axes (weight sharing) is treated the same
+way.  kfac-jax's conv blocks take both factors as means over batch and locations and
+keep ``T`` as a scale of the block, whose damping is then ``λ/T``: with π-adjusted
+damping the damped inverse is the same as here (π absorbs ``√T``), with ``π = 1`` it
+is not (here λ is relative to ``Ω``).
 
 Which Fisher (``fisher``): the expectation over δ needs the model's predictive
 distribution, taken categorical (``softmax`` of the outputs, the cross-entropy loss
@@ -30,13 +49,16 @@ of the suite) by the two exact-in-expectation estimators:
   cross-entropy;
 * ``"exact"`` (kfac-jax's ``fisher_exact``): the expectation over all ``C`` labels,
   ``G = E_n[Σ_c p_c δ_c δ_cᵀ]`` (``C`` back-propagations); for one example
-  ``A ⊗ G`` is then exactly the Gauss-Newton block ``Jᵀ H_z J`` of the layer;
+  (and one location) ``A ⊗ G`` is then exactly the Gauss-Newton block ``Jᵀ H_z J``
+  of the layer;
 * ``"empirical"`` (``fisher_empirical``): δ of the true labels (through
   ``output_loss_fn``, any loss that is a mean over the rows of the outputs).
 
 The per-layer quantities come through the trainer's ``tapped_predict_fn`` (see
-:mod:`second_order.suite.training.step`); Dense layers are found by structure: a
-dict whose entries are a 2-D ``kernel`` and optionally a 1-D ``bias``.
+:mod:`second_order.suite.training.step`): a layer's input is ``a`` (Dense) or its
+patches (conv), ``(..., prod(kernel.shape[:-1]))``.  Layers are found by structure:
+a dict whose entries are a ``kernel`` of 2 or more axes and optionally a ``bias``
+``(kernel.shape[-1],)``.
 """
 
 from __future__ import annotations
@@ -59,15 +81,17 @@ from second_order.optim.base import (
     require,
     resolve_solve_dtype,
 )
+from second_order.optim.patches import conv_patches
 
 PyTree = Any
 Path = tuple[str, ...]
+__all__ = ["kfac", "kfac_layers", "zero_taps", "conv_patches", "KFACState"]
 FISHERS = ("sampled", "exact", "empirical")
 DIAGNOSTIC_KEYS = ("grad_norm", "step_norm", "damping", "factor_condition_max")
 
 
 class KFACState(NamedTuple):
-    """``base``: count and diagnostics; per Dense layer (keyed ``"Dense_0"``, ``"outer/Dense_1"``):
+    """``base``: count and diagnostics; per layer (keyed ``"Dense_0"``, ``"outer/Conv_1"``):
     the factor EMAs ``(A, G)`` and the damped inverses; ``velocity`` the momentum buffer;
     ``key`` the PRNG key of ``fisher="sampled"``.  All arrays but ``key`` in ``solve_dtype``."""
 
@@ -78,8 +102,11 @@ class KFACState(NamedTuple):
     key: jax.Array
 
 
-def dense_layers(params: PyTree) -> dict[Path, Mapping[str, Any]]:
-    """The Dense layers of ``params`` by path: dicts of a 2-D ``kernel`` ``(in, out)`` [and ``bias`` ``(out,)``]."""
+def kfac_layers(params: PyTree) -> dict[Path, Mapping[str, Any]]:
+    """The layers of ``params`` by path: dicts of a ``kernel`` ``(..., in, out)`` (≥ 2 axes) [and ``bias`` ``(out,)``].
+
+    A 2-D kernel is a Dense layer's ``(in, out)``, a 4-D one a 2-D conv's HWIO.
+    """
     found: dict[Path, Mapping[str, Any]] = {}
 
     def visit(node: Any, path: Path) -> None:
@@ -89,8 +116,8 @@ def dense_layers(params: PyTree) -> dict[Path, Mapping[str, Any]]:
         bias: Any = node.get("bias")
         if (
             set(node) <= {"kernel", "bias"}
-            and getattr(kernel, "ndim", None) == 2
-            and (bias is None or getattr(bias, "shape", None) == (kernel.shape[1],))
+            and getattr(kernel, "ndim", 0) >= 2
+            and (bias is None or getattr(bias, "shape", None) == (kernel.shape[-1],))
         ):
             found[path] = node
             return
@@ -118,12 +145,29 @@ def nested(items: Mapping[Path, Any]) -> dict[str, Any]:
     return out
 
 
-def zero_taps(params: PyTree, layer_inputs: PyTree) -> dict[str, Any]:
-    """Zero taps for ``tapped_predict_fn``: per Dense layer ``a.shape[:-1] + (out,)``, ``a`` its input (or shape)."""
-    taps = {}
-    for path, layer in dense_layers(params).items():
+def layer_input(layer_inputs: PyTree, path: Path, layer: Mapping[str, Any]) -> Any:
+    """``layer_inputs`` at ``path``, checked against the layer's kernel (or a clear error)."""
+    fan_in = math.prod(layer["kernel"].shape[:-1])
+    try:
         a = get_path(layer_inputs, path)
-        taps[path] = jnp.zeros((*a.shape[:-1], layer["kernel"].shape[1]), a.dtype)
+    except (KeyError, TypeError, IndexError):
+        a = None
+    if getattr(a, "shape", (None,))[-1] != fan_in:
+        got = "nothing" if a is None else f"shape {a.shape}"
+        raise ValueError(
+            f"kfac: tapped_predict_fn's layer_inputs hold {got} for layer {_name(path)} (kernel "
+            f"{layer['kernel'].shape}); it needs (..., {fan_in}): a Dense layer's input, a conv layer's patches "
+            "(conv_patches)"
+        )
+    return a
+
+
+def zero_taps(params: PyTree, layer_inputs: PyTree) -> dict[str, Any]:
+    """Zero taps for ``tapped_predict_fn``: per layer ``a.shape[:-1] + (out,)``, ``a`` its input (or shape)."""
+    taps = {}
+    for path, layer in kfac_layers(params).items():
+        a = layer_input(layer_inputs, path, layer)
+        taps[path] = jnp.zeros((*a.shape[:-1], layer["kernel"].shape[-1]), a.dtype)
     return nested(taps)
 
 
@@ -153,7 +197,7 @@ def kfac(
     seed: int = 0,
     solve_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """K-FAC for Dense layers (module docstring): ``w ← w − η v``, ``v ← μ v + (A + π√λ I)⁻¹ ∇_W̄ L (G + √λ/π I)⁻¹``.
+    """K-FAC, Dense and conv layers: ``w ← w − η v``, ``v ← μ v + (A + π√λ I)⁻¹ ∇_W̄ L (G + √λ/π I)⁻¹``.
 
     ``update(grads, state, params, tapped_predict_fn=..., output_loss_fn=...)``
     (``output_loss_fn`` only for ``fisher="empirical"``; other extra arguments are
@@ -176,9 +220,8 @@ def kfac(
 
     def init(params: PyTree) -> KFACState:
         factors, inverses = {}, {}
-        for path, layer in dense_layers(params).items():
-            n_in, n_out = layer["kernel"].shape
-            n_in += "bias" in layer
+        for path, layer in kfac_layers(params).items():
+            n_in, n_out = math.prod(layer["kernel"].shape[:-1]) + ("bias" in layer), layer["kernel"].shape[-1]
             factors[_name(path)] = (jnp.zeros((n_in, n_in), dtype), jnp.zeros((n_out, n_out), dtype))
             inverses[_name(path)] = (jnp.eye(n_in, dtype=dtype), jnp.eye(n_out, dtype=dtype))
         diagnostics = {k: jnp.zeros((), dtype) for k in DIAGNOSTIC_KEYS}
@@ -190,7 +233,7 @@ def kfac(
         if params is None:
             raise ValueError("kfac: update() needs params (the factors are computed there)")
         (tapped,) = require(extra_args, "kfac", "tapped_predict_fn")
-        layers = dense_layers(params)
+        layers = kfac_layers(params)
         key, sample_key = jax.random.split(state.key)
         estimates = factor_estimates(tapped, params, layers, fisher, dtype, sample_key, extra_args)
         count = state.base.count
@@ -231,11 +274,12 @@ def factor_estimates(
     key: jax.Array,
     extra_args: Mapping[str, Any],
 ) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """This batch's ``A = E[ā āᵀ]`` and ``G = E[δ δᵀ]`` per Dense layer (module docstring).
+    """This batch's ``A = E_n[Σ_t ā āᵀ]`` and ``G = E_{n,t}[δ δᵀ]`` per layer (module docstring).
 
     With ``L`` the mean over the ``N`` rows of the outputs of per-row losses, the tap
     gradient of a cotangent ``u = ∂L/∂z`` is ``δ/N``, so ``G = (N²/R) Σ_rows t tᵀ`` with
-    ``R`` the rows of the tap (``R = N``, the batch, for an MLP).
+    ``R = N·T`` the rows of the tap (``T`` locations per output row: 1 for a Dense
+    layer of an MLP), and ``A = (1/N) Σ_rows ā āᵀ``.
     """
     _, input_shapes = jax.eval_shape(tapped, params, None)
     taps = zero_taps(params, input_shapes)
@@ -257,13 +301,13 @@ def factor_estimates(
 
     out = {}
     for path, layer in layers.items():
-        a = _rows(get_path(inputs, path)).astype(dtype)
+        a = _rows(layer_input(inputs, path, layer)).astype(dtype)
         if "bias" in layer:
             a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), dtype)], axis=1)
         t = get_path(tap_grads, path).astype(dtype)
         t = t.reshape(-1, t.shape[-1])  # all samples' rows
         rows = a.shape[0]
-        out[_name(path)] = (a.T @ a / rows, (n * n / rows) * (t.T @ t))
+        out[_name(path)] = (a.T @ a / n, (n * n / rows) * (t.T @ t))
     return out
 
 
@@ -296,16 +340,17 @@ def damped_inverses(
 def precondition(
     grads: PyTree, layers: Mapping[Path, Mapping[str, Any]], inverses: Mapping[str, tuple[jax.Array, jax.Array]]
 ) -> PyTree:
-    """Per Dense layer ``A⁻¹ [∇W; ∇bᵀ] G⁻¹`` split back into kernel and bias; other leaves unchanged."""
+    """Per layer ``A⁻¹ [∇W; ∇bᵀ] G⁻¹`` (``W`` the kernel as ``(fan-in, out)``) split back into kernel and bias."""
 
     def visit(node: Any, path: Path) -> Any:
         if path in layers:
             a_inv, g_inv = inverses[_name(path)]
-            stacked = node["kernel"]
+            shape = node["kernel"].shape
+            stacked = node["kernel"].reshape(-1, shape[-1])
             if "bias" in node:
                 stacked = jnp.concatenate([stacked, node["bias"][None]], axis=0)
             step = a_inv @ stacked @ g_inv
-            out = {"kernel": step[: node["kernel"].shape[0]]}
+            out = {"kernel": step[: math.prod(shape[:-1])].reshape(shape)}
             if "bias" in node:
                 out["bias"] = step[-1]
             return same_mapping(node, out)

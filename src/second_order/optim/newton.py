@@ -13,6 +13,7 @@ from second_order.curvature import dense_hessian, tree_cast
 from second_order.optim.base import (
     SecondOrderState,
     check_hyperparameters,
+    concrete_float,
     descent_updates,
     require,
     resolve_solve_dtype,
@@ -27,6 +28,11 @@ CHOLESKY, EIGH_PINV, LOW_RANK = 0, 1, 2
 #: 784-10-10 ReLU network) has rank ≈ 470 measured, ≤ 64 · (10 + 2·10) = 1,920.
 DEFAULT_MAX_RANK = 640
 
+#: Default ``max_params`` of :func:`newton`: above the paper's 7,960 parameters, below
+#: every larger preset (a 20,490-parameter CNN, MLPs of 59,210 and 203,530).
+DEFAULT_MAX_PARAMS = 10_000
+PAPER_PARAMS = 7_960
+
 
 def newton(
     learning_rate: optax.ScalarOrSchedule,
@@ -36,6 +42,7 @@ def newton(
     first_step_dtype: Any | None = None,
     hessian_chunk_size: int | None = None,
     max_rank: int | None = DEFAULT_MAX_RANK,
+    max_params: int | None = DEFAULT_MAX_PARAMS,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """Exact Newton: ``w ← w − η d`` with ``d = pinv(H + λI) g``.
@@ -77,6 +84,15 @@ def newton(
     ``first_step_dtype="float32"``, ``solve_dtype="float64"`` and run the parameters
     in float64 from step 1 (the suite's model ``param_dtype``).
 
+    Size limit: ``init`` refuses parameters with more than ``max_params`` entries
+    (default 10,000; ``None``: no limit) in one line naming the limit and the
+    alternatives.  Both paths may form ``n × n`` matrices (the dense one always, the
+    low-rank one whenever its check fails) whose eigendecomposition costs O(n³):
+    (n / 7,960)³ times the paper's model's dense step (54 s on a 2-core CPU), e.g.
+    17× at n = 20,490, even where the memory (checked after compilation by the suite)
+    would suffice.  Krylov methods (:func:`hessian_free`, :func:`trust_region`) have
+    no such limit.
+
     ``learning_rate`` and ``damping`` may be traced (``optax.inject_hyperparams``);
     ``max_rank`` and ``hessian_chunk_size`` fix shapes, so name them in
     ``static_args`` there: ``optax.inject_hyperparams(newton, static_args=("max_rank",))``.
@@ -91,11 +107,14 @@ def newton(
     chunk_size = static_hyperparameter("newton", "hessian_chunk_size", hessian_chunk_size)
     if max_rank is not None and max_rank < 1:
         raise ValueError(f"newton: max_rank must be >= 1 or None, got {max_rank}")
+    limit = None if max_params is None else concrete_float(max_params)  # None when traced: no check
+    if limit is not None and limit < 1:
+        raise ValueError(f"newton: max_params must be >= 1 or None, got {max_params}")
     dtype = resolve_solve_dtype(solve_dtype)
     first = None if first_step_dtype is None else jnp.dtype(first_step_dtype)
 
     def init(params):
-        del params
+        check_size(sum(int(p.size) for p in jax.tree_util.tree_leaves(params)), limit)
         zero = jnp.zeros((), dtype)
         return SecondOrderState(
             count=jnp.zeros((), jnp.int32),
@@ -163,3 +182,15 @@ def newton(
         return updates, SecondOrderState(state.count + 1, diagnostics)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def check_size(n: int, max_params: float | None) -> None:
+    """Refuse ``n > max_params`` parameters in one line: the limit, the cost and the alternatives."""
+    if max_params is None or n <= max_params:
+        return
+    raise ValueError(
+        f"newton: max_params must be at least the model's {n:,} parameters (or null: no limit) to run exact Newton "
+        f"on it: its {n:,} × {n:,} Hessian ({8 * n * n / 1e9:.1f} GB in float64) and O(n³) eigendecomposition "
+        f"cost {(n / PAPER_PARAMS) ** 3:,.0f}× the paper's {PAPER_PARAMS:,}-parameter model's per step (54 s there "
+        f"on a 2-core CPU); or use a Krylov method (hessian_free, trust_region), got {max_params:.0f}"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -81,6 +82,11 @@ def _inverse_fourth_root(stat: jax.Array, eps: jax.Array, relative: bool) -> tup
     return root, (top + ridge) / (lam[0] + ridge)
 
 
+def _matrix_shape(leaf: jax.Array) -> tuple[int, int]:
+    """A ≥ 2-D leaf ``(..., out)`` as the matrix ``(prod(shape[:-1]), out)`` (a conv kernel's fan-in × fan-out)."""
+    return math.prod(leaf.shape[:-1]), leaf.shape[-1]
+
+
 def _finite_or(new: jax.Array, old: jax.Array) -> jax.Array:
     """``new`` when all its entries are finite, else ``old``."""
     return jnp.where(jnp.all(jnp.isfinite(new)), new, old)
@@ -115,8 +121,8 @@ def shampoo(
     * graft step ``a``: ``graft="adam"``: ``v ← b2 v + (1 − b2) G²``,
       ``a = m̂ / (√(v / (1 − b2^{t+1})) + graft_eps)`` (exactly ``optax.adam``'s step);
       ``graft="sgd"``: ``a = m̂`` (plain SGD's ``G`` when ``b1 = 0``);
-    * preconditioned leaves (2-D, both dimensions ``≤ max_dim``, e.g. a Dense kernel
-      of shape (in, out)): statistics ``L ← β L + G Gᵀ``, ``R ← β R + Gᵀ G`` (from
+    * preconditioned leaves (≥ 2-D, both dimensions of the matrix view ``≤ max_dim``;
+      below): statistics ``L ← β L + G Gᵀ``, ``R ← β R + Gᵀ G`` (from
       zero; ``β = 1`` is the original sum, ``β < 1`` an exponentially weighted sum —
       the reference's ``(1 − β)`` weight on the new term is a constant factor, i.e.
       ``eps / (1 − β)`` here); roots ``P_L = (L + ε I)^{-1/4}``, ``P_R = (R + ε
@@ -126,9 +132,17 @@ def shampoo(
       eigendecompositions run only at those steps);
     * direction: from step ``s`` on, on preconditioned leaves, ``D = P_L m̂ P_R``
       with the graft's norm, ``d = ‖a‖ D / ‖D‖`` (Frobenius norms per leaf; ``d = 0``
-      when ``D = 0``); elsewhere — before step ``s``, 1-D leaves (biases), leaves
-      of other ranks and leaves with a dimension ``> max_dim`` — the graft alone,
-      ``d = a``.
+      when ``D = 0``); elsewhere — before step ``s``, 0-D and 1-D leaves (biases)
+      and leaves with a matrix dimension ``> max_dim`` — the graft alone, ``d = a``.
+
+    Matrix view: a leaf of shape ``(..., out)`` is preconditioned as the matrix
+    ``(prod(shape[:-1]), out)``, ``G`` and ``m̂`` reshaped: a Dense kernel ``(in, out)``
+    as it is, a Flax conv kernel ``(*window, in, out)`` (HWIO) as its fan-in × fan-out
+    matrix ``(kh·kw·in, out)``, the same matrix as K-FAC's conv blocks.  PyTorch
+    implementations view an OIHW kernel as ``(out, in·kh·kw)``: the transpose with the
+    fan-in in another order, which gives the same step (Shampoo is equivariant under
+    transposition and permutations).  Gupta et al. precondition an order-k tensor
+    with k factors instead, Anil et al. merge small axes first.
 
     Choices: momentum is the bias-corrected EMA ``m̂`` of the gradients, applied
     *before* preconditioning and shared by Shampoo and the graft (Shi et al.), so a
@@ -184,7 +198,7 @@ def shampoo(
     dtype = resolve_solve_dtype(solve_dtype)
 
     def preconditioned(leaf: jax.Array) -> bool:
-        return leaf.ndim == 2 and max(leaf.shape) <= _static_max_dim(max_dim)
+        return leaf.ndim >= 2 and max(_matrix_shape(leaf)) <= _static_max_dim(max_dim)
 
     def init(params: PyTree) -> ShampooState:
         leaves = jax.tree_util.tree_leaves(params)
@@ -193,7 +207,8 @@ def shampoo(
         def pair(leaf: jax.Array, fill: Any) -> Pair | None:
             if not preconditioned(leaf):
                 return None
-            return fill(leaf.shape[0]), fill(leaf.shape[1])
+            rows, cols = _matrix_shape(leaf)
+            return fill(rows), fill(cols)
 
         return ShampooState(
             mu=optax.tree.zeros_like(params),
@@ -247,7 +262,7 @@ def shampoo(
             if s is None:
                 statistics.append(None)
                 continue
-            gs = g.astype(dtype)
+            gs = g.astype(dtype).reshape(_matrix_shape(g))
             statistics.append((b * s[0] + gs @ gs.T, b * s[1] + gs.T @ gs))
         stats = tuple(statistics)
 
@@ -264,7 +279,7 @@ def shampoo(
                 steps.append(a)
                 continue
             shampoo_size += a.size
-            direction = r[0] @ m.astype(dtype) @ r[1]
+            direction = (r[0] @ m.astype(dtype).reshape(_matrix_shape(m)) @ r[1]).reshape(m.shape)
             d_norm = jnp.linalg.norm(direction)
             scale = jnp.linalg.norm(a.astype(dtype)) / jnp.where(d_norm > 0, d_norm, 1)
             steps.append(jnp.where(active, scale * direction, a.astype(dtype)).astype(a.dtype))

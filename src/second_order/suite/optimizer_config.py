@@ -133,14 +133,30 @@ def build_optimizer(opt: OptimizerConfig) -> optax.GradientTransformationExtraAr
     except InstantiationException as err:
         cause = err.__cause__ or err
         if isinstance(cause, (ValueError, TypeError)):
-            text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-            # The core's convention "<fn>: <key> must be <rule>, got <value>" → the config's words.
-            match = re.fullmatch(r"\w+: (\w+) must (.+), got (.+)", text)
-            if match and match.group(1) in opt.kwargs:
-                key, rule, value = match.groups()
-                raise ConfigError(f"optimizer.{key} = {value} is invalid: must {rule}") from None
-            raise ConfigError(f"optimizer ({opt.name}): {text}") from None
+            raise config_error(opt, cause) from None
         raise
     if not hasattr(tx, "init") or not hasattr(tx, "update"):
         raise ConfigError(f"optimizer._target_ = {opt.target!r} is invalid: it did not return an optax transformation")
     return optax.with_extra_args_support(tx)
+
+
+def config_error(opt: OptimizerConfig, err: BaseException) -> ConfigError:
+    """The optimizer's ``ValueError``/``TypeError`` as one line in the config's words."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    # The core's convention "<fn>: <key> must be <rule>, got <value>" → the config's words.
+    match = re.fullmatch(r"\w+: (\w+) must (.+), got (.+)", text)
+    if match and match.group(1) in opt.kwargs:
+        key, rule, value = match.groups()
+        return ConfigError(f"optimizer.{key} = {value} is invalid: must {rule}")
+    return ConfigError(f"optimizer ({opt.name}): {text}")
+
+
+def init_state_shapes(opt: OptimizerConfig, tx: optax.GradientTransformationExtraArgs, params: Any) -> Any:
+    """``jax.eval_shape(tx.init, params)``: what ``init`` refuses for these parameters (e.g. exact
+    Newton above ``max_params``) becomes a one-line ConfigError before any work."""
+    import jax
+
+    try:
+        return jax.eval_shape(tx.init, params)
+    except ValueError as err:
+        raise config_error(opt, err) from None

@@ -15,17 +15,21 @@ optimizer (each one takes what it needs and ignores the rest):
   (Gauss-Newton, K-FAC-style methods);
 * ``output_loss_fn``: ``outputs → scalar`` ``ℓ(z)``, so ``L = ℓ ∘ f``;
 * ``tapped_predict_fn``: ``(params, taps) → (outputs, layer_inputs)``, ``predict_fn``
-  with every Dense layer (a parameter dict with a 2-D ``kernel`` ``(in, out)`` and
-  optionally a ``bias``) tapped (K-FAC-style methods): ``layer_inputs`` holds each
-  Dense layer's input ``a`` ``(batch, in)``; ``taps`` (``None``: no taps) holds
-  for each Dense layer an array ``(batch, out)`` that the model adds to the layer's
-  pre-activation output ``s = a W + b``.  Both are nested dicts keyed like the
-  parameters (``{"Dense_0": ..., "Dense_1": ...}``).  At zero taps the outputs are
-  ``predict_fn``'s and the gradients of the loss w.r.t. the taps are the
+  with every Dense and conv layer tapped (K-FAC-style methods; a layer is a parameter
+  dict with a ``kernel`` — Dense ``(in, out)``, conv ``(*window, in, out)``, HWIO in
+  2-D — and optionally a ``bias`` ``(out,)``): ``layer_inputs`` holds each Dense
+  layer's input ``a`` ``(batch, in)`` and each conv layer's input patches
+  ``(batch, *out_spatial, prod(window)·in)``, ordered like the kernel reshaped to
+  ``(prod(window)·in, out)`` (:func:`second_order.optim.patches.conv_patches`), so that
+  every layer is ``s = a W + b`` per row; ``taps`` (``None``: no taps) holds for each
+  layer an array shaped like its pre-activation output ``s`` (``(batch, out)``,
+  ``(batch, *out_spatial, out)``) that the model adds to ``s``.  Both are nested dicts
+  keyed like the parameters (``{"Conv_0": ..., "Dense_0": ...}``).  At zero taps the
+  outputs are ``predict_fn``'s and the gradients of the loss w.r.t. the taps are the
   back-propagated pre-activation gradients ∂L/∂s.  The taps' structure comes from
-  ``jax.eval_shape(tapped_predict_fn, params, None)``: a layer's tap is zeros of
-  shape ``a.shape[:-1] + (kernel.shape[1],)``
-  (:func:`second_order.optim.kfac.zero_taps`).
+  ``jax.eval_shape(tapped_predict_fn, params, None)``: a layer's tap is zeros of shape
+  ``a.shape[:-1] + (kernel.shape[-1],)`` (:func:`second_order.optim.kfac.zero_taps`).
+  The suite's is :func:`second_order.suite.model.apply_with_taps`.
 
 Whatever diagnostics the optimizer's state carries
 (:func:`second_order.optim.collect_diagnostics`) are returned per step and logged;
@@ -42,7 +46,7 @@ import jax.numpy as jnp
 import optax
 
 from second_order.optim import collect_diagnostics
-from second_order.suite.model import apply_with_dense_taps, cross_entropy
+from second_order.suite.model import apply_with_taps, cross_entropy
 
 PyTree = Any
 ApplyFn = Callable[..., jax.Array]
@@ -70,7 +74,7 @@ def loss_functions(apply_fn: ApplyFn, x: jax.Array, y: jax.Array) -> LossFunctio
         return output_loss_fn(predict_fn(params))
 
     def tapped_predict_fn(params: PyTree, taps: PyTree | None) -> tuple[jax.Array, PyTree]:
-        return apply_with_dense_taps(apply_fn, {"params": params}, x, taps)
+        return apply_with_taps(apply_fn, {"params": params}, x, taps)
 
     return LossFunctions(value_fn, predict_fn, output_loss_fn, tapped_predict_fn)
 
