@@ -4,6 +4,7 @@
 #   make train ARGS="optimizer=hessian_free"    one run (any Hydra overrides)
 #   make reproduce   every experiment of the paper, then figures and tables into results/
 #   make figures     regenerate figures and tables without training (RUNS=runs/paper OUT=results)
+#   make study       the study (tuned methods, time to target, profiles) into results/study/ (STUDY=full)
 #   make bench       timing benchmark into results/bench/
 #   make lint        ruff (lint + format check) and mypy over src/, scripts/, tests/, benchmarks/
 
@@ -15,7 +16,7 @@ STAMP := $(VENV)/.installed-$(JAX_VARIANT)
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: setup test test-fast lint format train reproduce figures bench clean
+.PHONY: setup test test-fast lint format train reproduce figures study bench clean
 FULL ?=
 
 setup: $(STAMP)
@@ -53,6 +54,9 @@ reproduce: setup
 
 figures: setup
 	$(BIN)/python scripts/make_figures.py $(or $(RUNS),runs/paper) --out $(or $(OUT),results)
+
+study: setup
+	$(BIN)/python scripts/study.py --study $(or $(STUDY),cpu) $(ARGS)
 
 bench: setup
 	$(BIN)/python -m benchmarks $(ARGS)

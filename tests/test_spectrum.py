@@ -61,6 +61,30 @@ def test_negative_tolerance_excludes_a_cluster_at_zero():
     assert out["neg_mass"] == pytest.approx(0.25, abs=1e-9)
 
 
+@pytest.mark.parametrize("rank", [0, 2])
+def test_an_invariant_krylov_space_gives_exact_values_not_nan(rank):
+    """A zero or rank-2 operator (e.g. Gauss-Newton once the softmax saturates) stops Lanczos early."""
+    params = {"a": jnp.zeros(3), "b": {"c": jnp.zeros(4)}}
+    u = jnp.eye(7)[:rank].T * jnp.array([5.0, -2.0])[:rank]  # A = Σ λᵢ eᵢ eᵢᵀ with λ = 5, -2
+
+    def matvec(v):
+        flat, unravel = ravel_pytree(v)
+        return unravel(u @ (jnp.eye(7)[:rank] @ flat))
+
+    sizes = SpectrumSizes(top_k=3, lanczos_steps=6, trace_probes=3, slq_probes=2, slq_steps=6)
+    out = jax.jit(lambda key: spectrum(matvec, params, key, sizes))(jax.random.PRNGKey(2))
+    # The Krylov space of a generic start holds one eigenvector per distinct eigenvalue (0 included).
+    found = [5.0, 0.0, -2.0] if rank else [0.0]
+    assert np.all(np.isfinite(out["top"][: len(found)])) and np.all(np.isnan(out["top"][len(found) :]))
+    np.testing.assert_allclose(out["top"][: len(found)], found, atol=1e-12)
+    np.testing.assert_allclose(out["bottom"][: len(found)], found[::-1], atol=1e-12)
+    np.testing.assert_allclose(out["trace"], sum(found), atol=1e-12)  # Rademacher: exact on a diagonal
+    assert float(np.sum(out["slq_weights"])) == pytest.approx(1.0, abs=1e-12)
+    weights, nodes = np.asarray(out["slq_weights"]), np.asarray(out["slq_nodes"])
+    assert np.all(weights[np.isnan(nodes)] == 0.0)
+    assert float(out["neg_mass"]) == pytest.approx(1 / 7 if rank == 2 else 0.0, abs=1e-12)
+
+
 def test_columns_match_names():
     sizes = SpectrumSizes(top_k=2, lanczos_steps=4, trace_probes=1, slq_probes=2, slq_steps=3)
     result = {

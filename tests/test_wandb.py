@@ -196,7 +196,16 @@ def test_offline_history_roundtrip(offline_run):
         m = r.get("metric", {})
         if r["type"] == "metric" and m.get("options", {}).get("defined"):  # wandb < 0.31 also logs expansions
             metrics[m.get("name") or m.get("glob_name")] = m.get("step_metric", "")
-    assert metrics == {"step": "", "time_s": "", "epoch": "step", "train/*": "step", "opt/*": "step", "eval/*": "step", "curvature/*": "step"}
+    assert metrics == {
+        "step": "",
+        "time_s": "",
+        "epoch": "step",
+        "train/*": "step",
+        "opt/*": "step",
+        "eval/*": "step",
+        "val/*": "step",
+        "curvature/*": "step",
+    }
 
 
 def test_record_to_run_dir_loads(offline_run, tmp_path):

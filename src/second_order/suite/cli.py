@@ -3,7 +3,7 @@
 Exit statuses: 0 a run that finished (completed, budget or diverged); 2 a user
 error, printed as one line ``error: ...`` (bad config value, unknown option, bad
 data, unusable checkpoint); 128 + N a run stopped by signal N (130 SIGINT, 143
-SIGTERM), its checkpoint written; 1 a crash (a bug: traceback).
+SIGTERM, 140 SIGUSR2: pre-emption), its checkpoint written; 1 a crash (a bug: traceback).
 ``SECOND_ORDER_DEBUG=1`` shows the traceback of user errors too.
 """
 
@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from second_order.suite.config import ConfigError, from_omegaconf_error
+from second_order.suite.training.stop import preemption_signal
 
 log = logging.getLogger("train")
 
@@ -86,7 +87,9 @@ def exit_on_user_error(main: Callable[[], Any]) -> int:
 def train_job(cfg: DictConfig) -> float | None:
     """One job: run it, record failures of sweep jobs, exit as documented above.
 
-    Returns the final training loss (what a Hydra sweeper minimises).
+    Returns the run's objective (what a Hydra sweeper such as Optuna minimises): the final
+    validation loss with ``data.validation_examples > 0``, else the final training loss;
+    ``inf`` for a diverged run (see :func:`second_order.suite.experiment.objective`).
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -128,13 +131,28 @@ def train_job(cfg: DictConfig) -> float | None:
     )
     if summary["status"] == "interrupted":
         sig = int(summary.get("signal") or signal.SIGINT)
+        if sig == preemption_signal() and callable(signal.getsignal(sig)):
+            hand_over_preemption(sig)
         if multirun:  # stop the sweep too, with its table of every job on disk
             from second_order.suite.sweep import write_sweep_summary
 
             write_sweep_summary(Path(hc.sweep.dir), interrupted_by=sig)
         sys.exit(128 + sig)
-    loss = summary.get("train_loss")
-    return float(loss) if loss is not None else None
+    value = summary.get("objective")
+    return float(value) if value is not None else None
+
+
+def hand_over_preemption(sig: int) -> None:
+    """Pass a pre-emption on to the handler the run found (submitit's: it requeues the job and exits).
+
+    The checkpoint is written and the record says ``interrupted``; the requeued job resumes
+    the run by itself. Returns when the handler does not requeue (then the job just ends).
+    """
+    log.info("pre-empted by %s: checkpoint written, handing over to the launcher", signal.Signals(sig).name)
+    try:
+        signal.raise_signal(sig)  # the handler runs before this returns
+    except Exception as err:  # e.g. submitit's "timed-out too many times"
+        log.error("not requeued: %s", one_line(err) or f"{type(err).__name__}: {err}")
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:

@@ -58,23 +58,49 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
+DATASETS = ("mnist", "fashion_mnist", "cifar10")  # second_order.suite.data.DATASETS (a test keeps them equal)
+
+
 @dataclasses.dataclass
 class DataConfig:
+    name: str = setting(
+        "mnist", help="the dataset (configs/data/<name>.yaml sets it with its directory)", choices=DATASETS
+    )
     dir: str | None = setting(
-        help="directory with the dataset's files (a preset sets its default); null: TensorFlow Datasets",
+        help="directory with the dataset's files (a preset sets its default); null: its default, else TFDS",
         check=lambda v: v is None or bool(v),
         allowed="a directory path or null (null: TensorFlow Datasets)",
     )
-    verify_checksums: bool = setting(True, help="check the MD5 of the canonical 60k/10k files")
+    verify_checksums: bool = setting(
+        True, help="check the canonical files: MD5 (MNIST, Fashion-MNIST), class counts (CIFAR-10)"
+    )
+    validation_examples: int = setting(
+        0,
+        help="hold out this many training examples as a validation split (val_loss, val_acc; tuning); 0: none",
+        minimum=0,
+    )
+
+
+MODELS = ("mlp", "cnn")
 
 
 @dataclasses.dataclass
 class ModelConfig:
+    """The network (second_order.suite.model): an MLP, or a CNN whose conv blocks precede an MLP head."""
+
+    name: str = setting("mlp", help="mlp: Dense ReLU layers; cnn: conv blocks, then Dense layers", choices=MODELS)
     hidden: list[int] = setting(
-        help="widths of the hidden ReLU layers (the paper: [10], 7,960 parameters)",
-        check=lambda v: len(v) > 0 and all(h >= 1 for h in v),
-        allowed="a non-empty list of layer widths, each an integer >= 1 (e.g. [10])",
+        help="widths of the hidden ReLU Dense layers (the paper: [10], 7,960 parameters; cnn: after the convs)",
+        check=lambda v: all(h >= 1 for h in v),
+        allowed="a list of layer widths, each an integer >= 1 (e.g. [10])",
     )
+    channels: list[int] = setting(
+        factory=list,
+        help="cnn: output channels of each conv block (kernel_size² conv, ReLU, 2x2 max-pool); mlp: []",
+        check=lambda v: all(c >= 1 for c in v),
+        allowed="a list of channel counts, each an integer >= 1 (e.g. [16, 32])",
+    )
+    kernel_size: int = setting(3, help="cnn: side of the square conv kernels", minimum=1)
     num_classes: int = setting(help="output logits (the dataset's classes)", minimum=2)
     param_dtype: str = setting(
         "float32",
@@ -90,6 +116,11 @@ class TrainerConfig:
     max_steps: int | None = setting(None, help="cap on optimizer steps (a budget); null: none", minimum=1)
     max_time_s: float | None = setting(None, help="cap on optimizer seconds (a budget); null: none", minimum=0)
     eval_every: int = setting(1, help="evaluate on the test set every this many epochs", minimum=1)
+    eval_every_steps: int | None = setting(
+        None,
+        help="also evaluate every this many steps of each epoch (time to target); null: per epoch only",
+        minimum=1,
+    )
     chunk_steps: int = setting(100, help="steps per compiled chunk (logs, signals, budgets checked between)", minimum=1)
     checkpoint_every_s: float = setting(300.0, help="also checkpointed after every evaluation and on stop", minimum=0)
     resume: bool = setting(False, help="continue from <run dir>/checkpoint (same config + trainer.resume=true)")
@@ -280,6 +311,16 @@ def _check_dataclass(obj: Any, prefix: str) -> None:
             raise _fail(key, value, described)
 
 
+def _check_model(m: ModelConfig) -> None:
+    """What each architecture needs: an MLP hidden layers and no convs, a CNN convs."""
+    if m.name == "mlp" and not m.hidden:
+        raise _fail("model.hidden", [], "a non-empty list of layer widths for model.name = mlp (e.g. [10])")
+    if m.name == "mlp" and m.channels:
+        raise _fail("model.channels", m.channels, "[] for model.name = mlp (conv blocks need model=cnn)")
+    if m.name == "cnn" and not m.channels:
+        raise _fail("model.channels", [], "a non-empty list of channel counts for model.name = cnn (e.g. [16, 32])")
+
+
 @dataclasses.dataclass(frozen=True)
 class ValidConfig:
     """A validated config: the typed groups and the optimizer's call."""
@@ -313,6 +354,7 @@ def validate(cfg: Mapping[str, Any]) -> ValidConfig:
     _check_dataclass(typed, "")
     if typed.model.param_dtype == "float64" and not typed.x64:
         raise _fail("model.param_dtype", "float64", "float32 when x64 = false (float64 needs x64=true)")
+    _check_model(typed.model)
     if typed.diagnostics.top_k > typed.diagnostics.lanczos_steps:
         raise _fail(
             "diagnostics.top_k",
@@ -332,3 +374,25 @@ def validate(cfg: Mapping[str, Any]) -> ValidConfig:
         typed.logger,
         typed.diagnostics,
     )
+
+
+def schema_defaults() -> dict[str, Any]:
+    """Every schema key's default, as dotted keys (``{"data.name": "mnist", ...}``; the optimizer aside).
+
+    What a run whose config.yaml was written before a key existed ran with: resume checks
+    and report grouping fill a missing key with it.
+    """
+
+    def walk(node: Any, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(node):
+            if f.name == "optimizer":
+                continue
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(value):
+                out.update(walk(value, f"{prefix}{f.name}."))
+            elif value is not dataclasses.MISSING and value is not MISSING:
+                out[prefix + f.name] = value
+        return out
+
+    return walk(RunConfig, "")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,15 @@ import optax
 import yaml
 
 from second_order.optim import collect_diagnostics
-from second_order.suite.config import ConfigError, ValidConfig, validate
-from second_order.suite.model import MLP, describe_mlp
-from second_order.suite.optimizer_config import build_optimizer
+from second_order.suite.config import ConfigError, ValidConfig, schema_defaults, validate
+from second_order.suite.model import build_model, describe_model, image_shape_of
+from second_order.suite.optimizer_config import build_optimizer, init_state_shapes
+from second_order.suite.splits import hold_out
 from second_order.suite.tracking import environment, runs
 from second_order.suite.tracking.run_logger import RunLogger
 from second_order.suite.training import checkpoint
 from second_order.suite.training.resources import RunDirLock
-from second_order.suite.training.stop import StopSignals
+from second_order.suite.training.stop import StopSignals, resumes_by_itself
 from second_order.suite.training.trainer import fit, mean_last_epoch_loss
 
 #: Keys that may differ when a run is resumed: budgets and bookkeeping, never the experiment.
@@ -31,6 +34,7 @@ RESUMABLE_KEYS = (
     "trainer.max_time_s",
     "trainer.chunk_steps",
     "trainer.checkpoint_every_s",
+    "optimizer.max_params",  # a guard against too large a model, not part of the experiment
     "data.dir",
     "logger.wandb.mode",
     "logger.wandb.project",
@@ -50,9 +54,9 @@ def prepare(cfg: Mapping[str, Any]) -> tuple[ValidConfig, optax.GradientTransfor
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two configs, budgets and bookkeeping aside."""
     old, new = _plain(old), _plain(new)
-    if "diagnostics" not in old and (new.get("diagnostics") or {}).get("name") == "none":
-        old["diagnostics"] = new["diagnostics"]  # a run from before the diagnostics group measured nothing
     a, b = runs.flatten_config(old), runs.flatten_config(new)
+    if a:  # a key added to the schema after the old run was written: it ran with the default
+        a = {**{k: runs.flatten_config({k: v})[k] for k, v in schema_defaults().items() if k not in a}, **a}
     return sorted(
         k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUMABLE_KEYS)
     )
@@ -89,8 +93,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
 
     Before any work: the config is validated, the run directory created and locked
     (a second run into it is refused while this one lives), checked against the run
-    it may hold, and SIGINT/SIGTERM handlers installed (a signal from then on ends in
-    a clean ``interrupted`` record).
+    it may hold, and SIGINT/SIGTERM/pre-emption handlers installed (a signal from then
+    on ends in a clean ``interrupted`` record). A pre-empted run resumes by itself when
+    its job is requeued with the same command (see ``stop.resumes_by_itself``).
     """
     run_dir = Path(run_dir)
     rc, tx = prepare(cfg)
@@ -98,15 +103,24 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
         raise ConfigError(f"run directory {run_dir} is an existing file; choose another with hydra.run.dir=<dir>")
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunDirLock(run_dir), StopSignals() as signals:
+        if not rc.trainer.resume and resumes_by_itself(runs.read_summary(run_dir)) and checkpoint.exists(run_dir):
+            logging.getLogger(__name__).info("%s was pre-empted: resuming it from its checkpoint", run_dir)
+            rc = dataclasses.replace(rc, trainer=dataclasses.replace(rc.trainer, resume=True))
         check_run_dir(run_dir, cfg, rc.trainer.resume)
         return _run_locked(cfg, rc, tx, run_dir, signals)
 
 
 def check_data(rc: ValidConfig, data: Any) -> None:
-    """What the config must agree with in the data: batch size, number of classes."""
+    """What the config must agree with in the data: validation split, batch size, number of classes."""
     n_train = len(data.train_labels)
     if n_train == 0:
         raise ConfigError("the training set is empty; check data.dir")
+    held = rc.data.validation_examples
+    if held and held >= n_train:
+        raise ConfigError(
+            f"data.validation_examples = {held} is invalid: must be less than the {n_train} training examples"
+        )
+    n_train -= held
     if rc.trainer.batch_size > n_train:
         raise ConfigError(
             f"trainer.batch_size = {rc.trainer.batch_size} is invalid: must be at most the {n_train} training examples"
@@ -126,25 +140,27 @@ def _run_locked(
     run_dir: Path,
     signals: StopSignals,
 ) -> dict[str, Any]:
-    from second_order.suite.data import load_mnist  # here: config errors surface before any data I/O
+    from second_order.suite.data import load_dataset  # here: config errors surface before any data I/O
 
-    data = load_mnist(rc.data.dir, verify_checksums=rc.data.verify_checksums)
+    data = load_dataset(rc.data.name, rc.data.dir, verify_checksums=rc.data.verify_checksums)
     check_data(rc, data)
+    data, validation = hold_out(data, rc.data.validation_examples)
     n_train, n_test = len(data.train_labels), len(data.test_labels)
     resuming = rc.trainer.resume and checkpoint.exists(run_dir)
     if not (run_dir / runs.CONFIG_FILE).exists():
         runs.write_text(run_dir / runs.CONFIG_FILE, yaml.safe_dump(_plain(cfg), sort_keys=False))
 
-    model = MLP(hidden=tuple(rc.model.hidden), num_classes=rc.model.num_classes)
+    image_shape = image_shape_of(data)
+    model = build_model(rc.model, image_shape)
     abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_images[:1])["params"]
     abstract_params = jax.tree_util.tree_map(
         lambda p: jax.ShapeDtypeStruct(p.shape, rc.model.param_dtype), abstract_params
     )
-    diag_names = list(collect_diagnostics(jax.eval_shape(tx.init, abstract_params)))
+    diag_names = list(collect_diagnostics(init_state_shapes(rc.optimizer, tx, abstract_params)))
     probe, curvature_names = curvature_probe(rc, model, abstract_params)
     previous = (runs.read_summary(run_dir) or {}) if resuming else {}
     wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id"))
-    logger = RunLogger(run_dir, diag_names, wandb, curvature_names)
+    logger = RunLogger(run_dir, diag_names, wandb, curvature_names, validation=validation is not None)
     per_epoch = n_train // rc.trainer.batch_size
     base = {
         "optimizer": rc.optimizer.name,
@@ -152,9 +168,10 @@ def _run_locked(
         "seed": rc.seed,
         "param_count": int(sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract_params))),
         "wandb_run_id": getattr(wandb, "run_id", None),
-        "dataset": "mnist",
-        "model": describe_mlp(int(np.prod(data.train_images.shape[1:])), rc.model.hidden, rc.model.num_classes),
+        "dataset": data.name,
+        "model": describe_model(rc.model, image_shape),
         "train_examples": n_train,
+        "validation_examples": rc.data.validation_examples,
         "test_examples": n_test,
         "batch_size": rc.trainer.batch_size,
         "epochs": rc.trainer.epochs,
@@ -193,6 +210,7 @@ def _run_locked(
             param_dtype=rc.model.param_dtype,
             signals=signals,
             probe=probe,
+            validation=validation,
         )
     except BaseException as err:
         # Never leave "running" behind: a failed resume restores the record it found,
@@ -212,6 +230,8 @@ def _run_locked(
         "train_loss": mean_last_epoch_loss(steps),
         "test_loss": outcome.last_eval.get("test_loss"),
         "test_acc": outcome.last_eval.get("test_acc"),
+        "val_loss": outcome.last_eval.get("val_loss"),
+        "val_acc": outcome.last_eval.get("val_acc"),
         "steps": outcome.steps,
         "epochs_completed": outcome.epochs_completed,
         "train_time_s": outcome.clock.get("train", 0.0),
@@ -222,6 +242,7 @@ def _run_locked(
         **_curvature_summary(run_dir, outcome.clock, probe is not None),
         "diverged": outcome.status == "diverged",
         "diverged_step": outcome.diverged_step,
+        **objective(outcome, steps),
         "signal": outcome.signal,
         "segments": segments,
     }
@@ -230,6 +251,20 @@ def _run_locked(
         wandb.set_summary(summary)
         wandb.finish(exit_code=0 if outcome.status in ("completed", "budget", "diverged") else 1)
     return summary
+
+
+def objective(outcome: Any, steps: Mapping[str, Any]) -> dict[str, Any]:
+    """What a sweeper minimises: the final validation loss (never the test set), else the final training loss.
+
+    ``inf`` for a diverged run (Optuna records it; NaN would mark the trial failed).
+    """
+    if outcome.status == "diverged":
+        value, name = float("inf"), "val_loss" if "val_loss" in outcome.last_eval else "train_loss"
+    elif "val_loss" in outcome.last_eval:
+        value, name = float(outcome.last_eval["val_loss"]), "val_loss"
+    else:
+        value, name = mean_last_epoch_loss(steps), "train_loss"
+    return {"objective": value, "objective_metric": name}
 
 
 def curvature_probe(rc: ValidConfig, model: Any, abstract_params: Any) -> tuple[tuple[Any, int] | None, list[str]]:

@@ -24,11 +24,17 @@ or the generalized Gauss-Newton matrix ``G = Jᵀ H_z J``
   zero out (most eigenvalues of a small ReLU network's mini-batch Hessian are 0 and
   SLQ puts one node, slightly off zero, on them).
 
-Lanczos and the Hutchinson trace are matfree's (``decomp.tridiag_sym`` with
-``reortho="full"``, ``stochtrace.estimator_monte_carlo``).  SLQ is assembled here
-from matfree's tridiagonalisation: matfree's ``funm.monte_carlo_funm_sym`` returns one
-number ``tr f(A)`` per function ``f``, while the density figures need the quadrature
-nodes and weights themselves (one ``eigh`` of an s×s matrix per probe).
+The Hutchinson trace is matfree's (``stochtrace.estimator_monte_carlo_mean_and_sem``).
+Lanczos is the library's own :func:`second_order.krylov.lanczos` (full
+reorthogonalisation, as matfree's ``decomp.tridiag_sym(reortho="full")``), because
+matfree 0.6 falls short on breakdown: when the Krylov space becomes invariant it
+normalises a zero vector and every result is NaN.  That happens in training: once
+exact Newton saturates the softmax, ``H_z = 0`` and the Gauss-Newton matrix is 0.
+Ours stops at an invariant subspace of size ``r``: its ``r`` Ritz values are then
+exact eigenvalues, SLQ has ``r`` nodes (the others get weight 0 and are reported as
+NaN), and top/bottom values beyond ``r`` are NaN (not found).  SLQ is assembled from
+the tridiagonal matrix (matfree's ``funm.monte_carlo_funm_sym`` returns one number
+``tr f(A)`` per function ``f``; the density figures need the nodes and weights).
 """
 
 from __future__ import annotations
@@ -40,9 +46,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from matfree import decomp, stochtrace
+from matfree import stochtrace
 
 from second_order.curvature import ggn_vp, hvp, tree_cast
+from second_order.krylov import lanczos, ritz
 
 PyTree = Any
 MatVec = Callable[[PyTree], PyTree]
@@ -82,8 +89,8 @@ def spectrum(matvec: MatVec, like: PyTree, key: jax.Array, sizes: SpectrumSizes)
     ``like``: a pytree shaped like the operator's vectors (the parameters).  Returns
     ``top`` (k largest Ritz values, largest first), ``bottom`` (k smallest, smallest
     first), ``trace`` and its standard error ``trace_sem``, ``neg_mass``, ``slq_nodes``
-    and ``slq_weights`` (``slq_probes · slq_steps`` each, weights summing to 1).
-    Pure and jittable.
+    and ``slq_weights`` (``slq_probes · slq_steps`` each, weights summing to 1; after a
+    breakdown the unused nodes are NaN with weight 0).  Pure and jittable.
     """
     flat, unravel = ravel_pytree(like)
     n = flat.shape[0]
@@ -95,29 +102,25 @@ def spectrum(matvec: MatVec, like: PyTree, key: jax.Array, sizes: SpectrumSizes)
         return ravel_pytree(matvec(unravel(v)))[0]
 
     k_start, k_trace, k_slq = jax.random.split(key, 3)
-    start = jax.random.normal(k_start, (n,), flat.dtype)
-    _, tri, *_ = decomp.tridiag_sym(sizes.lanczos_steps, reortho="full", materialize=True)(
-        matvec_flat, start / jnp.linalg.norm(start)
-    )
-    ritz = jnp.linalg.eigvalsh(tri)
-    top, bottom = ritz[::-1][: sizes.top_k], ritz[: sizes.top_k]
+    theta, _, active = ritz(lanczos(matvec_flat, jax.random.normal(k_start, (n,), flat.dtype), sizes.lanczos_steps))
+    count = jnp.sum(active)
+    # Ritz values ascend, padding (inactive) last: the i-th smallest is theta[i], the i-th largest theta[count-1-i].
+    i = jnp.arange(sizes.top_k)
+    top = jnp.where(i < count, theta[jnp.clip(count - 1 - i, 0)], jnp.nan)
+    bottom = jnp.where(i < count, theta[i], jnp.nan)
 
     sampler = stochtrace.sampler_signs(flat, num=sizes.trace_probes)
     estimator = stochtrace.estimator_monte_carlo_mean_and_sem(stochtrace.monte_carlo_trace(), sampler)
     trace, trace_sem = estimator(matvec_flat, k_trace)
 
-    slq_tridiag = decomp.tridiag_sym(sizes.slq_steps, reortho="full", materialize=True)
-
     def quadrature(probe_key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        v = jax.random.rademacher(probe_key, (n,), flat.dtype)
-        _, t, *_ = slq_tridiag(matvec_flat, v / jnp.sqrt(jnp.asarray(n, flat.dtype)))
-        theta, u = jnp.linalg.eigh(t)
-        return theta, u[0] ** 2
+        nodes, u, used = ritz(lanczos(matvec_flat, jax.random.rademacher(probe_key, (n,), flat.dtype), sizes.slq_steps))
+        return jnp.where(used, nodes, jnp.nan), jnp.where(used, u[0] ** 2, 0.0)
 
     # lax.map, not vmap: one Krylov basis (s × n) in memory at a time.
     nodes, weights = jax.lax.map(quadrature, jax.random.split(k_slq, sizes.slq_probes))
     nodes, weights = nodes.reshape(-1), weights.reshape(-1) / sizes.slq_probes
-    threshold = -sizes.negative_tol * jnp.max(jnp.abs(nodes))
+    threshold = -sizes.negative_tol * jnp.nanmax(jnp.abs(nodes))
     return {
         "top": top,
         "bottom": bottom,

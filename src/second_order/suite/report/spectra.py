@@ -5,8 +5,9 @@
   ``−ε·max|λ|``) and the Gauss-Newton matrix's largest eigenvalue, one line per group
   (mean over its seeds).
 * ``fig22_spectral_density``: one panel per group, the Hessian's SLQ spectral density
-  at its first, middle and last measurement, as the fraction of eigenvalues per bin
-  of a symmetric-log eigenvalue axis.
+  at its first, middle and last measurement, Gaussian-broadened on a symmetric-log
+  eigenvalue axis (as PyHessian broadens SLQ nodes; here in the axis' coordinate, so
+  that eigenvalues from 10⁻² to 10² are drawn alike).
 
 Runs that measured curvature feed only these figures (:func:`split_measured`): their
 training is that of the same run without measurements, so their losses would
@@ -27,6 +28,10 @@ from second_order.suite.report.style import new_figure, save_figure, with_paper_
 from second_order.suite.tracking.runs import Run
 
 LINTHRESH = 1e-2  # symlog axes: linear within ±1e-2, logarithmic outside
+SMOOTH = 5  # fig21: trailing mean over this many measurements (single mini-batches are noisy)
+MARKERS_UP_TO = 20  # measurements per line drawn with markers
+BROADENING = 0.06  # fig22: Gaussian σ in the symlog coordinate u = sign(λ)·log10(1 + |λ|/LINTHRESH)
+DENSITY_FLOOR = 1e-5  # fig22: lowest density drawn
 PANELS = (
     ("hessian_top1", "Hessian λ_max", "log"),
     ("hessian_bottom1", "Hessian λ_min", "symlog"),
@@ -45,13 +50,16 @@ def split_measured(runs: Sequence[Run]) -> tuple[list[Run], list[Run]]:
     return (plain or list(runs)), measured
 
 
-def _series(group: Group, column: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(steps, mean over seeds) over the measurements all seeds have."""
+def _series(group: Group, column: str, window: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, mean over seeds of a trailing mean over ``window`` measurements), on the measurements all seeds have."""
     cols = [r.curvature for r in group.runs if column in r.curvature and len(r.curvature[column])]
     if not cols:
         return None
     n = min(len(c["step"]) for c in cols)
-    return cols[0]["step"][:n], np.mean(np.stack([c[column][:n] for c in cols]), axis=0)
+    mean = np.mean(np.stack([c[column][:n] for c in cols]), axis=0)
+    sums = np.cumsum(np.concatenate([[0.0], mean]))
+    lo = np.maximum(np.arange(1, n + 1) - window, 0)
+    return cols[0]["step"][:n], (sums[1:] - sums[lo]) / (np.arange(1, n + 1) - lo)
 
 
 @with_paper_style
@@ -60,14 +68,15 @@ def plot_curvature_along_training(groups: Sequence[Group]) -> Figure:
     axes = fig.subplots(2, 2, sharex=True).ravel()
     for ax, (column, label, scale) in zip(axes, PANELS):
         for group in groups:
-            line = _series(group, column)
+            line = _series(group, column, SMOOTH)
             if line is None:
                 continue
             x, y = line
             if column.endswith("neg_mass"):
                 y = 100 * y
             st = group.style
-            ax.plot(x, y, color=st.color, linestyle=st.linestyle, marker=".", markersize=3, label=st.label)
+            marker = "." if len(x) <= MARKERS_UP_TO else None
+            ax.plot(x, y, color=st.color, linestyle=st.linestyle, marker=marker, markersize=4, label=st.label)
         if scale == "symlog":
             ax.set_yscale("symlog", linthresh=LINTHRESH)
             ax.axhline(0.0, color="0.6", linewidth=0.6)
@@ -93,15 +102,25 @@ def _symlog(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log10(1 + np.abs(x) / LINTHRESH)
 
 
-def _draw_density(ax: Axes, run: Run, edges: np.ndarray) -> None:
+def broadened_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Σⱼ wⱼ N(u; u(θⱼ), σ²) on ``grid`` (symlog coordinate u): integrates to Σ wⱼ = 1."""
+    z = (grid[:, None] - _symlog(nodes)[None, :]) / BROADENING
+    return np.exp(-0.5 * z**2) @ weights / (BROADENING * np.sqrt(2 * np.pi))
+
+
+def _draw_density(ax: Axes, run: Run, grid: np.ndarray) -> None:
     c = run.curvature
     count = sum(1 for k in c if k.startswith("hessian_slq_node"))
     for i, colour in zip(density_steps(run), ("#9ecae1", "#3182bd", "#08306b")):
         nodes = np.array([c[f"hessian_slq_node{j}"][i] for j in range(count)])
         weights = np.array([c[f"hessian_slq_weight{j}"][i] for j in range(count)])
-        mass, _ = np.histogram(_symlog(nodes), bins=edges, weights=weights)
-        ax.stairs(np.where(mass > 0, mass, np.nan), edges, color=colour, label=f"step {int(c['step'][i])}")
+        used = np.isfinite(nodes)  # after a Lanczos breakdown the unused nodes are NaN (weight 0)
+        density = broadened_density(nodes[used], weights[used], grid)
+        ax.plot(
+            grid, np.where(density > DENSITY_FLOOR, density, np.nan), color=colour, label=f"step {int(c['step'][i])}"
+        )
     ax.set_yscale("log")
+    ax.set_ylim(bottom=DENSITY_FLOOR)
 
 
 @with_paper_style
@@ -115,9 +134,10 @@ def plot_spectral_density(groups: Sequence[Group]) -> Figure:
         float(np.nanmax(np.abs(np.stack([v for k, v in g.runs[0].curvature.items() if "_slq_node" in k]))))
         for g in shown
     )
-    edges = np.linspace(-_symlog(np.array(reach))[()], _symlog(np.array(reach))[()], 61)
+    end = float(_symlog(np.array(reach))) + 3 * BROADENING
+    grid = np.linspace(-end, end, 600)
     for ax, group in zip(axes, shown):
-        _draw_density(ax, group.runs[0], edges)
+        _draw_density(ax, group.runs[0], grid)
         ax.set_title(f"{group.style.label} (seed {group.runs[0].seed})", fontsize=8)
         ticks = [t for t in (-100, -1, 0, 1, 100) if abs(t) <= reach]
         ax.set_xticks(_symlog(np.array(ticks, float)), [str(t) for t in ticks])
@@ -127,7 +147,7 @@ def plot_spectral_density(groups: Sequence[Group]) -> Figure:
     for ax in axes[: len(shown)][-cols:]:
         ax.set_xlabel("Hessian eigenvalue (symmetric log)")
     for ax in axes[::cols]:
-        ax.set_ylabel("fraction of eigenvalues")
+        ax.set_ylabel("density (per unit of the axis)")
     fig.suptitle("Hessian spectral density (stochastic Lanczos quadrature)")
     return fig
 
@@ -144,13 +164,15 @@ def make_spectrum_figures(groups: Sequence[Group], out_dir: Path) -> tuple[list[
         "**fig21_curvature_along_training.** Curvature along training, measured every few steps on the "
         "mini-batch of the next step, off the optimizer clock: the Hessian's largest and smallest eigenvalue "
         "(Lanczos, full reorthogonalisation), the fraction of its eigenvalues below −ε·max|λ| (stochastic "
-        "Lanczos quadrature) and the Gauss-Newton matrix's largest eigenvalue; mean over seeds. "
-        f"Runs: {names}.",
+        "Lanczos quadrature) and the Gauss-Newton matrix's largest eigenvalue; mean over seeds of a trailing "
+        f"mean over {SMOOTH} measurements (one mini-batch each is noisy). Runs: {names}.",
         "",
         "**fig22_spectral_density.** The Hessian's spectral density estimated by stochastic Lanczos quadrature at "
-        "the first, middle and last measurement of one seed: the fraction of eigenvalues in each bin of a "
-        f"symmetric-log eigenvalue axis (linear within ±{LINTHRESH:g}); empty bins are not drawn. Most "
-        "eigenvalues of a small ReLU network's mini-batch Hessian are zero (the bin at 0).",
+        "the first, middle and last measurement of one seed, on a symmetric-log eigenvalue axis (linear within "
+        f"±{LINTHRESH:g}): each quadrature node is broadened into a Gaussian of width {BROADENING:g} in the "
+        "axis' coordinate, so the area under a curve is 1 and the area over an interval its fraction of "
+        f"eigenvalues; densities below {DENSITY_FLOOR:g} are not drawn. Most eigenvalues of a small ReLU "
+        "network's mini-batch Hessian are zero (the peak at 0).",
         "",
     ]
     return paths, captions

@@ -29,12 +29,14 @@ class RunLogger:
         diagnostic_names: Sequence[str],
         wandb: Any | None = None,
         curvature_names: Sequence[str] = (),
+        validation: bool = False,
     ):
         self.run_dir = Path(run_dir)
         self.diagnostic_names = tuple(sorted(diagnostic_names))
         self.curvature_names = tuple(curvature_names)
         self.steps = runs.CsvLog(self.run_dir / runs.STEPS_FILE, runs.STEP_COLUMNS + self.diagnostic_names)
-        self.evals = runs.CsvLog(self.run_dir / runs.EVAL_FILE, runs.EVAL_COLUMNS)
+        eval_columns = runs.EVAL_COLUMNS + (runs.VALIDATION_COLUMNS if validation else ())
+        self.evals = runs.CsvLog(self.run_dir / runs.EVAL_FILE, eval_columns)
         self.curvature = self._curvature_log()
         self.wandb = wandb
 
@@ -62,13 +64,23 @@ class RunLogger:
             names = ("step", "epoch", "train/loss", "time_s") + tuple("opt/" + n for n in self.diagnostic_names)
             self.wandb.log_steps([dict(zip(names, r)) for r in rows])
 
-    def log_eval(self, epoch: int, step: int, time_s: float, test_loss: float, test_acc: float) -> None:
-        self.evals.write_rows([(epoch, step, time_s, test_loss, test_acc)])
+    def log_eval(
+        self,
+        epoch: int,
+        step: int,
+        time_s: float,
+        test_loss: float,
+        test_acc: float,
+        validation: tuple[float, float] | None = None,
+    ) -> None:
+        """One evaluation; ``validation`` = ``(val_loss, val_acc)`` when the run holds a validation split out."""
+        self.evals.write_rows([(epoch, step, time_s, test_loss, test_acc, *(validation or ()))])
         self.evals.flush()
         if self.wandb is not None:
-            self.wandb.log_eval(
-                {"step": step, "epoch": epoch, "time_s": time_s, "eval/loss": test_loss, "eval/acc": test_acc}
-            )
+            row = {"step": step, "epoch": epoch, "time_s": time_s, "eval/loss": test_loss, "eval/acc": test_acc}
+            if validation is not None:
+                row.update({"val/loss": validation[0], "val/acc": validation[1]})
+            self.wandb.log_eval(row)
 
     def log_curvature(self, step: int, epoch: int, time_s: float, seconds: float, values: Mapping[str, Any]) -> None:
         """One curvature measurement at ``step`` (``values`` keyed by ``curvature_names``)."""

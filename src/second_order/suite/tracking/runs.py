@@ -7,6 +7,7 @@ A run directory holds::
                        (a run resumed on another machine has several)
     steps.csv          one row per optimizer step: step, epoch, train_loss, time_s, <diagnostics>
     eval.csv           one row per evaluation: epoch, step, time_s, test_loss, test_acc
+                       (+ val_loss, val_acc with a validation split)
     curvature.csv      diagnostics=curvature only: one row per measurement: step, epoch, time_s,
                        seconds (its own cost), <matrix>_top1..., _bottom1..., _trace, _neg_mass,
                        _slq_node0..., _slq_weight0... (see second_order.suite.spectrum)
@@ -41,6 +42,7 @@ SUMMARY_FILE = "summary.json"
 
 STEP_COLUMNS = ("step", "epoch", "train_loss", "time_s")
 EVAL_COLUMNS = ("epoch", "step", "time_s", "test_loss", "test_acc")
+VALIDATION_COLUMNS = ("val_loss", "val_acc")  # eval.csv of runs with a validation split (data.validation_examples)
 CURVATURE_COLUMNS = ("step", "epoch", "time_s", "seconds")
 SUMMARY_KEYS = (
     "optimizer",
@@ -50,6 +52,10 @@ SUMMARY_KEYS = (
     "train_loss",
     "test_loss",
     "test_acc",
+    "val_loss",  # with a validation split: the last evaluation's
+    "val_acc",
+    "objective",  # what scripts/train.py returns to a sweeper (see experiment.objective)
+    "objective_metric",
     "steps",
     "epochs_completed",
     "train_time_s",
@@ -69,6 +75,7 @@ SUMMARY_KEYS = (
     "dataset",
     "model",
     "train_examples",
+    "validation_examples",  # data.validation_examples: held out of the training set
     "test_examples",
     "batch_size",
     "epochs",

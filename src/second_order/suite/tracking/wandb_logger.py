@@ -8,7 +8,7 @@ run: if ``wandb.init`` or any later call fails, it emits one
 Metric layout (one W&B history row per optimizer step, plus one per evaluation)::
 
     step rows:  step, epoch, time_s, train/loss, opt/<diagnostic>...
-    eval rows:  step, epoch, time_s, eval/loss, eval/acc
+    eval rows:  step, epoch, time_s, eval/loss, eval/acc (+ val/loss, val/acc with a validation split)
     curvature rows (diagnostics=curvature): step, epoch, time_s, curvature/<measure>...
 
 ``step`` (our optimizer step) is the x-axis of every ``train/*``, ``opt/*``,
@@ -164,7 +164,7 @@ class WandbLogger:
         try:
             run.define_metric("step")
             run.define_metric("time_s")
-            for pattern in ("epoch", "train/*", "opt/*", "eval/*", "curvature/*"):
+            for pattern in ("epoch", "train/*", "opt/*", "eval/*", "val/*", "curvature/*"):
                 run.define_metric(pattern, step_metric="step")
         except Exception:
             run.finish(exit_code=1)

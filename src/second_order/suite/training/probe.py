@@ -2,8 +2,8 @@
 
 A :class:`TimedProbe` runs a jitted measurement ``(params, X, Y, batch_idx, key) →
 {column: scalar}`` at the steps :meth:`TimedProbe.due` names: every ``every_steps``
-steps of each epoch, counted from the epoch's first step, so the points fall on
-chunk boundaries and a resumed run measures at the same steps.  Compilation is
+steps of each epoch, counted from the epoch's first step (:mod:`.schedule`), so the
+points fall on chunk boundaries and a resumed run measures at the same steps.  Compilation is
 timed as ``compile``, the measurement as ``curvature``; neither touches ``train``.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 
+from second_order.suite.training import schedule
 from second_order.suite.training.clock import Clock
 
 PROBE_STREAM = 0x5BEC  # folded into the run's key: the probes' randomness never touches training's
@@ -28,14 +29,11 @@ class TimedProbe:
         self.compiled: Any = None
 
     def due(self, step: int, steps_per_epoch: int) -> bool:
-        return (step % steps_per_epoch) % self.every_steps == 0
+        return schedule.due(step, steps_per_epoch, self.every_steps)
 
     def next_due(self, step: int, steps_per_epoch: int) -> int:
         """The first step after ``step`` at which a measurement is due."""
-        epoch, pos = divmod(step, steps_per_epoch)
-        return min(
-            epoch * steps_per_epoch + (pos // self.every_steps + 1) * self.every_steps, (epoch + 1) * steps_per_epoch
-        )
+        return schedule.next_due(step, steps_per_epoch, self.every_steps)
 
     def __call__(
         self, params: Any, x: jax.Array, y: jax.Array, batch_idx: jax.Array, key: jax.Array

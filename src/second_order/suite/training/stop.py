@@ -3,21 +3,51 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from second_order.suite.config import ConfigError
+
+#: Names the signal submitit sends a job before stopping it ("USR2" when unset), as submitit reads it.
+PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"
+
+
+def preemption_signal() -> int:
+    """The signal a cluster job gets before it is stopped: USR2, or ``$SUBMITIT_PREEMPT_SIGNAL``."""
+    name = os.environ.get(PREEMPT_SIGNAL_ENV, "USR2")
+    sig = getattr(signal, "SIG" + name, None)
+    if not isinstance(sig, signal.Signals):
+        raise ConfigError(f"{PREEMPT_SIGNAL_ENV} = {name!r} is invalid: must name a signal such as USR2 (or be unset)")
+    return int(sig)
+
+
+def resumes_by_itself(summary: Mapping[str, Any] | None) -> bool:
+    """Whether a run continues without ``trainer.resume=true``: the pre-emption signal stopped it,
+    or SLURM requeued its job (``SLURM_RESTART_COUNT`` > 0) after it was interrupted or killed.
+    """
+    status = (summary or {}).get("status")
+    if status == "interrupted" and (summary or {}).get("signal") == preemption_signal():
+        return True
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return status in ("interrupted", "running") and restarts.isdigit() and int(restarts) > 0
+
 
 class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag checked between chunks (handlers restored on exit)."""
+    """Turns SIGINT, SIGTERM and the pre-emption signal into a flag checked between chunks.
+
+    The handlers found are restored on exit (submitit's, in a cluster job: see ``cli.train_job``).
+    """
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in dict.fromkeys((signal.SIGINT, signal.SIGTERM, preemption_signal())):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone

@@ -30,6 +30,7 @@ from second_order.curvature import tree_cast
 from second_order.suite.config import TrainerConfig
 from second_order.suite.tracking.run_logger import RunLogger
 from second_order.suite.training import checkpoint as ckpt
+from second_order.suite.training import schedule
 from second_order.suite.training.clock import Clock
 from second_order.suite.training.probe import PROBE_STREAM, TimedProbe
 from second_order.suite.training.resources import check_fits
@@ -90,6 +91,7 @@ def fit(
     param_dtype: str = "float32",
     signals: StopSignals | None = None,
     probe: tuple[Any, int] | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Outcome:
     """Train ``model`` with ``tx`` on ``data`` (train/test images and labels) into ``run_dir``.
 
@@ -101,11 +103,15 @@ def fit(
     key) → {column: scalar}`` (e.g. :func:`second_order.suite.spectrum.make_curvature_probe`)
     taken at step 0, every ``every_steps`` steps of each epoch and at the end, on the
     batch of the next step, and logged with ``logger.log_curvature``.
+    ``validation``: held-out ``(images, labels)`` evaluated with the test set at every
+    evaluation (``val_loss``, ``val_acc``); evaluations happen every ``eval_every``
+    epochs and, with ``eval_every_steps``, every that many steps of each epoch.
     """
     clock = Clock()
     with clock.measure("setup"):
         x_train, y_train = jax.device_put(data.train_images), jax.device_put(data.train_labels)
         x_test, y_test = jax.device_put(data.test_images), jax.device_put(data.test_labels)
+        held_out = None if validation is None else jax.device_put(validation)
         init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
         sampler = EpochSampler(data_key, int(x_train.shape[0]), settings.batch_size)
         per_epoch = sampler.steps_per_epoch
@@ -136,11 +142,17 @@ def fit(
 
     def evaluate() -> None:
         with clock.measure("eval"):
-            loss, acc = jax.device_get(eval_fn(params, x_test, y_test))
+            loss, acc = map(float, jax.device_get(eval_fn(params, x_test, y_test)))
+            val = None
+            if held_out is not None:
+                val_loss, val_acc = map(float, jax.device_get(eval_fn(params, *held_out)))
+                val = (val_loss, val_acc)
         epoch = step // per_epoch
-        last_eval.update(epoch=epoch, step=step, test_loss=float(loss), test_acc=float(acc))
+        last_eval.update(epoch=epoch, step=step, test_loss=loss, test_acc=acc)
+        if val is not None:
+            last_eval.update(val_loss=val[0], val_acc=val[1])
         with clock.measure("log"):
-            logger.log_eval(epoch, step, clock["train"], float(loss), float(acc))
+            logger.log_eval(epoch, step, clock["train"], loss, acc, validation=val)
 
     def measure() -> None:
         """The probe at the current parameters, on the batch of the next step."""
@@ -173,6 +185,8 @@ def fit(
             if measurer is not None and measurer.due(step, per_epoch):
                 measure()  # at step 0, or a resumed run's first step when its measurement was lost
             cap = policy.last_step if measurer is None else min(policy.last_step, measurer.next_due(step, per_epoch))
+            if settings.eval_every_steps is not None:
+                cap = min(cap, schedule.next_due(step, per_epoch, settings.eval_every_steps))
             idx = sampler.chunk(step, settings.chunk_steps, cap)
             t0 = clock["train"]
             out = run_chunk(params, opt_state, x_train, y_train, idx)
@@ -206,7 +220,10 @@ def fit(
                 evaluate()
                 save_checkpoint()
                 last_ckpt = time.monotonic()
-            elif time.monotonic() - last_ckpt > settings.checkpoint_every_s:
+                continue
+            if settings.eval_every_steps is not None and schedule.due(step, per_epoch, settings.eval_every_steps):
+                evaluate()  # within an epoch: no checkpoint (a resume redoes the rows after the last one)
+            if time.monotonic() - last_ckpt > settings.checkpoint_every_s:
                 save_checkpoint()
                 last_ckpt = time.monotonic()
         bar.close()

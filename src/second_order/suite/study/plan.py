@@ -1,0 +1,150 @@
+"""The study's plan: which methods, workloads, search spaces and commands.
+
+A study config (``configs/study/<name>.yaml``) names workloads (Hydra overrides), the
+methods to leave out (every ``configs/optimizer/*.yaml`` joins otherwise: a new
+optimizer file joins the study without code changes), the tuning budget and the
+final runs.  :func:`search_space` reads a method's optimizer config and tunes each of
+``tuning.keys`` it has, log-uniformly in ``[v / spread, v · spread]`` around its value ``v``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[4]
+CONFIGS = REPO / "configs"
+SERIAL_LAUNCHER = "basic"  # timed runs: one at a time (parallel jobs on one machine distort time)
+
+
+class StudyError(ValueError):
+    """A bad study config (one line naming the key and the fix)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    overrides: tuple[str, ...]
+    target: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A parsed study config (see configs/study/cpu.yaml for every key)."""
+
+    name: str
+    methods: tuple[str, ...]
+    excluded: dict[str, str]
+    workloads: tuple[Workload, ...]
+    target_metric: str
+    target_baselines: tuple[str, ...]
+    validation_examples: int
+    batch_size: int
+    tuning: dict[str, Any]
+    final: dict[str, Any]
+    families: dict[str, tuple[str, ...]]
+
+    def family(self, method: str) -> str:
+        return next((f for f, members in self.families.items() if method in members), "other")
+
+
+def optimizer_names(config_dir: Path = CONFIGS) -> list[str]:
+    return sorted(p.stem for p in (config_dir / "optimizer").glob("*.yaml"))
+
+
+def load_study(path: Path, config_dir: Path = CONFIGS) -> Study:
+    """Parse and check a study config; raise StudyError naming the key."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise StudyError(f"cannot read study config {path}: {err}") from None
+    known = optimizer_names(config_dir)
+    excluded = {str(k): str(v) for k, v in (raw.get("exclude") or {}).items()}
+    chosen = [str(m) for m in raw.get("methods") or known]  # methods: a subset (default: every optimizer config)
+    for key, names in (("exclude", excluded), ("methods", chosen)):
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise StudyError(f"{path}: {key} names unknown optimizers {unknown}; choose from {', '.join(known)}")
+    workloads = tuple(
+        Workload(str(name), tuple(map(str, spec.get("overrides") or ())), spec.get("target"))
+        for name, spec in (raw.get("workloads") or {}).items()
+    )
+    if not workloads:
+        raise StudyError(f"{path}: workloads is empty; name at least one (e.g. mnist_mlp: {{overrides: [data=mnist]}})")
+    tuning, final = dict(raw.get("tuning") or {}), dict(raw.get("final") or {})
+    for key, node in (("tuning.trials", tuning.get("trials")), ("final.seeds", final.get("seeds"))):
+        if not node:
+            raise StudyError(f"{path}: {key} must be set (e.g. tuning.trials: 4, final.seeds: [0, 1, 2])")
+    if str(final.get("launcher", SERIAL_LAUNCHER)) != SERIAL_LAUNCHER:
+        raise StudyError(
+            f"{path}: final.launcher = {final['launcher']!r}: the timed final runs must run one at a time "
+            f"(launcher {SERIAL_LAUNCHER}); parallel jobs on one machine distort their time"
+        )
+    metric = str(raw.get("target_metric", "val_acc"))
+    if metric not in ("val_acc", "val_loss"):
+        raise StudyError(f"{path}: target_metric = {metric!r}: choose val_acc or val_loss")
+    if int(raw.get("validation_examples", 0)) < 1:
+        raise StudyError(f"{path}: validation_examples must be >= 1 (tuning never uses the test set)")
+    return Study(
+        name=str(raw.get("name") or Path(path).stem),
+        methods=tuple(m for m in chosen if m not in excluded),
+        excluded=excluded,
+        workloads=workloads,
+        target_metric=metric,
+        target_baselines=tuple(raw.get("target_baselines") or ("sgd",)),
+        validation_examples=int(raw["validation_examples"]),
+        batch_size=int(raw.get("batch_size", 64)),
+        tuning=tuning,
+        final=final,
+        families={str(k): tuple(v) for k, v in (raw.get("families") or {}).items()},
+    )
+
+
+def optimizer_defaults(method: str, config_dir: Path = CONFIGS) -> dict[str, Any]:
+    node = yaml.safe_load((config_dir / "optimizer" / f"{method}.yaml").read_text()) or {}
+    return dict(node.get("optimizer") or node)
+
+
+def search_space(method: str, keys: Sequence[str], spread: float, config_dir: Path = CONFIGS) -> dict[str, tuple]:
+    """``{"optimizer.<key>": (low, high)}`` for each tuned key the method's config sets to a positive number."""
+    defaults = optimizer_defaults(method, config_dir)
+    space = {}
+    for key in keys:
+        value = defaults.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value):
+            space[f"optimizer.{key}"] = (float(value) / spread, float(value) * spread)
+    return space
+
+
+def sweeper_overrides(space: Mapping[str, tuple], tuning: Mapping[str, Any]) -> list[str]:
+    """Hydra overrides that make a multirun an Optuna search (hydra-optuna-sweeper, TPE, in-memory storage)."""
+    out = [
+        "hydra/sweeper=optuna",
+        "hydra/sweeper/sampler=tpe",
+        f"hydra.sweeper.sampler.seed={int(tuning.get('sampler_seed', 0))}",
+        "hydra.sweeper.direction=minimize",
+        f"hydra.sweeper.n_trials={int(tuning['trials'])}",
+        f"hydra.sweeper.n_jobs={int(tuning.get('n_jobs', 1))}",
+        f"hydra/launcher={tuning.get('launcher', SERIAL_LAUNCHER)}",
+    ]
+    # A sweep override on the command line is the sweeper's search space (hydra-optuna-sweeper syntax).
+    out += [f"{key}=tag(log, interval({lo:.6g}, {hi:.6g}))" for key, (lo, hi) in space.items()]
+    return out
+
+
+def common_overrides(study: Study, workload: Workload, phase: Mapping[str, Any]) -> list[str]:
+    """The overrides every job of a phase (``study.tuning`` or ``study.final``) shares."""
+    return [
+        *workload.overrides,
+        f"data.validation_examples={study.validation_examples}",
+        f"trainer.batch_size={study.batch_size}",
+        f"trainer.epochs={int(phase.get('epochs', 1))}",
+        *([f"trainer.max_steps={int(phase['max_steps'])}"] if phase.get("max_steps") else []),  # smoke tests
+        "trainer.progress=false",
+        "logger.wandb.mode=disabled",
+    ]

@@ -1,0 +1,191 @@
+"""The study's report (``results/study/``), from run files only.
+
+* ``tuning.md`` — the best parameters per method and workload, with their search ranges;
+* ``time_to_target.md`` / ``.csv`` — per workload and method, over the final runs' seeds:
+  seeds that reached the target, median [min–max] steps and optimizer seconds to it
+  (compilation excluded, and included as AlgoPerf counts it), final validation and
+  test accuracy;
+* ``performance_profile.png`` — ρ(τ) for τ in [1, 4] (:mod:`.profiles`), with the
+  median optimizer seconds to target per workload as the cost;
+* ``loss_vs_time_<workload>.png`` — training loss against optimizer seconds;
+* ``summary.md`` — the headline table and the answer, in numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from second_order.suite.report.figures import plot_loss_vs_time
+from second_order.suite.report.loading import load_runs
+from second_order.suite.report.style import method_style, new_figure, save_figure, with_paper_style
+from second_order.suite.study.plan import Study, search_space
+from second_order.suite.study.profiles import performance_profile
+from second_order.suite.study.runner import TUNING_RESULTS, best_parameters, final_dir, tune_dir
+from second_order.suite.study.targets import TimeToTarget, median_and_spread, target_from_baselines, time_to_target
+from second_order.suite.tracking.runs import Run
+
+TAUS = np.linspace(1.0, 4.0, 61)
+
+
+def final_runs(study: Study, root: Path) -> dict[str, dict[str, list[Run]]]:
+    """``{workload: {method: runs (seeds)}}`` of the final phase found on disk."""
+    found: dict[str, dict[str, list[Run]]] = {}
+    for workload in study.workloads:
+        found[workload.name] = {}
+        for method in study.methods:
+            where = final_dir(root, workload) / method
+            runs = load_runs([where]) if where.exists() else []
+            if runs:
+                found[workload.name][method] = sorted(runs, key=lambda r: r.seed)
+    return found
+
+
+def _final(run: Run, key: str) -> float:
+    value = run.summary.get(key)
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def targets(study: Study, runs: Mapping[str, Mapping[str, Sequence[Run]]]) -> dict[str, tuple[float, str]]:
+    """Per workload: (target, where it comes from): the config, else the best tuned baseline's median."""
+    out: dict[str, tuple[float, str]] = {}
+    for workload in study.workloads:
+        if workload.target is not None:
+            out[workload.name] = (float(workload.target), "config")
+            continue
+        medians = {
+            m: float(np.median([_final(r, study.target_metric) for r in runs[workload.name][m]]))
+            for m in study.target_baselines
+            if runs.get(workload.name, {}).get(m)
+        }
+        if medians:
+            best = target_from_baselines(list(medians.values()), study.target_metric)
+            who = next(m for m, v in medians.items() if v == best)
+            out[workload.name] = (best, f"median final {study.target_metric} of tuned {who}")
+    return out
+
+
+def times(
+    study: Study, runs: Mapping[str, Mapping[str, Sequence[Run]]], goal: Mapping[str, tuple[float, str]]
+) -> dict[str, dict[str, list[TimeToTarget]]]:
+    return {
+        w: {
+            m: [time_to_target(r.evals, r.summary, goal[w][0], study.target_metric) for r in rs] for m, rs in ms.items()
+        }
+        for w, ms in runs.items()
+        if w in goal
+    }
+
+
+def _fmt_time(values: Sequence[float], unit: str) -> str:
+    median, lo, hi = median_and_spread(values)
+    if not math.isfinite(median):
+        return "missed"
+    fmt = (lambda v: f"{v:.0f}") if unit == "steps" else (lambda v: f"{v:.2f}")
+    return f"{fmt(median)} [{fmt(lo)}–{fmt(hi) if math.isfinite(hi) else '∞'}]"
+
+
+def costs(ttt: Mapping[str, Mapping[str, Sequence[TimeToTarget]]], with_compile: bool = False) -> dict:
+    """``{method: {workload: median seconds to target}}`` (a median over seeds that is ∞ counts as missed)."""
+    out: dict[str, dict[str, float]] = {}
+    for w, per in ttt.items():
+        for m, ts in per.items():
+            values = [t.seconds_with_compile if with_compile else t.seconds for t in ts]
+            out.setdefault(m, {})[w] = median_and_spread(values)[0]
+    return out
+
+
+def time_table(study: Study, runs, ttt, goal) -> list[list[str]]:
+    header = ["workload", "method", "family", "reached", "steps to target", "seconds to target",
+              "seconds incl. compile", "final val acc", "final test acc"]  # fmt: skip
+    rows = [header]
+    for w, per in ttt.items():
+        order = sorted(per, key=lambda m: (median_and_spread([t.seconds for t in per[m]])[0], m))
+        for m in order:
+            ts, rs = per[m], runs[w][m]
+            rows.append(
+                [w, m, study.family(m), f"{sum(t.reached for t in ts)}/{len(ts)}",
+                 _fmt_time([t.steps for t in ts], "steps"), _fmt_time([t.seconds for t in ts], "s"),
+                 _fmt_time([t.seconds_with_compile for t in ts], "s"),
+                 f"{np.nanmedian([_final(r, 'val_acc') for r in rs]):.4f}",
+                 f"{np.nanmedian([_final(r, 'test_acc') for r in rs]):.4f}"]
+            )  # fmt: skip
+    return rows
+
+
+def markdown(rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]]) + "\n"
+
+
+@with_paper_style
+def plot_profiles(costs_by_kind: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Figure:
+    """ρ_m(τ) per method, one panel per cost (compilation excluded / included)."""
+    fig = new_figure(width=7.0, height=3.4)
+    axes = fig.subplots(1, len(costs_by_kind), sharey=True, squeeze=False)[0]
+    for ax, (title, cost) in zip(axes, costs_by_kind.items()):
+        profile = performance_profile(cost, TAUS)
+        for method in sorted(profile, key=lambda m: (-profile[m][-1], -profile[m][0], m)):
+            st = method_style(method)
+            ax.step(TAUS, profile[method], where="post", color=st.color, linestyle=st.linestyle, label=st.label)
+        ax.set_xlabel("τ (time to target / best method's)")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("fraction of workloads solved within τ")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=7)
+    fig.suptitle("Performance profiles (Dolan & Moré 2002)")
+    return fig
+
+
+def tuning_table(study: Study, root: Path) -> list[list[str]]:
+    rows = [["workload", "method", "tuned key", "search range", "default", "best"]]
+    for workload in study.workloads:
+        for method in study.methods:
+            space = search_space(method, study.tuning.get("keys", ()), float(study.tuning.get("spread", 10.0)))
+            where = tune_dir(root, workload, method)
+            best = best_parameters(where) if (where / TUNING_RESULTS).exists() else {}
+            if not space:
+                rows.append([workload.name, method, "—", "nothing to tune", "", ""])
+            for key, (lo, hi) in space.items():
+                default = (lo * hi) ** 0.5
+                found = best.get(key)
+                rows.append([workload.name, method, key.removeprefix("optimizer."), f"{lo:.3g}–{hi:.3g}",
+                             f"{default:.3g}", f"{found:.3g}" if found is not None else "not tuned yet"])  # fmt: skip
+    return rows
+
+
+def write_report(study: Study, root: Path, out_dir: Path) -> list[Path]:
+    """Every file of the report into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = final_runs(study, root)
+    goal = targets(study, runs)
+    ttt = times(study, runs, goal)
+    written: list[Path] = []
+
+    def text(name: str, content: str) -> None:
+        (out_dir / name).write_text(content)
+        written.append(out_dir / name)
+
+    text("tuning.md", f"# Tuning: study {study.name}\n\n" + markdown(tuning_table(study, root)))
+    rows = time_table(study, runs, ttt, goal)
+    text("time_to_target.md", f"# Time to target: study {study.name}\n\n" + markdown(rows))
+    text("time_to_target.csv", "\n".join(",".join(f'"{c}"' for c in r) for r in rows) + "\n")
+    if ttt:
+        kinds = {
+            "optimizer seconds (compilation excluded)": costs(ttt),
+            "including compilation (AlgoPerf)": costs(ttt, True),
+        }
+        written += save_figure(plot_profiles(kinds), out_dir, "performance_profile")
+    for w, per in runs.items():
+        flat = [r for rs in per.values() for r in rs]
+        if flat:
+            written += save_figure(plot_loss_vs_time(flat, log_time=True), out_dir, f"loss_vs_time_{w}")
+    from second_order.suite.study.summary import summary_markdown
+
+    text("summary.md", summary_markdown(study, runs, ttt, goal))
+    return written

@@ -1,0 +1,125 @@
+"""Run a study: tune every method on every workload, then the timed final runs.
+
+Phases (each resumable: finished work is found on disk and skipped):
+
+1. **tune** — per workload and method, one Hydra multirun with the Optuna sweeper
+   (:func:`.plan.sweeper_overrides`): ``tuning.trials`` trials of ``tuning.epochs``
+   epochs, minimising the final validation loss (``scripts/train.py`` returns it; the
+   test set is never looked at).  The sweeper writes ``optimization_results.yaml``
+   (the best parameters) into ``<root>/tune/<workload>/<method>/``.  Trials may run in
+   parallel (``tuning.launcher: joblib``).
+2. **final** — per workload and method, the best parameters with every seed of
+   ``final.seeds``, ``final.epochs`` epochs, validation evaluations every
+   ``final.eval_every_steps`` steps, into ``<root>/final/<workload>/<method>/seed<k>``;
+   always one job at a time (Hydra's basic launcher), since parallel jobs on one
+   machine distort the time axis.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from second_order.suite.study.plan import REPO, SERIAL_LAUNCHER, Study, Workload, common_overrides, search_space
+from second_order.suite.study.plan import sweeper_overrides as optuna_overrides
+from second_order.suite.tracking import runs
+
+TUNING_RESULTS = "optimization_results.yaml"  # written by hydra-optuna-sweeper into the sweep directory
+Runner = Callable[[Sequence[str]], None]
+
+
+def train_multirun(args: Sequence[str]) -> None:
+    """``python scripts/train.py -m <args>`` in a fresh process (raises if it fails)."""
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "-m", *args]
+    print("+", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def tune_dir(root: Path, workload: Workload, method: str) -> Path:
+    return root / "tune" / workload.name / method
+
+
+def final_dir(root: Path, workload: Workload) -> Path:
+    return root / "final" / workload.name
+
+
+def tune(study: Study, workload: Workload, method: str, root: Path, run: Runner = train_multirun) -> dict[str, Any]:
+    """Best parameters of ``method`` on ``workload`` (``{}``: nothing to tune), tuning first if needed."""
+    space = search_space(method, study.tuning.get("keys", ()), float(study.tuning.get("spread", 10.0)))
+    if not space:
+        return {}
+    where = tune_dir(root, workload, method)
+    if not (where / TUNING_RESULTS).exists():
+        run(
+            [
+                f"optimizer={method}",
+                *common_overrides(study, workload, study.tuning),
+                f"experiment_name=study_{study.name}_tune",
+                "trainer.resume=true",  # an interrupted tuning redoes the same trials (seeded sampler)
+                *optuna_overrides(space, study.tuning),
+                f"hydra.sweep.dir={where}",
+                "hydra.sweep.subdir=trial${hydra.job.num}",
+            ]
+        )
+    return best_parameters(where)
+
+
+def best_parameters(where: Path) -> dict[str, Any]:
+    """``best_params`` of a finished Optuna sweep (its ``optimization_results.yaml``)."""
+    results = yaml.safe_load((where / TUNING_RESULTS).read_text()) or {}
+    return dict(results.get("best_params") or {})
+
+
+def final(
+    study: Study, workload: Workload, method: str, params: dict[str, Any], root: Path, run: Runner = train_multirun
+) -> None:
+    """The timed runs: every seed, one at a time, with the tuned parameters (skipped when all have ended)."""
+    where = final_dir(root, workload) / method
+    if all(finished(where / f"seed{int(s)}") for s in study.final["seeds"]):
+        return
+    seeds = ",".join(str(int(s)) for s in study.final["seeds"])
+    run(
+        [
+            f"optimizer={method}",
+            *common_overrides(study, workload, study.final),
+            *(f"{key}={value}" for key, value in sorted(params.items())),
+            f"seed={seeds}",
+            f"experiment_name=study_{study.name}",
+            f"trainer.eval_every_steps={int(study.final.get('eval_every_steps', 100))}",
+            "trainer.resume=true",
+            f"hydra/launcher={SERIAL_LAUNCHER}",
+            f"hydra.sweep.dir={where}",
+            "hydra.sweep.subdir=seed${seed}",
+        ]
+    )
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether a run ended for good (completed, its budget, or diverged); interrupted or failed runs are redone."""
+    return (runs.read_summary(run_dir) or {}).get("status") in ("completed", "budget", "diverged")
+
+
+def run_study(
+    study: Study, root: Path, phases: Sequence[str] = ("tune", "final"), run: Runner = train_multirun
+) -> dict:
+    """Every phase for every workload and method; returns ``{workload: {method: best parameters}}``."""
+    best: dict[str, dict[str, dict[str, Any]]] = {}
+    for workload in study.workloads:
+        best[workload.name] = {}
+        for method in study.methods:
+            if "tune" in phases:
+                params = tune(study, workload, method, root, run)
+            else:  # the parameters an earlier tuning found, if any
+                where = tune_dir(root, workload, method)
+                params = best_parameters(where) if (where / TUNING_RESULTS).exists() else {}
+            best[workload.name][method] = params
+            if "final" in phases:
+                final(study, workload, method, params, root, run)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "best_parameters.yaml").write_text(yaml.safe_dump(best, sort_keys=True))
+    return best

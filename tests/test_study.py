@@ -1,0 +1,212 @@
+"""The study's measures: time to target on synthetic run files, performance profiles by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from second_order.suite.study.profiles import performance_profile, performance_ratios
+from second_order.suite.study.targets import MISSED, median_and_spread, target_from_baselines, time_to_target
+from second_order.suite.tracking import runs
+
+
+def write_evals(run_dir, rows):
+    log = runs.CsvLog(run_dir / runs.EVAL_FILE, runs.EVAL_COLUMNS + runs.VALIDATION_COLUMNS)
+    log.write_rows(rows)
+    log.close()
+    return runs.read_table(run_dir / runs.EVAL_FILE)
+
+
+def test_time_to_target_on_run_files(tmp_path):
+    # epoch, step, time_s, test_loss, test_acc, val_loss, val_acc
+    evals = write_evals(
+        tmp_path,
+        [
+            (0, 100, 1.0, 0.9, 0.70, 0.95, 0.71),
+            (0, 200, 2.5, 0.5, 0.85, 0.52, 0.899),
+            (0, 300, 4.0, 0.4, 0.90, 0.41, 0.905),
+            (1, 400, 5.5, 0.3, 0.93, 0.30, 0.93),
+        ],
+    )
+    summary = {"compile_time_s": 3.25, "diverged_step": None}
+    hit = time_to_target(evals, summary, 0.9, "val_acc")
+    assert (hit.steps, hit.seconds, hit.seconds_with_compile) == (300, 4.0, 7.25) and hit.reached
+    assert time_to_target(evals, summary, 0.5, "val_loss").steps == 300  # a loss: first value <= target
+    assert time_to_target(evals, summary, 0.95, "val_acc") == MISSED and not MISSED.reached
+    # A run that diverged before the evaluation that met the target never reached it.
+    assert time_to_target(evals, {"compile_time_s": 1.0, "diverged_step": 250}, 0.9, "val_acc") == MISSED
+    assert time_to_target({}, summary, 0.9, "val_acc") == MISSED  # no validation columns
+    with pytest.raises(ValueError, match="val_acc, val_loss"):
+        time_to_target(evals, summary, 0.9, "test_acc")
+
+
+def test_nan_never_meets_a_target(tmp_path):
+    evals = write_evals(tmp_path, [(0, 100, 1.0, math.nan, math.nan, math.nan, math.nan)])
+    assert time_to_target(evals, {}, 0.0, "val_loss") == MISSED
+
+
+def test_targets_and_spread():
+    assert target_from_baselines([0.91, 0.93, math.nan], "val_acc") == 0.93
+    assert target_from_baselines([0.31, 0.29], "val_loss") == 0.29
+    assert median_and_spread([3.0, math.inf, 1.0]) == (3.0, 1.0, math.inf)
+
+
+def test_performance_profile_by_hand():
+    """Three methods on three workloads; τ = 1, 1.5, 2, 4 counted by hand."""
+    costs = {
+        "a": {"w1": 10.0, "w2": 20.0, "w3": math.inf},
+        "b": {"w1": 15.0, "w2": 10.0, "w3": 40.0},
+        "c": {"w1": 40.0, "w2": 30.0, "w3": 10.0},
+    }
+    ratios = performance_ratios(costs)
+    assert ratios["a"] == {"w1": 1.0, "w2": 2.0, "w3": math.inf}
+    assert ratios["b"] == {"w1": 1.5, "w2": 1.0, "w3": 4.0}
+    assert ratios["c"] == {"w1": 4.0, "w2": 3.0, "w3": 1.0}
+    profile = performance_profile(costs, [1.0, 1.5, 2.0, 4.0])
+    np.testing.assert_allclose(profile["a"], [1 / 3, 1 / 3, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(profile["b"], [1 / 3, 2 / 3, 2 / 3, 1.0])
+    np.testing.assert_allclose(profile["c"], [1 / 3, 1 / 3, 1 / 3, 1.0])
+
+
+def test_a_workload_nobody_solves_counts_against_everyone():
+    profile = performance_profile({"a": {"w1": 1.0, "w2": math.inf}, "b": {"w1": 2.0, "w2": math.inf}}, [1.0, 4.0])
+    np.testing.assert_allclose(profile["a"], [0.5, 0.5])
+    np.testing.assert_allclose(profile["b"], [0.0, 0.5])
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+SMOKE = """
+name: smoke
+methods: [sgd, hessian_free, adam]
+exclude: {adam: "to test exclusion"}
+workloads:
+  mnist_mlp: {overrides: [data=mnist, model=mlp], target: null}
+target_metric: val_acc
+target_baselines: [sgd]
+validation_examples: 5000
+batch_size: 64
+tuning: {trials: 2, epochs: 1, max_steps: 40, keys: [learning_rate, damping], spread: 4.0, sampler_seed: 0}
+final: {epochs: 1, max_steps: 60, seeds: [0, 1], eval_every_steps: 20}
+families: {first-order: [sgd, adam], Hessian-free (Krylov): [hessian_free]}
+"""
+
+
+@pytest.mark.slow
+def test_study_end_to_end_tunes_times_and_reports(real_mnist_dir, tmp_path, monkeypatch):
+    """A tiny study through scripts/study.py: Optuna tuning (the objective returned by train.py),
+    timed final runs, time to target, profiles and the written summary."""
+    import importlib.util
+
+    import yaml
+    from conftest import REPO
+
+    monkeypatch.setenv("MNIST_DIR", str(real_mnist_dir))
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE)
+    spec = importlib.util.spec_from_file_location("study_script", REPO / "scripts" / "study.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    root, out = tmp_path / "runs", tmp_path / "results"
+    assert script.main(["--study", str(config), "--root", str(root), "--out", str(out)]) == 0
+
+    # Tuning: the sweeper minimised what train.py returned, the final validation loss of each trial.
+    tuned = yaml.safe_load((root / "tune" / "mnist_mlp" / "hessian_free" / "optimization_results.yaml").read_text())
+    assert set(tuned["best_params"]) == {"optimizer.learning_rate", "optimizer.damping"}
+    trials = [runs.read_summary(p) for p in sorted((root / "tune" / "mnist_mlp" / "hessian_free").glob("trial*"))]
+    assert len(trials) == 2 and all(t["objective_metric"] == "val_loss" for t in trials)
+    assert tuned["best_value"] == pytest.approx(min(t["objective"] for t in trials))
+    assert trials[0]["validation_examples"] == 5000 and trials[0]["train_examples"] == 55000
+    assert not (root / "tune" / "mnist_mlp" / "adam").exists()  # excluded
+
+    # Final runs: both seeds, validation every 20 steps, the tuned parameters.
+    final = root / "final" / "mnist_mlp" / "hessian_free"
+    for seed in (0, 1):
+        evals = runs.read_table(final / f"seed{seed}" / runs.EVAL_FILE)
+        np.testing.assert_array_equal(evals["step"], [20, 40, 60])
+        cfg = yaml.safe_load((final / f"seed{seed}" / runs.CONFIG_FILE).read_text())
+        assert cfg["optimizer"]["damping"] == pytest.approx(tuned["best_params"]["optimizer.damping"])
+
+    for name in ("tuning.md", "time_to_target.md", "time_to_target.csv", "summary.md",
+                 "performance_profile.png", "loss_vs_time_mnist_mlp.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 100, name
+    summary = (out / "summary.md").read_text()
+    assert "**Verdict.**" in summary and "median final val_acc of tuned sgd" in summary
+    assert "hessian_free" in (out / "time_to_target.md").read_text()
+
+    # Resumable: a second invocation finds everything on disk and trains nothing.
+    before = sorted(p.stat().st_mtime_ns for p in root.rglob("steps.csv"))
+    assert script.main(["--study", str(config), "--root", str(root), "--out", str(out)]) == 0
+    assert sorted(p.stat().st_mtime_ns for p in root.rglob("steps.csv")) == before
+
+
+def test_bad_study_configs_are_one_line(tmp_path):
+    from second_order.suite.study.plan import StudyError, load_study
+
+    cases = {
+        "exclude: {nosuch: x}\nworkloads: {w: {overrides: []}}\nvalidation_examples: 1\n"
+        "tuning: {trials: 1}\nfinal: {seeds: [0]}": "exclude names unknown optimizers ['nosuch']",
+        "workloads: {w: {overrides: []}}\nvalidation_examples: 1\ntuning: {trials: 1}\n"
+        "final: {seeds: [0], launcher: joblib}": "the timed final runs must run one at a time",
+        "workloads: {w: {overrides: []}}\nvalidation_examples: 0\ntuning: {trials: 1}\nfinal: {seeds: [0]}":
+            "validation_examples must be >= 1",
+        "workloads: {}\n": "workloads is empty",
+    }  # fmt: skip
+    for text, message in cases.items():
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        with pytest.raises(StudyError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            load_study(path)
+
+
+def test_search_space_follows_each_optimizer_config():
+    from conftest import REPO
+
+    from second_order.suite.study.plan import load_study, search_space, sweeper_overrides
+
+    assert search_space("sgd", ["learning_rate", "damping"], 10.0) == {"optimizer.learning_rate": (0.01, 1.0)}
+    hf = search_space("hessian_free", ["learning_rate", "damping"], 10.0)
+    assert set(hf) == {"optimizer.learning_rate", "optimizer.damping"}
+    assert "optimizer.max_radius" in search_space("trust_region_cg", ["learning_rate", "max_radius"], 10.0)
+    overrides = sweeper_overrides(hf, {"trials": 3})
+    assert "hydra/sweeper=optuna" in overrides and "hydra.sweeper.n_trials=3" in overrides
+    assert any(o.startswith("optimizer.damping=tag(log, interval(") for o in overrides)
+    cpu = load_study(REPO / "configs" / "study" / "cpu.yaml")
+    assert "newton" not in cpu.methods and "kfac" in cpu.methods and cpu.family("kfac") == "Kronecker-factored"
+
+
+def test_validation_split_is_fixed_disjoint_and_never_the_test_set():
+    from second_order.suite.data import Mnist
+    from second_order.suite.splits import hold_out
+
+    images = np.arange(100, dtype=np.float32).reshape(100, 1)
+    data = Mnist(images, np.arange(100) % 10, images[:5] + 1000, np.arange(5))
+    train, (val_x, val_y) = hold_out(data, 30)
+    again, (val_x2, _) = hold_out(data, 30)
+    assert len(train.train_labels) == 70 and len(val_y) == 30
+    np.testing.assert_array_equal(val_x, val_x2)  # the same split every time (not the run seed's)
+    assert set(train.train_images[:, 0]).isdisjoint(val_x[:, 0])
+    assert set(train.train_images[:, 0]) | set(val_x[:, 0]) == set(range(100))
+    np.testing.assert_array_equal(train.test_images, data.test_images)
+    assert hold_out(data, 0) == (data, None)
+    with pytest.raises(ValueError, match="cannot hold out 100 of 100"):
+        hold_out(data, 100)
+
+
+def test_a_validation_split_larger_than_the_training_set_is_a_config_error():
+    from conftest import compose_config
+
+    from second_order.suite.config import ConfigError, validate
+    from second_order.suite.data import Mnist
+    from second_order.suite.experiment import check_data
+
+    rc = validate(compose_config(["data.validation_examples=100"]))
+    data = Mnist(np.zeros((100, 784), np.float32), np.arange(100) % 10, np.zeros((5, 784), np.float32), np.arange(5))
+    with pytest.raises(ConfigError, match="data.validation_examples = 100 is invalid: must be less than the 100"):
+        check_data(rc, data)
+    rc = validate(compose_config(["data.validation_examples=50", "trainer.batch_size=64"]))
+    with pytest.raises(ConfigError, match="trainer.batch_size = 64 is invalid: must be at most the 50"):
+        check_data(rc, data)
