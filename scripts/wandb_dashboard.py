@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Build the W&B workspace of the suite's runs: the paper's figures plus a section per new experiment.
+
+    python scripts/wandb_dashboard.py --entity E --project P [--experiment paper ...] [--out spec.json]
+    python scripts/wandb_dashboard.py --entity E --project P --save     (after `wandb login`)
+
+Without --save it only writes the workspace's spec (JSON) to --out or stdout, offline.
+The panels are described in second_order.suite.tracking.dashboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from second_order.suite.tracking.dashboard import EXPERIMENTS, build_workspace, save_workspace, workspace_spec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--entity", required=True, help="W&B entity (user or team) owning the project")
+    p.add_argument("--project", default="second-order", help="W&B project (default: second-order, the logger's)")
+    p.add_argument(
+        "--experiment",
+        action="append",
+        choices=EXPERIMENTS,
+        help="show the runs of this experiment; repeat for several (default: all four)",
+    )
+    p.add_argument("--name", default="second-order", help="the workspace's name (default: second-order)")
+    p.add_argument("--out", type=Path, help="write the spec here instead of stdout")
+    p.add_argument("--save", action="store_true", help="publish the workspace to W&B as a new saved view")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    workspace = build_workspace(args.entity, args.project, args.experiment or EXPERIMENTS, args.name)
+    if args.out or not args.save:
+        text = json.dumps(workspace_spec(workspace), indent=2, ensure_ascii=False) + "\n"
+        if args.out:
+            args.out.write_text(text)
+            print(f"wrote {args.out}")
+        else:
+            sys.stdout.write(text)
+    if args.save:
+        print(f"saved {save_workspace(workspace)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
