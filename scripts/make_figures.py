@@ -151,11 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs:
         print("error: no runs found; nothing to draw", file=sys.stderr)
         return 1
+    plain, measured = split_measured(runs)
     with warning_lines():
-        describe(runs)
+        describe(plain)
+        for group in group_runs(measured):
+            print(f"found {group.label} with curvature measurements (figures 21-22 only): {len(group.runs)} run(s)")
     with warning_lines():
         written = make_all_figures(runs, args.out, smooth=args.smooth, log_loss=args.log_loss, band=args.band)
-        written += write_all_tables(split_measured(runs)[0], args.out)
+        written += write_all_tables(plain, args.out)
     kinds = collections.Counter(p.suffix for p in written)
     for path in written:
         print(f"wrote {path}")

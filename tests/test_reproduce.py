@@ -40,3 +40,18 @@ def test_the_run_roots_follow_the_flags():
     assert rep.run_roots(rep.parse_args([])) == [REPO / "runs" / "paper"]
     both = rep.run_roots(rep.parse_args(["--beyond-paper", "--baselines"]))
     assert both == [REPO / "runs" / "paper", REPO / "runs" / "beyond_paper", REPO / "runs" / "baselines"]
+    assert rep.run_roots(rep.parse_args(["--curvature"]))[-1] == REPO / "runs" / "curvature"
+
+
+def test_curvature_sweeps_measure_exact_newton_more_often(monkeypatch, tmp_path):
+    """--curvature: the preset's methods at every 100 steps, exact Newton (100-step budget) every 10."""
+    rep = _reproduce()
+    calls = []
+    monkeypatch.setattr(rep, "sweep", lambda root, methods, seeds, extra, experiment="paper": calls.append(
+        (root.name, methods, seeds, list(extra), experiment)))  # fmt: skip
+    monkeypatch.setattr(rep.subprocess, "run", lambda *a, **k: None)
+    monkeypatch.setattr(rep, "write_manifest", lambda *a, **k: None)
+    assert rep.main(["--curvature", "--out", str(tmp_path)]) == 0
+    curvature = [c for c in calls if c[4] == "curvature"]
+    assert [c[1] for c in curvature] == [rep.CURVATURE, rep.NEWTON_METHODS] and all(c[2] == "0" for c in curvature)
+    assert "diagnostics.every_steps=10" in curvature[1][3] and "trainer.max_steps=100" in curvature[1][3]

@@ -84,15 +84,27 @@ def answer(study: Study, ttt: Mapping[str, Mapping[str, Sequence[TimeToTarget]]]
             continue
         solved += 1
         text += f"fastest is {best} ({study.family(best)}), {t_best:.2f} s of optimizer time"
-        if first is not None and math.isfinite(first[1]) and study.family(best) != FIRST_ORDER:
-            text += f", {first[1] / t_best:.2f}× faster than the best first-order method ({first[0]}, {first[1]:.2f} s)"
+        if study.family(best) != FIRST_ORDER:
             wins += 1
+            if first is not None and math.isfinite(first[1]):
+                text += (
+                    f", {first[1] / t_best:.2f}× faster than the best first-order method ({first[0]}, {first[1]:.2f} s)"
+                )
+            else:
+                text += "; no first-order method reached the target"
         elif second and first is not None:
             t2, m2, f2 = second[0]
             text += (
                 f"; the fastest second-order method, {m2} ({f2}), takes {_ratio(t2, first[1])} the time of {first[0]}"
                 if math.isfinite(t2)
                 else "; no second-order method reached the target"
+            )
+        steps = {m: median_and_spread([t.steps for t in ts])[0] for m, ts in per.items()}
+        fewest = min(steps, key=lambda m: (steps[m], m))
+        if math.isfinite(steps[fewest]) and fewest != best:
+            text += (
+                f"; in steps, {fewest} ({study.family(fewest)}) needs the fewest, {steps[fewest]:.0f} against "
+                f"{steps[best]:.0f}"
             )
         text += f". {len(reached_all)} of {n_second} second-order methods reached the target on every seed."
         out.append(text)
