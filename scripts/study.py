@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The study: does second order pay off? Tune every method, time it to a target, report.
 
-    python scripts/study.py                       # configs/study/cpu.yaml (make study): ~1 h on 2 cores
+    python scripts/study.py                       # configs/study/cpu.yaml (make study): 25 min on 2 cores
     python scripts/study.py --study full          # configs/study/full.yaml: for a GPU or a cluster
     python scripts/study.py --phase report        # redraw results/study/ from the runs on disk
 
