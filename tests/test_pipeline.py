@@ -51,6 +51,10 @@ def check_run_files(run_dir: Path) -> dict:
         assert key in summary, key
     env = json.loads((run_dir / runs.ENV_FILE).read_text())
     assert env["packages"]["jax"] and env["device_kind"] and "git_commit" in env
+    # where it ran, in every run: all local devices by default (trainer.devices)
+    assert summary["backend"] == env["backend"] and summary["device_kind"] == env["device_kind"]
+    assert summary["num_devices"] == len(env["devices"]) and summary["num_processes"] == 1
+    assert summary["segments"][-1]["num_devices"] == summary["num_devices"]
     return summary
 
 

@@ -217,6 +217,21 @@ def test_run_resumed_on_another_device_is_left_out_of_time_axes(
     assert "Left out: hessian_free_s0_completed" in (out / "captions.md").read_text()
 
 
+def test_run_resumed_on_another_number_of_devices_counts_as_mixed(tmp_path: Path) -> None:
+    from second_order.suite.report.runinfo import devices, mixed_devices
+
+    root = tmp_path / "runs"
+    segments = [
+        {"start_step": 0, "end_step": 60, "backend": "gpu", "device_kind": "NVIDIA H100", "num_devices": 4},
+        {"start_step": 60, "end_step": 100, "backend": "gpu", "device_kind": "NVIDIA H100", "num_devices": 1},
+    ]
+    write_run(root, "sgd", 0, n_steps=100, summary_extra={"segments": segments})
+    write_run(root, "sgd", 1, n_steps=100, summary_extra={"segments": segments[:1]})
+    mixed, whole = sorted(load_runs([root]), key=lambda run: run.summary["seed"])
+    assert mixed_devices(mixed) and not mixed_devices(whole)
+    assert devices(mixed) == ["4 × NVIDIA H100 (gpu)", "NVIDIA H100 (gpu)"]
+
+
 # -------------------------------------------------------------- diagnostics (task 6)
 
 

@@ -95,6 +95,7 @@ def train_job(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from second_order.suite import experiment
+    from second_order.suite.training.devices import initialize_distributed
 
     global _sweep_dir
     hc = HydraConfig.get()
@@ -102,6 +103,7 @@ def train_job(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     _sweep_dir = Path(hc.sweep.dir) if multirun else None
     try:
+        initialize_distributed()  # one task of a multi-task SLURM job step: before JAX starts its backends
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)
         summary = experiment.run({str(k): v for k, v in container.items()}, run_dir)
@@ -118,6 +120,8 @@ def train_job(cfg: DictConfig) -> float | None:
         else:
             log.error("job failed: %s", message)
         record_failure(run_dir, cfg, message)
+        return None
+    if not summary:  # a secondary process of a multi-process run: process 0 reports
         return None
     log.info(
         "%s: %s after %d steps, train loss %s, test acc %s, optimizer time %.1f s -> %s",

@@ -125,6 +125,9 @@ class TrainerConfig:
     checkpoint_every_s: float = setting(300.0, help="also checkpointed after every evaluation and on stop", minimum=0)
     resume: bool = setting(False, help="continue from <run dir>/checkpoint (same config + trainer.resume=true)")
     progress: bool = setting(True, help="progress bar on stderr")
+    devices: int | None = setting(
+        None, help="local devices the batch is split over (data parallel); null: all of them", minimum=1
+    )
 
 
 DIAGNOSTICS = ("none", "curvature")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,9 @@ from second_order.suite.model import build_model, describe_model, image_shape_of
 from second_order.suite.optimizer_config import build_optimizer, init_state_shapes
 from second_order.suite.splits import hold_out
 from second_order.suite.tracking import environment, runs
-from second_order.suite.tracking.run_logger import RunLogger
+from second_order.suite.tracking.run_logger import NullLogger, RunLogger
 from second_order.suite.training import checkpoint
+from second_order.suite.training.devices import Placement, describe, gpu_fallback_warning, select_devices
 from second_order.suite.training.resources import RunDirLock
 from second_order.suite.training.stop import StopSignals, resumes_by_itself
 from second_order.suite.training.trainer import fit, mean_last_epoch_loss
@@ -34,6 +37,7 @@ RESUMABLE_KEYS = (
     "trainer.max_time_s",
     "trainer.chunk_steps",
     "trainer.checkpoint_every_s",
+    "trainer.devices",  # where it runs (equal losses on any number of devices), not what
     "optimizer.max_params",  # a guard against too large a model, not part of the experiment
     "data.dir",
     "logger.wandb.mode",
@@ -96,18 +100,33 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
     it may hold, and SIGINT/SIGTERM/pre-emption handlers installed (a signal from then
     on ends in a clean ``interrupted`` record). A pre-empted run resumes by itself when
     its job is requeued with the same command (see ``stop.resumes_by_itself``).
+
+    The run uses ``trainer.devices`` devices of every process (:mod:`.training.devices`).
+    In a multi-process job every process calls this; only process 0 locks, checks and
+    writes the run directory, the others train alongside and return ``{}``.
     """
     run_dir = Path(run_dir)
     rc, tx = prepare(cfg)
+    placement = Placement.over(select_devices(rc.trainer.devices))
+    if not placement.primary:
+        with StopSignals() as signals:
+            rc = _resuming(rc, placement.any_process(rc.trainer.resume))  # process 0's decision
+            return _run_locked(cfg, rc, tx, run_dir, signals, placement)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} is an existing file; choose another with hydra.run.dir=<dir>")
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunDirLock(run_dir), StopSignals() as signals:
-        if not rc.trainer.resume and resumes_by_itself(runs.read_summary(run_dir)) and checkpoint.exists(run_dir):
+        resume = rc.trainer.resume
+        if not resume and resumes_by_itself(runs.read_summary(run_dir)) and checkpoint.exists(run_dir):
             logging.getLogger(__name__).info("%s was pre-empted: resuming it from its checkpoint", run_dir)
-            rc = dataclasses.replace(rc, trainer=dataclasses.replace(rc.trainer, resume=True))
+            resume = True
+        rc = _resuming(rc, placement.any_process(resume))
         check_run_dir(run_dir, cfg, rc.trainer.resume)
-        return _run_locked(cfg, rc, tx, run_dir, signals)
+        return _run_locked(cfg, rc, tx, run_dir, signals, placement)
+
+
+def _resuming(rc: ValidConfig, resume: bool) -> ValidConfig:
+    return dataclasses.replace(rc, trainer=dataclasses.replace(rc.trainer, resume=resume))
 
 
 def check_data(rc: ValidConfig, data: Any) -> None:
@@ -139,15 +158,22 @@ def _run_locked(
     tx: optax.GradientTransformationExtraArgs,
     run_dir: Path,
     signals: StopSignals,
+    placement: Placement,
 ) -> dict[str, Any]:
     from second_order.suite.data import load_dataset  # here: config errors surface before any data I/O
+
+    primary = placement.primary  # the only process that writes files
+    device_warning = gpu_fallback_warning()
+    if device_warning and primary:
+        logging.getLogger(__name__).warning("%s", device_warning)
+        warnings.warn(device_warning, RuntimeWarning, stacklevel=2)
 
     data = load_dataset(rc.data.name, rc.data.dir, verify_checksums=rc.data.verify_checksums)
     check_data(rc, data)
     data, validation = hold_out(data, rc.data.validation_examples)
     n_train, n_test = len(data.train_labels), len(data.test_labels)
     resuming = rc.trainer.resume and checkpoint.exists(run_dir)
-    if not (run_dir / runs.CONFIG_FILE).exists():
+    if primary and not (run_dir / runs.CONFIG_FILE).exists():
         runs.write_text(run_dir / runs.CONFIG_FILE, yaml.safe_dump(_plain(cfg), sort_keys=False))
 
     image_shape = image_shape_of(data)
@@ -159,8 +185,12 @@ def _run_locked(
     diag_names = list(collect_diagnostics(init_state_shapes(rc.optimizer, tx, abstract_params)))
     probe, curvature_names = curvature_probe(rc, model, abstract_params)
     previous = (runs.read_summary(run_dir) or {}) if resuming else {}
-    wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id"))
-    logger = RunLogger(run_dir, diag_names, wandb, curvature_names, validation=validation is not None)
+    wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id")) if primary else None
+    logger = (
+        RunLogger(run_dir, diag_names, wandb, curvature_names, validation=validation is not None)
+        if primary
+        else NullLogger()
+    )
     per_epoch = n_train // rc.trainer.batch_size
     base = {
         "optimizer": rc.optimizer.name,
@@ -178,9 +208,29 @@ def _run_locked(
         "steps_per_epoch": per_epoch,
         "protocol_steps": rc.trainer.epochs * per_epoch,
         "x64": rc.x64,
+        **describe(placement),
+        "device_warning": device_warning,
     }
     record = environment.record()
     start = checkpoint.latest_step(run_dir) if resuming else 0
+    train = functools.partial(
+        fit,
+        model=model,
+        tx=tx,
+        data=data,
+        settings=rc.trainer,
+        seed=rc.seed,
+        run_dir=run_dir,
+        logger=logger,
+        param_dtype=rc.model.param_dtype,
+        signals=signals,
+        probe=probe,
+        validation=validation,
+        placement=placement,
+    )
+    if not primary:
+        train()
+        return {}
     environment.append_segment(run_dir / runs.ENV_FILE, record, start)
     # Earlier segments, cut at the checkpoint this one continues from (later rows are redone);
     # a segment killed before it could record its end (end_step null) ended there too.
@@ -192,26 +242,13 @@ def _run_locked(
     this_segment: dict[str, Any] = {
         "start_step": start,
         "end_step": None,  # until this segment ends
-        "backend": record["backend"],
-        "device_kind": record["device_kind"],
+        **describe(placement),
         "host": record["host"],
     }
     segments.append(this_segment)
     runs.write_json(run_dir / runs.SUMMARY_FILE, {**previous, **base, "status": "running", "segments": segments})
     try:
-        outcome = fit(
-            model=model,
-            tx=tx,
-            data=data,
-            settings=rc.trainer,
-            seed=rc.seed,
-            run_dir=run_dir,
-            logger=logger,
-            param_dtype=rc.model.param_dtype,
-            signals=signals,
-            probe=probe,
-            validation=validation,
-        )
+        outcome = train()
     except BaseException as err:
         # Never leave "running" behind: a failed resume restores the record it found,
         # any other failure (a crash, out of memory, a signal before the loop) says so.

@@ -180,8 +180,9 @@ def budget(run: Run) -> str:
 # ------------------------------------------------------------------- devices
 
 
-def _device_name(kind: str, backend: str) -> str:
-    return kind if backend.lower() in ("", kind.lower()) else f"{kind} ({backend})"
+def _device_name(kind: str, backend: str, count: Any = 1) -> str:
+    name = kind if backend.lower() in ("", kind.lower()) else f"{kind} ({backend})"
+    return f"{int(count)} × {name}" if isinstance(count, int) and count > 1 else name
 
 
 def segments(run: Run) -> list[dict[str, Any]]:
@@ -192,7 +193,10 @@ def segments(run: Run) -> list[dict[str, Any]]:
 
 def devices(run: Run) -> list[str]:
     """Devices the run trained on, in segment order (else from environment.json)."""
-    names = [_device_name(str(s.get("device_kind") or "?"), str(s.get("backend") or "")) for s in segments(run)]
+    names = [
+        _device_name(str(s.get("device_kind") or "?"), str(s.get("backend") or ""), s.get("num_devices", 1))
+        for s in segments(run)
+    ]
     if names:
         return list(dict.fromkeys(names))
     try:
@@ -205,5 +209,5 @@ def devices(run: Run) -> list[str]:
 
 
 def mixed_devices(run: Run) -> bool:
-    """Whether the run's segments ran on different devices (backend or device kind)."""
-    return len({(str(s.get("backend")), str(s.get("device_kind"))) for s in segments(run)}) > 1
+    """Whether the run's segments ran on different devices (backend, device kind or number of devices)."""
+    return len({(str(s.get("backend")), str(s.get("device_kind")), s.get("num_devices", 1)) for s in segments(run)}) > 1

@@ -121,3 +121,25 @@ class RunLogger:
 def _python_values(values: np.ndarray) -> list[Any]:
     arr = np.asarray(values)
     return arr.astype(int).tolist() if np.issubdtype(arr.dtype, np.integer) else arr.astype(float).tolist()
+
+
+class NullLogger:
+    """A :class:`RunLogger` that writes nothing: the secondary processes of a multi-process run."""
+
+    def log_steps(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_eval(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_curvature(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self, durable: bool = False) -> None:
+        pass
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

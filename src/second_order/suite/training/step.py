@@ -47,6 +47,7 @@ import optax
 
 from second_order.optim import collect_diagnostics
 from second_order.suite.model import apply_with_taps, cross_entropy
+from second_order.suite.training.devices import Placement
 
 PyTree = Any
 ApplyFn = Callable[..., jax.Array]
@@ -95,38 +96,52 @@ def train_step(
     return params, opt_state, loss, collect_diagnostics(opt_state)
 
 
-def make_chunk_fn(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs) -> Callable[..., Any]:
+def make_chunk_fn(
+    apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, placement: Placement | None = None
+) -> Callable[..., Any]:
     """Jitted ``(params, opt_state, X, Y, idx[K, B]) → (params, opt_state, losses[K], params_ok, diagnostics{[K]})``.
 
     ``lax.scan`` of :func:`train_step` over the ``K`` batches ``X[idx[k]]``, the
     dataset resident on the device.  ``params_ok`` says whether the parameters after
     the chunk are all finite: a non-finite parameter makes every later loss
     non-finite, so per-step losses plus this one flag locate a divergence.
+    With a ``placement`` (:mod:`.devices`) every input and output is replicated on
+    its mesh and each batch is split over it: data parallelism, the reductions over
+    the batch inserted by XLA.
     """
 
     def chunk(params, opt_state, x_all, y_all, idx):
         def body(carry, batch_idx):
             p, s = carry
-            p, s, loss, diagnostics = train_step(p, s, (x_all[batch_idx], y_all[batch_idx]), apply_fn=apply_fn, tx=tx)
+            batch = (x_all[batch_idx], y_all[batch_idx])
+            if placement is not None:
+                batch = placement.constrain_batch(batch)
+            p, s, loss, diagnostics = train_step(p, s, batch, apply_fn=apply_fn, tx=tx)
             return (p, s), (loss, diagnostics)
 
         (params, opt_state), (losses, diagnostics) = jax.lax.scan(body, (params, opt_state), idx)
         return params, opt_state, losses, all_finite(params), diagnostics
 
     donate = (0, 1) if jax.default_backend() != "cpu" else ()  # in-place updates (unsupported on CPU)
-    return jax.jit(chunk, donate_argnums=donate)
+    if placement is None:
+        return jax.jit(chunk, donate_argnums=donate)
+    return jax.jit(chunk, in_shardings=placement.replicated, out_shardings=placement.replicated, donate_argnums=donate)
 
 
 def all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def make_eval_fn(apply_fn: ApplyFn) -> Callable[..., Any]:
-    """Jitted ``(params, X, Y) → (mean loss, accuracy)`` over a whole split."""
+def make_eval_fn(apply_fn: ApplyFn, placement: Placement | None = None) -> Callable[..., Any]:
+    """Jitted ``(params, X, Y) → (mean loss, accuracy)`` over a whole split (split over ``placement``'s devices)."""
     from second_order.suite.model import accuracy
 
     def evaluate(params, x, y):
+        if placement is not None:
+            x, y = placement.constrain_batch((x, y))
         logits = apply_fn({"params": params}, x)
         return cross_entropy(logits, y), accuracy(logits, y)
 
-    return jax.jit(evaluate)
+    if placement is None:
+        return jax.jit(evaluate)
+    return jax.jit(evaluate, out_shardings=placement.replicated)

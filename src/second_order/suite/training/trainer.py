@@ -28,10 +28,11 @@ import optax
 
 from second_order.curvature import tree_cast
 from second_order.suite.config import TrainerConfig
-from second_order.suite.tracking.run_logger import RunLogger
+from second_order.suite.tracking.run_logger import NullLogger, RunLogger
 from second_order.suite.training import checkpoint as ckpt
 from second_order.suite.training import schedule
 from second_order.suite.training.clock import Clock
+from second_order.suite.training.devices import Placement, select_devices
 from second_order.suite.training.probe import PROBE_STREAM, TimedProbe
 from second_order.suite.training.resources import check_fits
 from second_order.suite.training.sampler import EpochSampler
@@ -57,8 +58,8 @@ class Outcome:
 class TimedChunks:
     """Runs compiled chunks with compilation and warm-up off the optimizer clock."""
 
-    def __init__(self, chunk_fn: Any, clock: Clock):
-        self.chunk_fn, self.clock = chunk_fn, clock
+    def __init__(self, chunk_fn: Any, clock: Clock, placement: Placement):
+        self.chunk_fn, self.clock, self.placement = chunk_fn, clock, placement
         self.compiled: dict[int, Any] = {}
         self.signals: StopSignals | None = None  # a stop requested during compilation skips the warm-up
 
@@ -67,8 +68,8 @@ class TimedChunks:
         if k not in self.compiled:
             with self.clock.measure("compile"):
                 compiled = self.chunk_fn.lower(params, opt_state, x, y, idx).compile()
-                check_fits(compiled, jax.devices()[0], sum(p.size for p in jax.tree_util.tree_leaves(params)))
-                if self.signals is not None and self.signals.received is not None:
+                check_fits(compiled, self.placement.devices[0], sum(p.size for p in jax.tree_util.tree_leaves(params)))
+                if self.placement.any_process(self.signals is not None and self.signals.received is not None):
                     return None
                 self.compiled[k] = compiled
                 # The first execution pays one-time costs (buffers, thread pools): run it on
@@ -87,11 +88,12 @@ def fit(
     settings: TrainerConfig,
     seed: int,
     run_dir: Path,
-    logger: RunLogger,
+    logger: RunLogger | NullLogger,
     param_dtype: str = "float32",
     signals: StopSignals | None = None,
     probe: tuple[Any, int] | None = None,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
+    placement: Placement | None = None,
 ) -> Outcome:
     """Train ``model`` with ``tx`` on ``data`` (train/test images and labels) into ``run_dir``.
 
@@ -106,12 +108,16 @@ def fit(
     ``validation``: held-out ``(images, labels)`` evaluated with the test set at every
     evaluation (``val_loss``, ``val_acc``); evaluations happen every ``eval_every``
     epochs and, with ``eval_every_steps``, every that many steps of each epoch.
+    ``placement``: the device mesh (:mod:`.devices`; default: ``settings.devices`` of
+    every process); the data and the state are replicated on it, each batch split over
+    it.  Only its primary process writes checkpoints.
     """
     clock = Clock()
     with clock.measure("setup"):
-        x_train, y_train = jax.device_put(data.train_images), jax.device_put(data.train_labels)
-        x_test, y_test = jax.device_put(data.test_images), jax.device_put(data.test_labels)
-        held_out = None if validation is None else jax.device_put(validation)
+        place = placement or Placement.over(select_devices(settings.devices))
+        x_train, y_train = place.replicate((data.train_images, data.train_labels))
+        x_test, y_test = place.replicate((data.test_images, data.test_labels))
+        held_out = None if validation is None else place.replicate(validation)
         init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
         sampler = EpochSampler(data_key, int(x_train.shape[0]), settings.batch_size)
         per_epoch = sampler.steps_per_epoch
@@ -119,18 +125,20 @@ def fit(
         if settings.max_steps is not None:
             last_step = min(last_step, settings.max_steps)
         policy = StopPolicy(last_step, settings.max_time_s)
-        params = tree_cast(model.init(init_key, x_train[:1])["params"], jnp.dtype(param_dtype))
+        params = tree_cast(model.init(init_key, np.asarray(data.train_images[:1]))["params"], jnp.dtype(param_dtype))
         opt_state = tx.init(params)
         step, meta = 0, dict[str, Any]()
         if settings.resume and ckpt.exists(run_dir):
             params, opt_state, meta = ckpt.load(run_dir, params, opt_state)
             step = int(meta["step"])
             clock = Clock(meta["clock"])
-        else:
+        elif place.primary:
             ckpt.clear(run_dir)  # a fresh start: nothing older may ever be resumed
+        place.check_same(step, "the step to start from")
+        params, opt_state = place.replicate((params, opt_state))
         logger.truncate_after(step)  # rows past the checkpoint (or all rows: no checkpoint) are redone
-        run_chunk = TimedChunks(make_chunk_fn(model.apply, tx), clock)
-        eval_fn = make_eval_fn(model.apply)
+        run_chunk = TimedChunks(make_chunk_fn(model.apply, tx, place), clock, place)
+        eval_fn = make_eval_fn(model.apply, place)
         measurer = TimedProbe(probe[0], probe[1], clock) if probe is not None else None
         probe_key = jax.random.fold_in(jax.random.PRNGKey(seed), PROBE_STREAM)
     start_step = step
@@ -159,13 +167,16 @@ def fit(
         nonlocal measured_step
         if measurer is None or measured_step == step:
             return
-        batch = sampler.chunk(step, 1, step + 1)[0]
-        values, seconds = measurer(params, x_train, y_train, batch, jax.random.fold_in(probe_key, step))
+        batch = place.replicate(sampler.chunk(step, 1, step + 1)[0])
+        key = place.replicate(jax.random.fold_in(probe_key, step))
+        values, seconds = measurer(params, x_train, y_train, batch, key)
         with clock.measure("log"):
             logger.log_curvature(step, step // per_epoch, clock["train"], seconds, values)
         measured_step = step
 
     def save_checkpoint() -> None:
+        if not place.primary:
+            return
         meta = {"step": step, "clock": clock.state(), "last_eval": last_eval, "measured_step": measured_step}
         with clock.measure("checkpoint"):
             logger.flush(durable=True)
@@ -176,10 +187,10 @@ def fit(
             signals = stack.enter_context(StopSignals())
         run_chunk.signals = signals
         while step < policy.last_step:
-            if signals.received is not None:  # also a signal during set-up or compilation
+            if place.any_process(signals.received is not None):  # also a signal during set-up or compilation
                 status = "interrupted"
                 break
-            if policy.out_of_time(clock["train"]):
+            if place.any_process(policy.out_of_time(clock["train"])):
                 status = "budget"  # checked before a chunk too, so a resumed run keeps its budget
                 break
             if measurer is not None and measurer.due(step, per_epoch):
@@ -187,7 +198,7 @@ def fit(
             cap = policy.last_step if measurer is None else min(policy.last_step, measurer.next_due(step, per_epoch))
             if settings.eval_every_steps is not None:
                 cap = min(cap, schedule.next_due(step, per_epoch, settings.eval_every_steps))
-            idx = sampler.chunk(step, settings.chunk_steps, cap)
+            idx = place.replicate(sampler.chunk(step, settings.chunk_steps, cap))
             t0 = clock["train"]
             out = run_chunk(params, opt_state, x_train, y_train, idx)
             if out is None:  # stopped between compilation and the first execution
@@ -214,7 +225,11 @@ def fit(
                 # One truth for the time axis and the summary: the run ends at the diverging step.
                 clock.totals["train"] = float(times[n_ok - 1])
                 break
-            if measurer is not None and measurer.due(step, per_epoch) and signals.received is None:
+            if (
+                measurer is not None
+                and measurer.due(step, per_epoch)
+                and not place.any_process(signals.received is not None)
+            ):
                 measure()  # before the checkpoint, so a resume never measures a step twice
             if step % per_epoch == 0 and (step // per_epoch) % settings.eval_every == 0:
                 evaluate()
