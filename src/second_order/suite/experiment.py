@@ -17,7 +17,7 @@ import optax
 import yaml
 
 from second_order.optim import collect_diagnostics
-from second_order.suite.config import ConfigError, ValidConfig, schema_defaults, validate
+from second_order.suite.config import ConfigError, ValidConfig, validate
 from second_order.suite.model import build_model, describe_model, image_shape_of
 from second_order.suite.optimizer_config import build_optimizer, init_state_shapes
 from second_order.suite.splits import hold_out
@@ -57,10 +57,8 @@ def prepare(cfg: Mapping[str, Any]) -> tuple[ValidConfig, optax.GradientTransfor
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two configs, budgets and bookkeeping aside."""
-    old, new = _plain(old), _plain(new)
-    a, b = runs.flatten_config(old), runs.flatten_config(new)
-    if a:  # a key added to the schema after the old run was written: it ran with the default
-        a = {**{k: runs.flatten_config({k: v})[k] for k, v in schema_defaults().items() if k not in a}, **a}
+    # a key added to the schema after the old run was written: it ran with the default
+    a, b = runs.flatten_with_defaults(_plain(old)), runs.flatten_config(_plain(new))
     return sorted(
         k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUMABLE_KEYS)
     )
@@ -183,11 +181,11 @@ def _run_locked(
         lambda p: jax.ShapeDtypeStruct(p.shape, rc.model.param_dtype), abstract_params
     )
     diag_names = list(collect_diagnostics(init_state_shapes(rc.optimizer, tx, abstract_params)))
-    probe, curvature_names = curvature_probe(rc, model, abstract_params)
+    probe, curvature_names, wandb_curvature = curvature_probe(rc, model, abstract_params)
     previous = (runs.read_summary(run_dir) or {}) if resuming else {}
     wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id")) if primary else None
     logger = (
-        RunLogger(run_dir, diag_names, wandb, curvature_names, validation=validation is not None)
+        RunLogger(run_dir, diag_names, wandb, curvature_names, validation is not None, wandb_curvature)
         if primary
         else NullLogger()
     )
@@ -304,12 +302,15 @@ def objective(outcome: Any, steps: Mapping[str, Any]) -> dict[str, Any]:
     return {"objective": value, "objective_metric": name}
 
 
-def curvature_probe(rc: ValidConfig, model: Any, abstract_params: Any) -> tuple[tuple[Any, int] | None, list[str]]:
-    """``diagnostics=curvature``: the trainer's probe ``(fn, every_steps)`` and the columns of curvature.csv."""
+def curvature_probe(
+    rc: ValidConfig, model: Any, abstract_params: Any
+) -> tuple[tuple[Any, int] | None, list[str], list[str]]:
+    """``diagnostics=curvature``: the trainer's probe ``(fn, every_steps)``, the columns of curvature.csv
+    and those of them W&B receives (the scalar summaries, not the SLQ nodes and weights)."""
     d = rc.diagnostics
     if d.name == "none":
-        return None, []
-    from second_order.suite.spectrum import SpectrumSizes, column_names, make_curvature_probe
+        return None, [], []
+    from second_order.suite.spectrum import SpectrumSizes, column_names, is_summary_column, make_curvature_probe
     from second_order.suite.training.step import loss_functions
 
     n = int(sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract_params)))
@@ -319,7 +320,8 @@ def curvature_probe(rc: ValidConfig, model: Any, abstract_params: Any) -> tuple[
     sizes = SpectrumSizes(d.top_k, d.lanczos_steps, d.trace_probes, d.slq_probes, d.slq_steps, d.negative_tol)
     dtype = "float64" if rc.x64 else "float32"
     fn = make_curvature_probe(lambda x, y: loss_functions(model.apply, x, y), d.matrices, sizes, dtype)
-    return (fn, d.every_steps), column_names(d.matrices, sizes)
+    columns = column_names(d.matrices, sizes)
+    return (fn, d.every_steps), columns, [c for c in columns if is_summary_column(c)]
 
 
 def _curvature_summary(run_dir: Path, clock: Mapping[str, float], enabled: bool) -> dict[str, Any]:

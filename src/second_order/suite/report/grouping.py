@@ -26,7 +26,7 @@ from matplotlib.colors import to_hex, to_rgb
 from second_order.suite.report.loading import warn
 from second_order.suite.report.runinfo import budget
 from second_order.suite.report.style import MethodStyle, method_style, ordered_methods
-from second_order.suite.tracking.runs import Run, flatten_config
+from second_order.suite.tracking.runs import Run, flatten_with_defaults
 
 IGNORED_KEYS: tuple[str, ...] = (
     "seed",
@@ -53,28 +53,13 @@ def is_ignored(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in IGNORED_KEYS + BUDGET_KEYS)
 
 
-_DEFAULTS: dict[str, Any] | None = None
-
-
-def _hashable_default(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
 def experiment_config(run: Run) -> dict[str, Any]:
     """The run's config keys that define its experiment (config order), optimizer name included.
 
     A schema key the run's config.yaml lacks (added after the run was written, e.g.
     ``data.name``) counts as its default, so old and new runs of one experiment group together.
     """
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        from second_order.suite.config import schema_defaults
-
-        _DEFAULTS = {k: _hashable_default(v) for k, v in schema_defaults().items()}
-    written = flatten_config(run.config)
-    if run.config:
-        written = {**{k: v for k, v in _DEFAULTS.items() if k not in written}, **written}
-    flat = {k: v for k, v in written.items() if not is_ignored(k)}
+    flat = {k: v for k, v in flatten_with_defaults(run.config).items() if not is_ignored(k)}
     flat["optimizer.name"] = run.optimizer
     return flat
 

@@ -16,7 +16,8 @@ class RunLogger:
     """Per-step, per-epoch and curvature metrics → ``steps.csv`` / ``eval.csv`` / ``curvature.csv``, and W&B.
 
     ``diagnostic_names`` fixes the extra columns of ``steps.csv`` (the optimizer's
-    diagnostics), ``curvature_names`` those of ``curvature.csv`` (none: no such file).
+    diagnostics), ``curvature_names`` those of ``curvature.csv`` (none: no such file),
+    ``wandb_curvature_names`` the curvature columns also sent to W&B (default: all).
     Rows are buffered by the OS and flushed every chunk; ``flush(durable=True)`` also
     fsyncs (every epoch, checkpoint and stop).  W&B receives every curvature column but
     the SLQ nodes and weights (``curvature/<name>``): they are the raw density, kept
@@ -30,10 +31,14 @@ class RunLogger:
         wandb: Any | None = None,
         curvature_names: Sequence[str] = (),
         validation: bool = False,
+        wandb_curvature_names: Sequence[str] | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.diagnostic_names = tuple(sorted(diagnostic_names))
         self.curvature_names = tuple(curvature_names)
+        self.wandb_curvature_names = (
+            self.curvature_names if wandb_curvature_names is None else tuple(wandb_curvature_names)
+        )
         self.steps = runs.CsvLog(self.run_dir / runs.STEPS_FILE, runs.STEP_COLUMNS + self.diagnostic_names)
         eval_columns = runs.EVAL_COLUMNS + (runs.VALIDATION_COLUMNS if validation else ())
         self.evals = runs.CsvLog(self.run_dir / runs.EVAL_FILE, eval_columns)
@@ -90,9 +95,7 @@ class RunLogger:
         self.curvature.write_rows([row])
         self.curvature.flush()
         if self.wandb is not None:
-            from second_order.suite.spectrum import is_summary_column
-
-            metrics = {f"curvature/{n}": float(values[n]) for n in self.curvature_names if is_summary_column(n)}
+            metrics = {f"curvature/{n}": float(values[n]) for n in self.wandb_curvature_names}
             self.wandb.log_eval({"step": step, "epoch": epoch, "time_s": float(time_s), **metrics})
 
     def _tables(self) -> list[runs.CsvLog]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -295,6 +296,25 @@ def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = _hashable(value)
     return flat
+
+
+def flatten_with_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`flatten_config`, with each schema key ``cfg`` lacks at its default (an empty ``cfg`` stays empty).
+
+    What a run whose config.yaml predates a key (e.g. ``data.name``) ran with: resume checks
+    and report grouping compare old and new runs through this.
+    """
+    flat = flatten_config(cfg)
+    if not flat:
+        return flat
+    return {**{k: v for k, v in _flat_schema_defaults().items() if k not in flat}, **flat}
+
+
+@functools.lru_cache(maxsize=1)
+def _flat_schema_defaults() -> dict[str, Any]:
+    from second_order.suite.config import schema_defaults
+
+    return {k: _hashable(v) for k, v in schema_defaults().items()}
 
 
 def _hashable(value: Any) -> Any:
