@@ -14,6 +14,10 @@ BIN := $(VENV)/bin
 JAX_VARIANT ?= cpu
 STAMP := $(VENV)/.installed-$(JAX_VARIANT)
 PYTEST_ARGS ?=
+# Test files run in parallel worker processes (pytest-xdist), each file in one worker so that
+# its module fixtures run once; PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 ARGS ?=
 
 .PHONY: setup test test-fast lint format train reproduce figures study bench clean
@@ -30,7 +34,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 LINT_PATHS := src scripts tests benchmarks
 
@@ -44,7 +48,7 @@ format: setup
 	$(BIN)/ruff format $(LINT_PATHS)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 train: setup
 	$(BIN)/python scripts/train.py $(ARGS)

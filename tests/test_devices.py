@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import REPO, compose_config
+from multidevice_worker import STEPS
 
 from second_order.suite import experiment
 from second_order.suite.config import ConfigError
@@ -33,7 +34,7 @@ OPTIMIZERS = sorted(
 
 @pytest.fixture(scope="module")
 def on_four_devices(real_mnist_dir, tmp_path_factory) -> dict:
-    """Every optimizer for 6 steps on 1 and on 4 (forced host) devices, in one subprocess."""
+    """Every optimizer for a few steps (two chunks) on 1 and on 4 (forced host) devices, in one subprocess."""
     out = tmp_path_factory.mktemp("devices") / "losses.json"
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={N_DEVICES}", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
@@ -52,7 +53,7 @@ def test_per_step_losses_on_four_devices_equal_one_device(on_four_devices, name)
     runs_by_count = on_four_devices["results"][name]
     one, four = runs_by_count["1"], runs_by_count[str(N_DEVICES)]
     assert one["status"] == four["status"] == "budget"
-    assert len(one["train_loss"]) == len(four["train_loss"]) == 6
+    assert len(one["train_loss"]) == len(four["train_loss"]) == STEPS
     np.testing.assert_allclose(four["train_loss"], one["train_loss"], rtol=RTOL, atol=0)
     np.testing.assert_allclose(four["test_loss"], one["test_loss"], rtol=RTOL, atol=0)
 

@@ -31,6 +31,10 @@ optimizer (each one takes what it needs and ignores the rest):
   ``a.shape[:-1] + (kernel.shape[-1],)`` (:func:`second_order.optim.kfac.zero_taps`).
   The suite's is :func:`second_order.suite.model.apply_with_taps`.
 
+On several devices (:mod:`.devices`) the batch these functions close over is split
+over the devices and every reduction over it is global: an optimizer sees the same
+functions, and computes the same step, as on one device.
+
 Whatever diagnostics the optimizer's state carries
 (:func:`second_order.optim.collect_diagnostics`) are returned per step and logged;
 the trainer knows nothing optimizer-specific.

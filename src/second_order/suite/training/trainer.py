@@ -8,7 +8,9 @@ discarded warm-up per chunk shape, the optimizer clock stopped after
 state after each evaluation, every ``checkpoint_every_s`` and on stop.  The step
 itself and the optimizer contract are in :mod:`.step`.  Compilation (with the
 warm-up), evaluation, in-loop measurements (:mod:`.probe`), logging and
-checkpointing have their own clocks.
+checkpointing have their own clocks.  Data, parameters and optimizer state live on a
+one-axis device mesh (:mod:`.devices`, ``trainer.devices``): replicated, with each
+batch split over the devices.
 """
 
 from __future__ import annotations
