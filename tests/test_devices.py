@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -18,7 +20,7 @@ from multidevice_worker import STEPS
 from second_order.suite import experiment
 from second_order.suite.config import ConfigError
 from second_order.suite.tracking import runs
-from second_order.suite.training import devices
+from second_order.suite.training import checkpoint, devices
 from second_order.suite.training.devices import Placement, select_devices, wants_distributed
 
 N_DEVICES = 4
@@ -109,6 +111,43 @@ def test_a_two_process_slurm_job_trains_like_one_process(real_mnist_dir, tmp_pat
     np.testing.assert_array_equal(job["step"], np.arange(1, 7))  # one writer: no row twice
     np.testing.assert_allclose(job["train_loss"], ref["train_loss"], rtol=RTOL, atol=0)
     np.testing.assert_allclose(job["cg_iterations"], ref["cg_iterations"])
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_task_stops_both_at_one_step_and_the_job_resumes(real_mnist_dir, tmp_path):
+    common = [
+        "optimizer=gauss_newton", f"data.dir={real_mnist_dir}", "model.param_dtype=float64",
+        "trainer.max_steps=300", "trainer.chunk_steps=1", "trainer.progress=false", "logger.wandb.mode=disabled",
+    ]  # fmt: skip
+    job_id = 1000 + (os.getpid() + 1) % 3000
+    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    run_dir = tmp_path / "job"
+
+    def launch(*extra: str) -> list[subprocess.Popen]:
+        return [
+            _train([*common, f"hydra.run.dir={run_dir}", *extra], {**two, **_slurm_task(r, job_id)}) for r in (0, 1)
+        ]
+
+    tasks = launch()
+    steps_file, deadline = run_dir / runs.STEPS_FILE, time.monotonic() + 300
+    while time.monotonic() < deadline and not (steps_file.exists() and steps_file.read_text().count("\n") > 20):
+        time.sleep(0.02)
+    tasks[1].send_signal(signal.SIGTERM)  # the secondary task only
+    outputs = [p.communicate(timeout=300)[0] for p in tasks]
+    assert tasks[0].returncode == 128 + signal.SIGTERM, outputs[0][-2000:]  # task 0 reports the stop
+    summary = runs.read_summary(run_dir)
+    assert summary is not None and summary["status"] == "interrupted" and summary["signal"] == signal.SIGTERM
+    stopped_at = summary["steps"]
+    assert 20 <= stopped_at < 300 and checkpoint.latest_step(run_dir) == stopped_at
+
+    resumed = launch("trainer.resume=true")
+    outputs = [p.communicate(timeout=300)[0] for p in resumed]
+    assert [p.returncode for p in resumed] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    reference = tmp_path / "single"
+    experiment.run(compose_config([*common, "trainer.devices=1"]), reference)
+    job, ref = runs.read_table(run_dir / runs.STEPS_FILE), runs.read_table(reference / runs.STEPS_FILE)
+    np.testing.assert_array_equal(job["step"], np.arange(1, 301))
+    np.testing.assert_allclose(job["train_loss"], ref["train_loss"], rtol=RTOL, atol=0)
 
 
 @pytest.mark.parametrize(

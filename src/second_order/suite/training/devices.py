@@ -148,13 +148,17 @@ class Placement:
         """Inside jit: split the leading axis of every leaf over the devices."""
         return jax.lax.with_sharding_constraint(tree, self.batch)
 
-    def any_process(self, flag: bool) -> bool:
-        """``flag`` or-ed over the processes (a collective: every process must call it)."""
+    def max_over_processes(self, value: int) -> int:
+        """The largest of the processes' ``value`` (a collective: every process must call it)."""
         if jax.process_count() == 1:
-            return bool(flag)
+            return int(value)
         from jax.experimental import multihost_utils
 
-        return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+        return int(np.max(multihost_utils.process_allgather(np.asarray([value], np.int64))))
+
+    def any_process(self, flag: bool) -> bool:
+        """``flag`` or-ed over the processes (a collective: every process must call it)."""
+        return self.max_over_processes(int(bool(flag))) > 0
 
     def check_same(self, value: int, what: str) -> None:
         """Refuse to go on when the processes disagree on ``value`` (e.g. the step a resume starts from)."""

@@ -71,7 +71,7 @@ class TimedChunks:
             with self.clock.measure("compile"):
                 compiled = self.chunk_fn.lower(params, opt_state, x, y, idx).compile()
                 check_fits(compiled, self.placement.devices[0], sum(p.size for p in jax.tree_util.tree_leaves(params)))
-                if self.placement.any_process(self.signals is not None and self.signals.received is not None):
+                if self.signals is not None and agreed_signal(self.signals, self.placement):
                     return None
                 self.compiled[k] = compiled
                 # The first execution pays one-time costs (buffers, thread pools): run it on
@@ -189,7 +189,7 @@ def fit(
             signals = stack.enter_context(StopSignals())
         run_chunk.signals = signals
         while step < policy.last_step:
-            if place.any_process(signals.received is not None):  # also a signal during set-up or compilation
+            if agreed_signal(signals, place):  # also a signal during set-up or compilation
                 status = "interrupted"
                 break
             if place.any_process(policy.out_of_time(clock["train"])):
@@ -227,11 +227,7 @@ def fit(
                 # One truth for the time axis and the summary: the run ends at the diverging step.
                 clock.totals["train"] = float(times[n_ok - 1])
                 break
-            if (
-                measurer is not None
-                and measurer.due(step, per_epoch)
-                and not place.any_process(signals.received is not None)
-            ):
+            if measurer is not None and measurer.due(step, per_epoch) and not agreed_signal(signals, place):
                 measure()  # before the checkpoint, so a resume never measures a step twice
             if step % per_epoch == 0 and (step // per_epoch) % settings.eval_every == 0:
                 evaluate()
@@ -266,6 +262,17 @@ def fit(
         last_eval=last_eval,
         clock=clock.state(),
     )
+
+
+def agreed_signal(signals: StopSignals, place: Placement) -> int | None:
+    """The stop signal any process received (a collective); recorded as this process's too.
+
+    A signal to one task of a multi-process run stops every task at the same step.
+    """
+    received = place.max_over_processes(signals.received or 0)
+    if received:
+        signals.received = received
+    return received or None
 
 
 def _progress(enabled: bool, total: int, initial: int) -> Any:
