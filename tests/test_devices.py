@@ -28,9 +28,13 @@ N_DEVICES = 4
 #: differences are the order of the floating-point sums: ≤ 1e-15 for most methods, 3e-13 for exact Newton
 #: (pinv), 4e-10 for Gauss-Newton + LM (the accept/reject test on ρ amplifies them).
 RTOL = 1e-9
-#: newton_paper_precision is newton with a float32 first step: with float64 curvature (as here) it is newton.
+#: Every optimizer config but two exact-Newton presets, newton with other values and the same code:
+#: newton_damped (damping 32) and newton_paper_precision (a float32 first step, float64 here). Exact Newton's
+#: solves run replicated, 4 times over on 4 host devices sharing 2 cores: each preset costs 20-40 s.
 OPTIMIZERS = sorted(
-    p.stem for p in (REPO / "configs" / "optimizer").glob("*.yaml") if p.stem != "newton_paper_precision"
+    p.stem
+    for p in (REPO / "configs" / "optimizer").glob("*.yaml")
+    if p.stem not in ("newton_damped", "newton_paper_precision")
 )
 
 
@@ -116,8 +120,8 @@ def test_a_two_process_slurm_job_trains_like_one_process(real_mnist_dir, tmp_pat
 @pytest.mark.slow
 def test_a_signal_to_one_task_stops_both_at_one_step_and_the_job_resumes(real_mnist_dir, tmp_path):
     common = [
-        "optimizer=gauss_newton", f"data.dir={real_mnist_dir}", "model.param_dtype=float64",
-        "trainer.max_steps=300", "trainer.chunk_steps=1", "trainer.progress=false", "logger.wandb.mode=disabled",
+        "optimizer=sgd", f"data.dir={real_mnist_dir}", "model.param_dtype=float64",
+        "trainer.max_steps=400", "trainer.chunk_steps=5", "trainer.progress=false", "logger.wandb.mode=disabled",
     ]  # fmt: skip
     job_id = 1000 + (os.getpid() + 1) % 3000
     two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -138,7 +142,7 @@ def test_a_signal_to_one_task_stops_both_at_one_step_and_the_job_resumes(real_mn
     summary = runs.read_summary(run_dir)
     assert summary is not None and summary["status"] == "interrupted" and summary["signal"] == signal.SIGTERM
     stopped_at = summary["steps"]
-    assert 20 <= stopped_at < 300 and checkpoint.latest_step(run_dir) == stopped_at
+    assert 20 <= stopped_at < 400 and checkpoint.latest_step(run_dir) == stopped_at
 
     resumed = launch("trainer.resume=true")
     outputs = [p.communicate(timeout=300)[0] for p in resumed]
@@ -146,7 +150,7 @@ def test_a_signal_to_one_task_stops_both_at_one_step_and_the_job_resumes(real_mn
     reference = tmp_path / "single"
     experiment.run(compose_config([*common, "trainer.devices=1"]), reference)
     job, ref = runs.read_table(run_dir / runs.STEPS_FILE), runs.read_table(reference / runs.STEPS_FILE)
-    np.testing.assert_array_equal(job["step"], np.arange(1, 301))
+    np.testing.assert_array_equal(job["step"], np.arange(1, 401))
     np.testing.assert_allclose(job["train_loss"], ref["train_loss"], rtol=RTOL, atol=0)
 
 
