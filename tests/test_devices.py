@@ -26,7 +26,7 @@ from second_order.suite.training.devices import Placement, select_devices, wants
 N_DEVICES = 4
 #: Per-step relative tolerance between 1 and 4 devices, float64 parameters and curvature. The observed
 #: differences are the order of the floating-point sums: ≤ 1e-15 for most methods, 3e-13 for exact Newton
-#: (pinv), 4e-10 for Gauss-Newton + LM (the accept/reject test on ρ amplifies them).
+#: (pinv), 7e-12 for Gauss-Newton and 3e-12 with LM over 4 steps (4e-10 over 6: LM's test on ρ amplifies).
 RTOL = 1e-9
 #: Every optimizer config but two exact-Newton presets, newton with other values and the same code:
 #: newton_damped (damping 32) and newton_paper_precision (a float32 first step, float64 here). Exact Newton's

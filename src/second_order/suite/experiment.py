@@ -209,7 +209,6 @@ def _run_locked(
         **describe(placement),
         "device_warning": device_warning,
     }
-    record = environment.record()
     start = checkpoint.latest_step(run_dir) if resuming else 0
     train = functools.partial(
         fit,
@@ -229,6 +228,7 @@ def _run_locked(
     if not primary:
         train()
         return {}
+    record = environment.record()
     environment.append_segment(run_dir / runs.ENV_FILE, record, start)
     # Earlier segments, cut at the checkpoint this one continues from (later rows are redone);
     # a segment killed before it could record its end (end_step null) ended there too.
