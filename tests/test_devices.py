@@ -86,6 +86,23 @@ def _slurm_task(rank: int, job_id: int) -> dict[str, str]:
     }
 
 
+#: Two host devices per task: a 2-task job has 4.
+TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
+def _job_overrides(optimizer: str, mnist_dir, steps: int, chunk: int) -> list[str]:
+    """A short float64 run (equal losses across device counts need float64)."""
+    return [
+        f"optimizer={optimizer}", f"data.dir={mnist_dir}", "model.param_dtype=float64", f"trainer.max_steps={steps}",
+        f"trainer.chunk_steps={chunk}", "trainer.progress=false", "logger.wandb.mode=disabled",
+    ]  # fmt: skip
+
+
+def _launch_job(overrides: list[str], job_id: int) -> list[subprocess.Popen]:
+    """``scripts/train.py`` as the two tasks of one SLURM job step, two host devices each."""
+    return [_train(overrides, {**TWO_DEVICES, **_slurm_task(rank, job_id)}) for rank in (0, 1)]
+
+
 def _train(overrides: list[str], env: dict[str, str]) -> subprocess.Popen:
     full = {**os.environ, "WANDB_SILENT": "true", "JAX_PLATFORMS": "cpu", **env}
     return subprocess.Popen(
@@ -96,13 +113,9 @@ def _train(overrides: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_a_two_process_slurm_job_trains_like_one_process(real_mnist_dir, tmp_path):
-    common = [
-        "optimizer=gauss_newton", f"data.dir={real_mnist_dir}", "model.param_dtype=float64",
-        "trainer.max_steps=6", "trainer.chunk_steps=3", "trainer.progress=false", "logger.wandb.mode=disabled",
-    ]  # fmt: skip
+    common = _job_overrides("gauss_newton", real_mnist_dir, steps=6, chunk=3)
     job_id = 1000 + os.getpid() % 3000  # JAX's coordinator port follows the job id
-    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    tasks = [_train([*common, f"hydra.run.dir={tmp_path / 'job'}"], {**two, **_slurm_task(r, job_id)}) for r in (0, 1)]
+    tasks = _launch_job([*common, f"hydra.run.dir={tmp_path / 'job'}"], job_id)
     single = _train([*common, f"hydra.run.dir={tmp_path / 'single'}"], {})
     outputs = [p.communicate(timeout=600)[0] for p in (*tasks, single)]
     assert [p.returncode for p in (*tasks, single)] == [0, 0, 0], "\n".join(o[-2000:] for o in outputs)
@@ -119,18 +132,12 @@ def test_a_two_process_slurm_job_trains_like_one_process(real_mnist_dir, tmp_pat
 
 @pytest.mark.slow
 def test_a_signal_to_one_task_stops_both_at_one_step_and_the_job_resumes(real_mnist_dir, tmp_path):
-    common = [
-        "optimizer=sgd", f"data.dir={real_mnist_dir}", "model.param_dtype=float64",
-        "trainer.max_steps=400", "trainer.chunk_steps=5", "trainer.progress=false", "logger.wandb.mode=disabled",
-    ]  # fmt: skip
+    common = _job_overrides("sgd", real_mnist_dir, steps=400, chunk=5)
     job_id = 1000 + (os.getpid() + 1) % 3000
-    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     run_dir = tmp_path / "job"
 
     def launch(*extra: str) -> list[subprocess.Popen]:
-        return [
-            _train([*common, f"hydra.run.dir={run_dir}", *extra], {**two, **_slurm_task(r, job_id)}) for r in (0, 1)
-        ]
+        return _launch_job([*common, f"hydra.run.dir={run_dir}", *extra], job_id)
 
     tasks = launch()
     steps_file, deadline = run_dir / runs.STEPS_FILE, time.monotonic() + 300
