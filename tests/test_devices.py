@@ -169,7 +169,7 @@ def test_a_signal_to_one_task_stops_both_at_one_step_and_the_job_resumes(real_mn
         ({**_slurm_task(1, 7), "SLURM_NTASKS": "1"}, False),  # one task per job (the submitit launcher)
         ({k: v for k, v in _slurm_task(0, 7).items() if k != "SLURM_STEP_NODELIST"}, False),  # not under srun
         ({**_slurm_task(0, 7), "SECOND_ORDER_DISTRIBUTED": "0"}, False),
-        ({"SECOND_ORDER_DISTRIBUTED": "1"}, True),  # any cluster JAX detects, or JAX_COORDINATOR_ADDRESS
+        ({"SECOND_ORDER_DISTRIBUTED": "1"}, True),  # any cluster JAX detects (Open MPI, Kubernetes, ...)
     ],
 )
 def test_when_a_process_joins_a_distributed_job(env, expected):
