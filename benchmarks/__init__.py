@@ -16,7 +16,10 @@ Sections, each under its own key of the JSON (one module each):
                  the CG methods (iterations and time per iteration, at the initial parameters
                  and after one epoch of SGD), dense Hessian (``curvature.dense_hessian`` and
                  ``jax.hessian``), Cholesky of H + 32 I, eigendecomposition of H (once), and
-                 one whole optimizer step per method and path.
+                 one whole optimizer step per method and path: its first step from the initial
+                 state, and (mean_step.py) its mean step over 100 consecutive steps in one
+                 ``lax.scan`` (periodic work such as K-FAC's inversions at its rate), whose
+                 ratio to the mean of 100 gradients is its cost in gradient-equivalents.
 2. ``epoch``     (epoch.py) one epoch (937 steps) of the real trainer (``experiment.run``,
                  W&B offline and CSV logging on), its ``train_time_s`` against a minimal
                  jitted ``lax.scan`` loop of the same optax transformation (the yardstick;

@@ -23,6 +23,8 @@ LOW_RANK_SUFFIX = "_lowrank"
 #: Steps costing about a gradient or a few dozen curvature products: timed round-robin with
 #: the gradient, trained for a whole epoch (epoch section), looped in Python (baseline).
 FAST = ("sgd", "hessian_free", "gauss_newton")
+#: Timed over consecutive steps in --quick too (the full run times every method under the budget).
+RUN_QUICK = (*FAST, "kfac")
 #: The scaling section: the fast methods, damped Newton on its dense path and undamped Newton
 #: on its low-rank path (the undamped dense step needs an n×n eigendecomposition: minutes).
 SCALING = (*FAST, "newton_damped", "newton" + LOW_RANK_SUFFIX)

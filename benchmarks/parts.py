@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from benchmarks.mean_step import consecutive
 from benchmarks.methods import (
     FAST,
+    RUN_QUICK,
     SCALING,
     Method,
     low_rank_bound,
@@ -139,7 +141,12 @@ def section_parts(data: Any, s: Settings, methods: Mapping[str, Method]) -> dict
         "hvp_over_gradient_f64": ratio(med(parts["hvp"]), g64),
         "ggn_over_gradient": ratio(med(parts["ggn_vp"]), g32),
         "ggn_over_gradient_f64": ratio(med(parts["ggn_vp"]), g64),
+        # gradient-equivalents: a method's mean step (its first where not timed) / one gradient in a scan
         "step_over_gradient": {
+            m: ratio(t["run"]["per_step_s"] if "run" in t else med(t), med(parts["gradient_consecutive"]))
+            for m, t in steps.items()
+        },
+        "first_step_over_gradient": {
             m: ratio(med(t), med(parts["gradient_with_steps"]) if m in fast else g32) for m, t in steps.items()
         },
         "newton_damped_step_over_hessian_plus_cholesky": ratio(
@@ -187,7 +194,8 @@ def whole_steps(
     grad_fn: Any,
     xy: tuple[jax.Array, jax.Array],
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """One whole optimizer step per method (adds ``parts['gradient_with_steps']``); (steps, fast keys)."""
+    """One whole optimizer step per method, and the mean step (``consecutive``) of those under the
+    budget (adds ``parts['gradient_with_steps']`` and ``parts['gradient_consecutive']``); (steps, fast keys)."""
     x, y = xy
     p32, n = prob.params, prob.n
     steps: dict[str, Any] = {}
@@ -242,6 +250,15 @@ def whole_steps(
             t["max_rank"] = max_rank
         steps[key] = t
         log(f"  step {key}: {sec(t) * 1e3:.3f} ms  {t['diagnostics']}")
+    # The mean step: consecutive steps in one scan, against as many gradients in one scan.
+    parts["gradient_consecutive"] = consecutive(prob, None, s)
+    for key, m in methods.items():
+        timed = steps.get(key, {})
+        if med(timed) is None or timed.get("single_run") or (s.quick and key not in RUN_QUICK):
+            continue
+        if sec(timed) * s.run_steps <= s.slow_budget_s:
+            timed["run"] = consecutive(prob, m.tx(timed.get("max_rank")), s)
+            log(f"  {s.run_steps} steps {key}: {timed['run']['per_step_s'] * 1e3:.3f} ms per step")
     return steps, tuple(fast)
 
 

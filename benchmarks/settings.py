@@ -21,6 +21,7 @@ class Settings:
     part_hidden: int  # hidden width of the "paper size" section (--quick: 2)
     batch: int  # the configs' trainer.batch_size
     cg_batches: int  # batches for the CG iteration statistics
+    run_steps: int  # consecutive steps timed as one scan (a method's mean step, periodic work included)
     sgd_steps: int  # SGD steps before the "trained" CG statistics
     epoch_steps: int  # steps of the trainer/yardstick comparison
     trainer_repeats: int
@@ -54,6 +55,7 @@ def make_settings(args: argparse.Namespace, cfg: Mapping[str, Any], n_train: int
         part_hidden=2 if q else hidden,
         batch=batch,
         cg_batches=2 if q else 8,
+        run_steps=20 if q else 100,
         sgd_steps=100 if q else epoch,
         epoch_steps=50 if q else epoch,
         trainer_repeats=1 if q else 2,

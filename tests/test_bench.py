@@ -69,6 +69,13 @@ def test_parts_and_ratios(quick_bench):
         assert positive(p["steps"][method]), method
     assert p["steps"]["hessian_free"]["diagnostics"]["cg_iterations"] >= 1
     assert p["steps"]["newton_damped"]["diagnostics"]["solve_path"] == 0  # Cholesky
+    for method in ("sgd", "hessian_free", "gauss_newton", "kfac"):  # the mean step over consecutive steps
+        run = p["steps"][method]["run"]
+        assert run["steps"] == 20 and run["per_step_s"] > 0 and run["final_loss"] is not None, method
+        gradient = p["parts"]["gradient_consecutive"]
+        assert gradient["steps"] == 20 and gradient["per_step_s"] > 0
+        assert p["ratios"]["step_over_gradient"][method] == pytest.approx(run["per_step_s"] / gradient["per_step_s"])
+    assert "run" not in p["steps"]["newton_damped"]  # --quick times the others' first step only
     if p["low_rank_available"]:
         assert positive(p["steps"]["newton_lowrank"])
     r = p["ratios"]
@@ -80,6 +87,7 @@ def test_parts_and_ratios(quick_bench):
     ):
         assert r[key] > 0 and math.isfinite(r[key]), key
     assert all(r["step_over_gradient"][m] > 0 for m in ("sgd", "hessian_free", "gauss_newton", "newton_damped"))
+    assert all(r["first_step_over_gradient"][m] > 0 for m in ("sgd", "kfac", "newton_damped"))
 
 
 @pytest.mark.slow
