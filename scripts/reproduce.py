@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_METHODS = "sgd,hessian_free,gauss_newton"
@@ -40,6 +41,52 @@ BASELINES = "adam,sophia,adahessian,shampoo,kfac"
 CURVATURE = "sgd,hessian_free,gauss_newton,gauss_newton_lm,saddle_free_newton,adam,kfac"
 CURVATURE_SEED = "0"
 CURVATURE_NEWTON_EVERY = 10  # exact Newton runs 100 steps (its budget): a measurement every 10
+
+
+class Extra(NamedTuple):
+    """An experiment beyond the paper's that a flag adds: ``configs/experiment/<experiment>.yaml``."""
+
+    experiment: str
+    flag: str  # --<flag> switches it on
+    runs_flag: str  # --<runs_flag> DIR: where its run directories go (default runs/<experiment>)
+    methods: str  # the optimizers it sweeps
+    about: str  # what it adds, for --help
+    seeds: str | None = None  # None: --seeds
+    newton_every: int | None = None  # also exact Newton (its budget), measured every this many steps
+
+    @property
+    def dest(self) -> str:
+        return self.flag.replace("-", "_")
+
+    @property
+    def runs_dest(self) -> str:
+        return self.runs_flag.replace("-", "_")
+
+
+EXTRAS = (
+    Extra(
+        "beyond_paper",
+        "beyond-paper",
+        "beyond-runs",
+        BEYOND_PAPER,
+        "LM damping, trust regions, saddle-free Newton, online parabola",
+    ),
+    Extra("baselines", "baselines", "baselines-runs", BASELINES, "Adam, Sophia, AdaHessian, Shampoo, K-FAC"),
+    Extra(
+        "curvature",
+        "curvature",
+        "curvature-runs",
+        CURVATURE,
+        "Hessian and Gauss-Newton spectra along training, seed 0",
+        seeds=CURVATURE_SEED,
+        newton_every=CURVATURE_NEWTON_EVERY,
+    ),
+)
+
+
+def extras_on(args: argparse.Namespace) -> list[tuple[Extra, Path]]:
+    """The extra experiments switched on, each with its run root."""
+    return [(e, getattr(args, e.runs_dest)) for e in EXTRAS if getattr(args, e.dest)]
 
 
 def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str], experiment: str = "paper") -> None:
@@ -91,30 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run undamped Newton in the paper's precision (first step float32, then float64 parameters)",
     )
-    parser.add_argument(
-        "--beyond-paper",
-        action="store_true",
-        help="also run experiment=beyond_paper (LM damping, trust regions, saddle-free Newton, online parabola)",
-    )
-    parser.add_argument(
-        "--beyond-runs", type=Path, default=REPO / "runs" / "beyond_paper", help="run directories of --beyond-paper"
-    )
-    parser.add_argument(
-        "--baselines",
-        action="store_true",
-        help="also run experiment=baselines (Adam, Sophia, AdaHessian, Shampoo, K-FAC)",
-    )
-    parser.add_argument(
-        "--baselines-runs", type=Path, default=REPO / "runs" / "baselines", help="run directories of --baselines"
-    )
-    parser.add_argument(
-        "--curvature",
-        action="store_true",
-        help="also run experiment=curvature (Hessian and Gauss-Newton spectra along training, seed 0)",
-    )
-    parser.add_argument(
-        "--curvature-runs", type=Path, default=REPO / "runs" / "curvature", help="run directories of --curvature"
-    )
+    for e in EXTRAS:
+        parser.add_argument(f"--{e.flag}", action="store_true", help=f"also run experiment={e.experiment} ({e.about})")
+        parser.add_argument(
+            f"--{e.runs_flag}", type=Path, default=REPO / "runs" / e.experiment, help=f"run directories of --{e.flag}"
+        )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "paper", help="where run directories go")
     parser.add_argument("--out", type=Path, default=REPO / "results", help="figures, tables and manifest")
@@ -133,14 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     sweep(args.runs, NEWTON_METHODS, args.seeds, newton_extra)
     if args.paper_precision:
         sweep(args.runs, PAPER_PRECISION, args.seeds, newton_extra)
-    if args.beyond_paper:
-        sweep(args.beyond_runs, BEYOND_PAPER, args.seeds, extra, experiment="beyond_paper")
-    if args.baselines:
-        sweep(args.baselines_runs, BASELINES, args.seeds, extra, experiment="baselines")
-    if args.curvature:
-        sweep(args.curvature_runs, CURVATURE, CURVATURE_SEED, extra, experiment="curvature")
-        every = [f"diagnostics.every_steps={CURVATURE_NEWTON_EVERY}"] if not args.full else []
-        sweep(args.curvature_runs, NEWTON_METHODS, CURVATURE_SEED, newton_extra + every, experiment="curvature")
+    for e, root in extras_on(args):
+        seeds = e.seeds or args.seeds
+        sweep(root, e.methods, seeds, extra, experiment=e.experiment)
+        if e.newton_every is not None:
+            every = [f"diagnostics.every_steps={e.newton_every}"] if not args.full else []
+            sweep(root, NEWTON_METHODS, seeds, newton_extra + every, experiment=e.experiment)
     train_wall = time.time() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -155,12 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_roots(args: argparse.Namespace) -> list[Path]:
     """The run roots this invocation fills (the figures and the manifest read all of them)."""
-    return (
-        [args.runs]
-        + ([args.beyond_runs] if args.beyond_paper else [])
-        + ([args.baselines_runs] if args.baselines else [])
-        + ([args.curvature_runs] if args.curvature else [])
-    )
+    return [args.runs] + [root for _, root in extras_on(args)]
 
 
 def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: float) -> None:
@@ -191,9 +212,7 @@ def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: 
         "command": "make reproduce"
         + (" FULL=1" if args.full else "")
         + (" --paper-precision" if args.paper_precision else "")
-        + (" --beyond-paper" if args.beyond_paper else "")
-        + (" --baselines" if args.baselines else "")
-        + (" --curvature" if args.curvature else ""),
+        + "".join(f" --{e.flag}" for e, _ in extras_on(args)),
         "protocol": "full"
         if args.full
         else "cpu: exact Newton budget "
