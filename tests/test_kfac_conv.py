@@ -223,9 +223,9 @@ def test_kfac_step_on_the_cnn_has_the_scale_of_the_gauss_newton_step():
     fns = loss_functions(model.apply, x, y)
     flat, unravel = ravel_pytree(params)
     z = fns.predict_fn(params)
-    jac = jax.jacobian(lambda w: fns.predict_fn(unravel(w)))(flat).reshape(z.size, -1)
-    ggn = jac.T @ jax.hessian(fns.output_loss_fn)(z).reshape(z.size, z.size) @ jac
-    g = ravel_pytree(jax.grad(fns.value_fn)(params))[0]
+    jac = jax.jit(jax.jacobian(lambda w: fns.predict_fn(unravel(w))))(flat).reshape(z.size, -1)
+    ggn = jac.T @ jax.jit(jax.hessian(fns.output_loss_fn))(z).reshape(z.size, z.size) @ jac
+    g = ravel_pytree(jax.jit(jax.grad(fns.value_fn))(params))[0]
     lam = 1.0
     exact = np.linalg.solve(ggn + lam * np.eye(len(g)), g)
     tx = kfac(1.0, lam, fisher="exact")

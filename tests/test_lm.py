@@ -269,10 +269,8 @@ def test_backtracking_on_a_quadratic_picks_the_best_candidate(lr, chosen):
     _, upd, diag = steps[0]
     assert int(diag["cg_iterations"]) == 6
     g = flat_grad(prob)
-    iterates = {
-        it: flat(cg(lambda v: jnp.asarray(amat) @ v, jnp.asarray(g), tol=1e-14, maxiter=it).x)
-        for it in (1, 2, 3, 4, 5, 6)
-    }
+    at = jax.jit(lambda i: cg(lambda v: jnp.asarray(amat) @ v, jnp.asarray(g), tol=1e-14, maxiter=i).x)
+    iterates = {it: flat(at(it)) for it in (1, 2, 3, 4, 5, 6)}  # one compilation: maxiter traced
     f = {
         it: float(prob.value_fn(ravel_pytree(prob.params)[1](flat(prob.params) - lr * x))) for it, x in iterates.items()
     }
@@ -294,7 +292,8 @@ def test_backtracking_walks_back_while_the_loss_improves():
     mat = jnp.asarray(h + lam * np.eye(len(g)))
     its = [it for it in backtrack_iterations(maxiter) if it < k] + [k]
     unravel = ravel_pytree(prob.params)[1]
-    xs = {it: flat(cg(lambda v: mat @ v, jnp.asarray(g), tol=1e-14, maxiter=it).x) for it in its}
+    at = jax.jit(lambda i: cg(lambda v: mat @ v, jnp.asarray(g), tol=1e-14, maxiter=i).x)
+    xs = {it: flat(at(it)) for it in its}  # one compilation: maxiter traced
     loss = {it: float(prob.value_fn(unravel(flat(prob.params) - lr * x))) for it, x in xs.items()}
     pick = len(its) - 1
     while pick > 0 and loss[its[pick - 1]] < loss[its[pick]]:
