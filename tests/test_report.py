@@ -341,6 +341,42 @@ def write_curvature(run_dir: Path, steps: list[int], top: list[float], nodes: np
     log.close()
 
 
+def test_curvature_series_skip_missing_values_and_zeros_sit_on_the_log_axis_edge(tmp_path: Path) -> None:
+    """A NaN (not found) leaves the means, not every later point; short series are not smoothed;
+    a 0 on a log panel is a ▼ on the lower edge, not a line that stops."""
+    from second_order.suite.report import spectra
+    from second_order.suite.report.grouping import group_runs
+    from second_order.suite.report.loading import load_runs
+
+    nodes, weights = np.array([-2.0, 0.001, 3.0, 40.0]), np.array([0.01, 0.94, 0.04, 0.01])
+    many = list(range(0, 300, 10))  # 30 measurements > MARKERS_UP_TO: smoothed
+    tops = [48.0, np.nan] + [0.0] * (len(many) - 2)
+    for seed, top in ((0, tops), (1, [40.0] * len(many))):
+        write_run(tmp_path / "many", "newton", seed, n_steps=300, config={"diagnostics": {"name": "curvature"}})
+        write_curvature(tmp_path / "many" / f"newton_s{seed}_completed", many, top, nodes, weights)
+    (group,) = group_runs(load_runs([tmp_path / "many"]))
+    _, mean = spectra._series(group, "hessian_top1")  # type: ignore[misc]
+    np.testing.assert_allclose(mean[:3], [44.0, 40.0, 20.0])  # step 10: seed 0 not found, seed 1's 40
+    _, smooth = spectra._series(group, "hessian_top1", window=5)  # type: ignore[misc]
+    assert np.all(np.isfinite(smooth)) and smooth[2] == pytest.approx((44 + 40 + 20) / 3)
+
+    fig = spectra.plot_curvature_along_training([group])
+    gn = fig.axes[3]
+    assert gn.get_yscale() == "log" and gn.get_ylabel() == "Gauss-Newton λ_max"
+    edge = [ln for ln in gn.get_lines() if ln.get_marker() == "v"]
+    assert edge == []  # G's smoothed mean stays positive: seed 1 is 20 throughout
+    few = tmp_path / "few"  # 3 measurements: point by point, and the zeros on the edge
+    for seed in (0, 1):
+        write_run(few, "newton", seed, n_steps=30, config={"diagnostics": {"name": "curvature"}})
+        write_curvature(few / f"newton_s{seed}_completed", [0, 10, 20], [48.0, 0.0, 0.0], nodes, weights)
+    (group,) = group_runs(load_runs([few]))
+    _, raw = spectra._series(group, "hessian_top1", window=5)  # type: ignore[misc]
+    np.testing.assert_array_equal(raw, [48.0, 0.0, 0.0])
+    ax = spectra.plot_curvature_along_training([group]).axes[0]
+    (edge,) = [ln for ln in ax.get_lines() if ln.get_marker() == "v"]
+    np.testing.assert_array_equal(edge.get_xdata(), [10, 20])
+
+
 def test_curvature_figures_come_from_measured_runs_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs with curvature.csv draw figures 21-22 and stay out of the loss figures and tables."""
     from second_order.suite.report.grouping import group_runs

@@ -51,15 +51,28 @@ def split_measured(runs: Sequence[Run]) -> tuple[list[Run], list[Run]]:
 
 
 def _series(group: Group, column: str, window: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
-    """(steps, mean over seeds of a trailing mean over ``window`` measurements), on the measurements all seeds have."""
+    """(steps, mean over seeds, then a trailing mean over ``window`` measurements), on the measurements all
+    seeds have.
+
+    NaN (a value not found) is left out of both means; a window with none is NaN.  Series of at most
+    :data:`MARKERS_UP_TO` measurements are not smoothed: they are drawn point by point, with markers.
+    """
     cols = [r.curvature for r in group.runs if column in r.curvature and len(r.curvature[column])]
     if not cols:
         return None
     n = min(len(c["step"]) for c in cols)
-    mean = np.mean(np.stack([c[column][:n] for c in cols]), axis=0)
-    sums = np.cumsum(np.concatenate([[0.0], mean]))
+    stacked = np.stack([np.asarray(c[column][:n], float) for c in cols])
+    found = np.isfinite(stacked)
+    counts = found.sum(axis=0)
+    mean = np.where(counts > 0, np.where(found, stacked, 0.0).sum(axis=0) / np.maximum(counts, 1), np.nan)
+    if n <= MARKERS_UP_TO:
+        window = 1
+    ok = np.isfinite(mean)
+    sums = np.cumsum(np.concatenate([[0.0], np.where(ok, mean, 0.0)]))
+    hits = np.cumsum(np.concatenate([[0], ok.astype(int)]))
     lo = np.maximum(np.arange(1, n + 1) - window, 0)
-    return cols[0]["step"][:n], (sums[1:] - sums[lo]) / (np.arange(1, n + 1) - lo)
+    got = hits[1:] - hits[lo]
+    return cols[0]["step"][:n], np.where(got > 0, (sums[1:] - sums[lo]) / np.maximum(got, 1), np.nan)
 
 
 @with_paper_style
@@ -76,7 +89,12 @@ def plot_curvature_along_training(groups: Sequence[Group]) -> Figure:
                 y = 100 * y
             st = group.style
             marker = "." if len(x) <= MARKERS_UP_TO else None
-            ax.plot(x, y, color=st.color, linestyle=st.linestyle, marker=marker, markersize=4, label=st.label)
+            zero = (y <= 0) if scale == "log" else np.zeros(len(y), bool)  # 0 has no place on a log axis
+            ax.plot(x, np.where(zero, np.nan, y), color=st.color, linestyle=st.linestyle, marker=marker,
+                    markersize=4, label=st.label)  # fmt: skip
+            if zero.any():  # drawn as ▼ on the lower edge (x in data, y in axes coordinates)
+                ax.plot(x[zero], np.full(zero.sum(), 0.02), "v", color=st.color, markersize=4, clip_on=False,
+                        transform=ax.get_xaxis_transform())  # fmt: skip
         if scale == "symlog":
             ax.set_yscale("symlog", linthresh=LINTHRESH)
             ax.axhline(0.0, color="0.6", linewidth=0.6)
@@ -165,7 +183,9 @@ def make_spectrum_figures(groups: Sequence[Group], out_dir: Path) -> tuple[list[
         "mini-batch of the next step, off the optimizer clock: the Hessian's largest and smallest eigenvalue "
         "(Lanczos, full reorthogonalisation), the fraction of its eigenvalues below −ε·max|λ| (stochastic "
         "Lanczos quadrature) and the Gauss-Newton matrix's largest eigenvalue; mean over seeds of a trailing "
-        f"mean over {SMOOTH} measurements (one mini-batch each is noisy). Runs: {names}.",
+        f"mean over {SMOOTH} measurements (one mini-batch each is noisy; runs with at most {MARKERS_UP_TO} "
+        "measurements are drawn point by point, with markers). On the log axes a ▼ on the lower edge marks a "
+        f"value of 0. Runs: {names}.",
         "",
         "**fig22_spectral_density.** The Hessian's spectral density estimated by stochastic Lanczos quadrature at "
         "the first, middle and last measurement of one seed, on a symmetric-log eigenvalue axis (linear within "
