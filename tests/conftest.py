@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
-import pytest
+# On a GPU, every test process (xdist workers, the runs they launch) takes memory as it needs it,
+# instead of 75 % of the GPU each at start-up (set before JAX starts a backend; inherited by subprocesses).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

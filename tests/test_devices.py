@@ -184,14 +184,15 @@ def test_single_process_agreement_is_the_local_value():
 
 
 def test_more_devices_than_the_process_has_is_one_line_naming_the_key(tmp_path, real_mnist_dir):
-    n = jax.local_device_count() + 1
+    n, platform = jax.local_device_count() + 1, jax.local_devices()[0].platform
     cfg = compose_config([f"trainer.devices={n}", f"data.dir={real_mnist_dir}"])
-    with pytest.raises(ConfigError, match=rf"trainer.devices = {n} is invalid: this process has 1 cpu device"):
+    with pytest.raises(ConfigError, match=rf"trainer.devices = {n} is invalid: this process has {n - 1} {platform}"):
         experiment.run(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
 def test_gpu_fallback_is_named_loudly(monkeypatch):
+    monkeypatch.setattr(devices.jax, "default_backend", lambda: "cpu")  # as on a CPU machine, also on a GPU one
     monkeypatch.setattr(devices, "GPU_DEVICE_FILES", ("/nonexistent/nvidia0",))
     monkeypatch.setattr(devices.importlib.metadata, "version", _only_installed("jax"))
     assert devices.gpu_fallback_warning() is None  # a CPU machine with CPU JAX: nothing to say
@@ -218,6 +219,8 @@ def _only_installed(name: str):
 
 @pytest.mark.slow
 def test_a_run_on_a_fallen_back_cpu_says_so_in_its_summary(monkeypatch, tmp_path, real_mnist_dir):
+    if jax.default_backend() != "cpu":
+        pytest.skip(f"a CPU run with a GPU plugin installed; this machine runs JAX on {jax.default_backend()}")
     monkeypatch.setattr(devices, "GPU_DEVICE_FILES", ("/nonexistent",))
     monkeypatch.setattr(devices.importlib.metadata, "version", _only_installed("jax-cuda12-plugin"))
     cfg = compose_config(
