@@ -95,9 +95,11 @@ def _parts_md(p: dict, settings: dict) -> list[str]:
         f"First step: one call of one step from the initial state. Mean step: one `lax.scan` call of {k} "
         "consecutive steps from the initial state over the epoch's first batches / its steps; it includes "
         "periodic work at its rate (K-FAC's inversions, Shampoo's roots) and pays the dispatch once, as the "
-        f"trainer's chunks do. Gradient-equivalents: the mean step (else the first step) / the mean of {k} "
-        "gradients in one scan (`gradient_consecutive`); compilation excluded. A full run times the mean step "
-        "of every method under the slow budget (all but the dense Newton steps, whose dispatch is negligible).",
+        f"trainer's chunks do. Gradient-equivalents: the mean step / the mean of {k} gradients in one scan on "
+        "the same batches, timed round-robin with it (where no mean step was timed: the first step / the "
+        "median of those gradients, `gradient_consecutive`); compilation excluded. A full run times the mean "
+        "step of every method under the slow budget (all but the dense Newton steps, whose dispatch is "
+        "negligible).",
         "",
         "| whole step | first step | mean step | gradient-equivalents |",
         "|---|---|---|---|",

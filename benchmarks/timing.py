@@ -80,12 +80,18 @@ def measure(
 
 
 def measure_group(
-    items: dict[str, tuple[Callable, tuple]], *, repeats: int, min_total_s: float, max_rounds: int = 20000
+    items: dict[str, tuple[Callable, tuple]],
+    *,
+    repeats: int,
+    min_total_s: float,
+    max_rounds: int = 20000,
+    keep_output: bool = False,
 ) -> dict[str, dict]:
     """Time several fast functions round-robin (A B C A B C …) so that transients hit them alike.
 
     Each is compiled ahead of time and warmed up once; rounds continue until every function
     has been timed for ``min_total_s`` seconds in all (at least ``repeats`` rounds).
+    ``keep_output``: each timing also holds its warm-up call's output under ``_output``.
     """
     compiled: dict[str, Any] = {}
     out: dict[str, dict[str, Any]] = {}
@@ -94,8 +100,10 @@ def measure_group(
         compiled[name] = jax.jit(fn).lower(*args).compile()
         compile_s = now() - t0
         t0 = now()
-        block(compiled[name](*args))
+        output = block(compiled[name](*args))
         out[name] = {"compile_s": compile_s, "warmup_s": now() - t0}
+        if keep_output:
+            out[name]["_output"] = output
     samples: dict[str, list[float]] = {name: [] for name in items}
     spent = 0.0
     rounds = 0

@@ -72,9 +72,15 @@ def test_parts_and_ratios(quick_bench):
     for method in ("sgd", "hessian_free", "gauss_newton", "kfac"):  # the mean step over consecutive steps
         run = p["steps"][method]["run"]
         assert run["steps"] == 20 and run["per_step_s"] > 0 and run["final_loss"] is not None, method
-        gradient = p["parts"]["gradient_consecutive"]
-        assert gradient["steps"] == 20 and gradient["per_step_s"] > 0
-        assert p["ratios"]["step_over_gradient"][method] == pytest.approx(run["per_step_s"] / gradient["per_step_s"])
+        assert run["gradient_per_step_s"] > 0  # timed round-robin with the run: the denominator
+        assert p["ratios"]["step_over_gradient"][method] == pytest.approx(
+            run["per_step_s"] / run["gradient_per_step_s"]
+        )
+    gradient = p["parts"]["gradient_consecutive"]
+    assert gradient["steps"] == 20 and gradient["pairs"] == 4 and gradient["min_s"] <= gradient["median_s"]
+    assert p["ratios"]["step_over_gradient"]["newton_damped"] == pytest.approx(
+        p["steps"]["newton_damped"]["median_s"] / gradient["median_s"]
+    )
     assert "run" not in p["steps"]["newton_damped"]  # --quick times the others' first step only
     if p["low_rank_available"]:
         assert positive(p["steps"]["newton_lowrank"])
