@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from benchmarks.problem import Problem
 from benchmarks.settings import Settings
-from benchmarks.timing import measure_group, sec
+from benchmarks.timing import measure_group, sec, skipped
 
 
 def scan_fn(prob: Problem, tx: Any) -> Callable:
@@ -78,5 +78,7 @@ def consecutive(prob: Problem, tx: Any, s: Settings) -> dict:
 def gradient_summary(runs: list[dict], s: Settings) -> dict:
     """The gradient's mean step over every method's paired timing (their median), for the parts table."""
     values = [r["gradient_per_step_s"] for r in runs]
+    if not values:
+        return skipped("no method's mean step was timed")
     return {"median_s": statistics.median(values), "per_step_s": statistics.median(values), "steps": s.run_steps,
             "pairs": len(values), "min_s": min(values), "max_s": max(values)}  # fmt: skip

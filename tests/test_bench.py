@@ -192,3 +192,15 @@ def test_trainer_breakdown_uses_the_trainers_chunk_fn(tmp_path):
     out = trainer_breakdown(prob, load_methods()["sgd"].tx(), idx, 5, s)
     assert out["trainer_chunk_fn_one_call"]["median_s"] > 0
     assert out["trainer_chunk_fn_in_chunks"]["median_s"] > 0 and out["trainer_chunk_fn_in_chunks"]["chunk_steps"] == 5
+
+
+def test_the_paired_gradients_summary():
+    """parts.gradient_consecutive: the median of the gradients timed with each mean step; skipped without any."""
+    from benchmarks.mean_step import gradient_summary
+
+    settings = type("S", (), {"run_steps": 100})
+    assert "skipped" in gradient_summary([], settings)  # type: ignore[arg-type]
+    runs = [{"gradient_per_step_s": v} for v in (3e-4, 1e-4, 2e-4)]
+    got = gradient_summary(runs, settings)  # type: ignore[arg-type]
+    assert got["median_s"] == got["per_step_s"] == 2e-4 and got["pairs"] == 3 and got["steps"] == 100
+    assert (got["min_s"], got["max_s"]) == (1e-4, 3e-4)
