@@ -28,17 +28,21 @@ def scan_fn(prob: Problem, tx: Any) -> Callable:
     ``tx=None``: the gradient at ``params`` on each batch (its squared norm is returned with
     the loss, which keeps the whole gradient live).
     """
-    grad_fn = prob.grad_fn()
-    step = prob.step_fn(tx) if tx is not None else None
+    if tx is None:
+        grad_fn = prob.grad_fn()
 
-    def run(params, opt_state, xs, ys):
         def body(carry, xy):
-            if step is None:
-                loss, g = grad_fn(carry[0], *xy)
-                return carry, loss + sum(jnp.vdot(v, v) for v in jax.tree_util.tree_leaves(g))
+            loss, g = grad_fn(carry[0], *xy)
+            return carry, loss + sum(jnp.vdot(v, v) for v in jax.tree_util.tree_leaves(g))
+
+    else:
+        step = prob.step_fn(tx)
+
+        def body(carry, xy):
             p, st, loss, _ = step(*carry, *xy)
             return (p, st), loss
 
+    def run(params, opt_state, xs, ys):
         return jax.lax.scan(body, (params, opt_state), (xs, ys))[1]
 
     return run

@@ -105,8 +105,7 @@ def _parts_md(p: dict, settings: dict) -> list[str]:
         "|---|---|---|---|",
     ]
     for m, t in p["steps"].items():
-        run = t.get("run") if isinstance(t, dict) else None
-        mean = fmt_t({"median_s": run["per_step_s"]}) if run else "–"
+        mean = fmt_t(t.get("run")) if isinstance(t, dict) else "–"
         L.append(f"| {names[m]} | {fmt_t(t)} | {mean} | {fmt_x(r['step_over_gradient'].get(m), 1)} |")
     cg_it = r["cg_iteration_over_hvp"]
     L += [
@@ -335,7 +334,7 @@ def print_summary(res: dict) -> None:
             "  steps (first; mean over consecutive steps where timed): "
             + ", ".join(
                 f"{m} {fmt_t(t)}"
-                + (f"; {t['run']['per_step_s'] * 1e3:.3f} ms" if isinstance(t, dict) and "run" in t else "")
+                + (f"; {fmt_t(t['run'])}" if isinstance(t, dict) and "run" in t else "")
                 + f" ({fmt_x(r['step_over_gradient'].get(m), 1)} grad)"
                 for m, t in p["steps"].items()
             )
