@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def fetch_wandb(project: str, group: str | None, out_root: Path) -> Path:
     """Download a W&B project as local run directories under ``out_root`` (lazy import)."""
-    from second_order.suite.tracking.wandb_io import download_project  # optional dependency, imported only here
+    from second_order.suite.tracking.wandb_convert import download_project  # optional dependency, imported only here
 
     out_root.mkdir(parents=True, exist_ok=True)
     download_project(project, out_root, group)
@@ -63,7 +63,8 @@ def fetch_wandb(project: str, group: str | None, out_root: Path) -> Path:
 
 def convert_wandb_offline(root: Path, out_root: Path) -> Path:
     """Every run dir below ``root`` holding ``wandb/offline-run-*`` → a local run dir under ``out_root``."""
-    from second_order.suite.tracking.wandb_io import read_offline_runs, record_to_run_dir
+    from second_order.suite.tracking.wandb_convert import record_to_run_dir
+    from second_order.suite.tracking.wandb_io import read_offline_runs
 
     run_dirs = sorted({p.parent.parent for p in root.rglob("offline-run-*") if p.parent.name == "wandb"})
     if not run_dirs:

@@ -23,14 +23,13 @@ from second_order.suite.tracking import (  # noqa: E402
     wandb_io,
     wandb_leet,
 )
+from second_order.suite.tracking.wandb_convert import download_project, record_to_run_dir  # noqa: E402
 from second_order.suite.tracking.wandb_io import (  # noqa: E402
     WandbRecord,
-    download_project,
     log_records,
     offline_run_dirs,
     read_offline_run,
     read_offline_runs,
-    record_to_run_dir,
 )
 from second_order.suite.tracking.wandb_logger import WandbLogger, WandbWarning  # noqa: E402
 
