@@ -25,6 +25,8 @@ import jax.numpy as jnp
 
 MatVec = Callable[[jax.Array], jax.Array]
 
+#: Lanczos breakdown threshold, in units of eps · ‖A qⱼ‖ (see :func:`lanczos`).
+BREAKDOWN_ULPS = 10.0
 #: Iteration cap of the safeguarded Newton iteration on the secular equation.
 SECULAR_MAXITER = 100
 
@@ -56,17 +58,24 @@ def lanczos(matvec: MatVec, start: jax.Array, k: int) -> Lanczos:
     enough": Giraud, Langou & Rozložník 2005), and sets ``αⱼ`` from the removed
     coefficients, ``βⱼ = ‖w‖``, ``qⱼ₊₁ = w/βⱼ`` (Lanczos 1950; Golub & Van Loan,
     Matrix Computations, §10.1).  One product with ``A`` per step; ``O(k n)`` memory.
-    Breakdown: when ``βⱼ ≤ √eps · ‖A qⱼ‖`` (``A qⱼ`` lies in the span built so far
-    to half the working precision, where Gram–Schmidt could no longer produce an
-    orthogonal vector) or ``j + 1 = n``, no vector is added and the loop stops, so
-    ``k ≥ n`` is allowed and gives no NaN.  ``k`` must be a Python int (it fixes shapes).
+    Breakdown: when ``βⱼ ≤ c · eps · ‖A qⱼ‖`` with ``c =`` :data:`BREAKDOWN_ULPS` (nothing
+    of ``A qⱼ`` beyond the rounding of its Gram–Schmidt subtractions lies outside the span
+    built so far) or ``j + 1 = n``, no vector is added and the loop stops, so ``k ≥ n``
+    is allowed and gives no NaN.  Above that level the second Gram–Schmidt pass still
+    makes ``qⱼ₊₁`` orthogonal to working precision, so a small but resolved ``βⱼ`` (a
+    start vector with a small component along an eigenvector, e.g. a gradient nearly
+    orthogonal to a negative-curvature direction) keeps growing the space; an earlier
+    ``√eps`` cut-off lost such directions.  A vector added at a ``βⱼ`` that is mostly
+    rounding is harmless: it is orthonormal to the rest, so Ritz values and trust-region
+    models over the larger space stay valid, and it couples to the start by ``βⱼ`` only.
+    direction) keeps growing the space.  ``k`` must be a Python int (it fixes shapes).
     """
     k = int(k)
     if k < 1:
         raise ValueError(f"lanczos: k must be >= 1, got {k}")
     n = start.shape[0]
     dtype = start.dtype
-    threshold = math.sqrt(float(jnp.finfo(dtype).eps))
+    threshold = BREAKDOWN_ULPS * float(jnp.finfo(dtype).eps)
     norm0 = jnp.linalg.norm(start)
     q0 = start / jnp.where(norm0 > 0, norm0, 1.0)
     basis = jnp.zeros((k, n), dtype).at[0].set(q0)
@@ -236,7 +245,8 @@ class KrylovStep(NamedTuple):
 
     ``x`` the step; ``model`` ``m(x) = gᵀx + ½ xᵀBx``; ``iterations`` products with
     ``B``; ``boundary`` ‖x‖ = Δ; ``negative_curvature`` B showed a direction with
-    ``pᵀBp ≤ 0`` (a negative Ritz value for GLTR); ``residual`` the relative residual
+    ``pᵀBp ≤ 0`` (for GLTR a Ritz value below ``−10·k·eps·max|θ|``, so that the rounding-level
+    Ritz values of a positive semi-definite ``B``'s null space do not count); ``residual`` the relative residual
     of the inner solve (‖Bx + g‖/‖g‖ for CG, ‖(B + μI)x + g‖/‖g‖ for GLTR).
     """
 
@@ -271,7 +281,8 @@ def gltr(matvec: MatVec, g: jax.Array, radius: jax.Array | float, k: int) -> Kry
     last = sol.x[jnp.maximum(lz.size - 1, 0)]
     residual = jnp.where(gnorm > 0, lz.residual * jnp.abs(last) / jnp.where(gnorm > 0, gnorm, 1.0), 0.0)
     theta, _, active = ritz(lz)
-    negative = jnp.any(active & (theta < 0))
+    scale = jnp.max(jnp.where(active, jnp.abs(theta), 0.0))
+    negative = jnp.any(active & (theta < -10.0 * k * float(jnp.finfo(g.dtype).eps) * scale))
     return KrylovStep(x, model, lz.size, sol.on_boundary, negative, residual)
 
 
