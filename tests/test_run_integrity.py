@@ -179,9 +179,21 @@ def test_single_runs_with_different_overrides_never_share_a_directory():
 SMALL = ["optimizer=sgd", "trainer.chunk_steps=10", "logger.wandb.mode=disabled", "trainer.progress=false"]
 
 
+CURVATURE = [  # the cheapest in-loop measurement: one matrix, a few products
+    "diagnostics=curvature",
+    "diagnostics.every_steps=20",
+    "diagnostics.matrices=[hessian]",
+    "diagnostics.lanczos_steps=4",
+    "diagnostics.top_k=1",
+    "diagnostics.trace_probes=1",
+    "diagnostics.slq_probes=1",
+    "diagnostics.slq_steps=4",
+]
+
+
 @pytest.mark.slow
 def test_resume_without_checkpoint_does_not_duplicate_rows(real_mnist_dir, tmp_path):
-    overrides = SMALL + [f"data.dir={real_mnist_dir}", "trainer.max_steps=30"]
+    overrides = SMALL + CURVATURE + [f"data.dir={real_mnist_dir}", "trainer.max_steps=30"]
     experiment.run(compose_config(overrides), tmp_path)
     import shutil
 
@@ -189,6 +201,36 @@ def test_resume_without_checkpoint_does_not_duplicate_rows(real_mnist_dir, tmp_p
     experiment.run(compose_config(overrides + ["trainer.resume=true"]), tmp_path)
     steps = runs.read_table(tmp_path / runs.STEPS_FILE)["step"]
     np.testing.assert_array_equal(steps, np.arange(1, 31))
+    np.testing.assert_array_equal(runs.read_table(tmp_path / runs.CURVATURE_FILE)["step"], [0, 20, 30])
+
+
+@pytest.mark.slow
+def test_a_kill_between_the_final_evaluation_and_checkpoint_logs_them_once(real_mnist_dir, tmp_path, monkeypatch):
+    """A budget run checkpoints at its last step S inside the loop, then evaluates and measures
+    at S and checkpoints again: killed in between, the resume must redo that evaluation and
+    measurement once, not keep the first and add a second."""
+    from second_order.suite.tracking.run_logger import RunLogger
+
+    budget = ["trainer.max_steps=30", "trainer.checkpoint_every_s=0"]
+    overrides = SMALL + CURVATURE + [f"data.dir={real_mnist_dir}", *budget]
+    log_curvature = RunLogger.log_curvature
+
+    def killed_after_the_last_measurement(self, step, *args, **kwargs):
+        log_curvature(self, step, *args, **kwargs)
+        if step == 30:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(RunLogger, "log_curvature", killed_after_the_last_measurement)
+    with pytest.raises(RuntimeError, match="killed"):
+        experiment.run(compose_config(overrides), tmp_path)
+    assert list(runs.read_table(tmp_path / runs.EVAL_FILE)["step"]) == [30]  # logged after the last checkpoint
+    assert checkpoint.latest_step(tmp_path) == 30
+    monkeypatch.undo()
+    summary = experiment.run(compose_config(overrides + ["trainer.resume=true"]), tmp_path)
+    assert summary["status"] == "budget"
+    assert list(runs.read_table(tmp_path / runs.EVAL_FILE)["step"]) == [30]
+    assert list(runs.read_table(tmp_path / runs.CURVATURE_FILE)["step"]) == [0, 20, 30]
+    np.testing.assert_array_equal(runs.read_table(tmp_path / runs.STEPS_FILE)["step"], np.arange(1, 31))
 
 
 @pytest.mark.slow

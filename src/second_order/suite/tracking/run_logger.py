@@ -105,12 +105,23 @@ class RunLogger:
         for table in self._tables():
             table.flush(durable)
 
-    def truncate_after(self, step: int) -> None:
-        """Forget rows logged after ``step`` (resuming from a checkpoint taken there)."""
+    def truncate_after(self, step: int, evals_upto: int | None = None, curvature_upto: int | None = None) -> None:
+        """Forget the rows a resumed run logs again.
+
+        ``steps.csv`` keeps its rows at steps ≤ ``step`` (the checkpoint's), ``eval.csv``
+        and ``curvature.csv`` theirs at steps ≤ ``evals_upto`` / ``curvature_upto``
+        (default ``step``): an evaluation or measurement at the checkpoint's own step
+        that was logged after the checkpoint was written is redone, so it goes too.
+        """
         for table in self._tables():
             table.close()
-        for name in (runs.STEPS_FILE, runs.EVAL_FILE, runs.CURVATURE_FILE):
-            runs.truncate_after_step(self.run_dir / name, step)
+        bounds = {
+            runs.STEPS_FILE: step,
+            runs.EVAL_FILE: step if evals_upto is None else evals_upto,
+            runs.CURVATURE_FILE: step if curvature_upto is None else curvature_upto,
+        }
+        for name, last in bounds.items():
+            runs.truncate_after_step(self.run_dir / name, last)
         self.steps = runs.CsvLog(self.run_dir / runs.STEPS_FILE, self.steps.columns)
         self.evals = runs.CsvLog(self.run_dir / runs.EVAL_FILE, self.evals.columns)
         self.curvature = self._curvature_log()
@@ -141,7 +152,7 @@ class NullLogger:
     def flush(self, durable: bool = False) -> None:
         pass
 
-    def truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int, evals_upto: int | None = None, curvature_upto: int | None = None) -> None:
         pass
 
     def close(self) -> None:

@@ -138,7 +138,15 @@ def fit(
             ckpt.clear(run_dir)  # a fresh start: nothing older may ever be resumed
         place.check_same(step, "the step to start from")
         params, opt_state = place.replicate((params, opt_state))
-        logger.truncate_after(step)  # rows past the checkpoint (or all rows: no checkpoint) are redone
+        if meta:  # rows past the checkpoint are redone, and so are its step's evaluation and
+            # measurement when they were logged after it (the run ended right after that checkpoint)
+            logger.truncate_after(
+                step,
+                evals_upto=step if meta.get("last_eval", {}).get("step") == step else step - 1,
+                curvature_upto=step if meta.get("measured_step") == step else step - 1,
+            )
+        else:
+            logger.truncate_after(-1)  # a fresh start: no row survives, the step-0 measurement included
         run_chunk = TimedChunks(make_chunk_fn(model.apply, tx, place), clock, place)
         eval_fn = make_eval_fn(model.apply, place)
         measurer = TimedProbe(probe[0], probe[1], clock) if probe is not None else None
