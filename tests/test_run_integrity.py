@@ -296,3 +296,22 @@ def test_rerunning_a_sweep_never_marks_a_finished_job_failed(tmp_path, status):
     runs.write_json(tmp_path / runs.SUMMARY_FILE, {"optimizer": "sgd", "seed": 0, "status": "interrupted"})
     record_failure(tmp_path, cfg, "boom")
     assert json.loads((tmp_path / runs.SUMMARY_FILE).read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_a_requeued_job_killed_before_its_first_checkpoint_starts_again(real_mnist_dir, tmp_path, monkeypatch):
+    """SLURM requeued the job (SLURM_RESTART_COUNT > 0) of a run killed while ``running`` and
+    before any checkpoint: the same command must start it afresh, not refuse the directory."""
+    import shutil
+
+    overrides = SMALL + [f"data.dir={real_mnist_dir}", "trainer.max_steps=20"]
+    experiment.run(compose_config(overrides), tmp_path)
+    shutil.rmtree(tmp_path / checkpoint.DIR)
+    runs.write_json(tmp_path / runs.SUMMARY_FILE, {**runs.read_summary(tmp_path), "status": "running"})
+    with pytest.raises(ConfigError, match="already holds this run"):
+        experiment.run(compose_config(overrides), tmp_path)  # not requeued: refused, as before
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    summary = experiment.run(compose_config(overrides), tmp_path)
+    assert summary["status"] == "budget" and summary["steps"] == 20
+    np.testing.assert_array_equal(runs.read_table(tmp_path / runs.STEPS_FILE)["step"], np.arange(1, 21))
+    assert list(runs.read_table(tmp_path / runs.EVAL_FILE)["step"]) == [20]

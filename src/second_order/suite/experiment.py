@@ -115,9 +115,10 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunDirLock(run_dir), StopSignals() as signals:
         resume = rc.trainer.resume
-        if not resume and resumes_by_itself(runs.read_summary(run_dir)) and checkpoint.exists(run_dir):
-            logging.getLogger(__name__).info("%s was pre-empted: resuming it from its checkpoint", run_dir)
-            resume = True
+        if not resume and resumes_by_itself(runs.read_summary(run_dir)):
+            how = "from its checkpoint" if checkpoint.exists(run_dir) else "from the start (no checkpoint yet)"
+            logging.getLogger(__name__).info("%s was pre-empted or requeued: resuming it %s", run_dir, how)
+            resume = True  # without a checkpoint the trainer starts afresh and drops the old rows
         rc = _resuming(rc, placement.any_process(resume))
         check_run_dir(run_dir, cfg, rc.trainer.resume)
         return _run_locked(cfg, rc, tx, run_dir, signals, placement)
