@@ -298,6 +298,28 @@ def test_rerunning_a_sweep_never_marks_a_finished_job_failed(tmp_path, status):
     assert json.loads((tmp_path / runs.SUMMARY_FILE).read_text())["status"] == "failed"
 
 
+def test_a_failed_sweep_job_never_rewrites_a_record_it_does_not_own(tmp_path):
+    """A refusal (the directory is locked, or holds a run this job may not continue) writes
+    nothing; a failure recorded into a directory keeps the optimizer and seed it names."""
+    from omegaconf import OmegaConf
+
+    from second_order.suite.cli import record_failure, refused
+    from second_order.suite.training.resources import RunDirBusy, RunDirLock
+
+    assert refused(experiment.RunDirTaken("x")) and refused(RunDirBusy("x")) and not refused(ConfigError("x"))
+    with pytest.raises(experiment.RunDirTaken, match="another configuration"):
+        runs.write_text(tmp_path / runs.CONFIG_FILE, yaml.safe_dump({"optimizer": {"name": "sgd"}, "seed": 0}))
+        experiment.check_run_dir(tmp_path, {"optimizer": {"name": "adam"}, "seed": 3}, resume=False)
+    live = {"optimizer": "sgd", "seed": 0, "status": "running"}
+    runs.write_json(tmp_path / runs.SUMMARY_FILE, live)
+    cfg = OmegaConf.create({"optimizer": {"name": "adam"}, "seed": 3})
+    with RunDirLock(tmp_path):  # a live run holds the directory
+        record_failure(tmp_path, cfg, "boom")
+    assert runs.read_summary(tmp_path) == live
+    record_failure(tmp_path, cfg, "boom")
+    assert runs.read_summary(tmp_path) == {**live, "status": "failed", "error": "boom"}
+
+
 @pytest.mark.slow
 def test_a_requeued_job_killed_before_its_first_checkpoint_starts_again(real_mnist_dir, tmp_path, monkeypatch):
     """SLURM requeued the job (SLURM_RESTART_COUNT > 0) of a run killed while ``running`` and

@@ -119,7 +119,8 @@ def train_job(cfg: DictConfig) -> float | None:
             message = f"{type(err).__name__}: {err}"
         else:
             log.error("job failed: %s", message)
-        record_failure(run_dir, cfg, message)
+        if not refused(err):  # a refused job leaves the run it found as it was
+            record_failure(run_dir, cfg, message)
         return None
     if not summary:  # a secondary process of a multi-process run: process 0 reports
         return None
@@ -159,19 +160,37 @@ def hand_over_preemption(sig: int) -> None:
         log.error("not requeued: %s", one_line(err) or f"{type(err).__name__}: {err}")
 
 
+def refused(err: BaseException) -> bool:
+    """Whether ``err`` refused the run directory: another process holds it, or it holds a run this
+    job may not continue. Its summary.json then belongs to that run and is left alone."""
+    from second_order.suite.experiment import RunDirTaken
+    from second_order.suite.training.resources import RunDirBusy
+
+    return isinstance(err, (RunDirBusy, RunDirTaken))
+
+
 def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
-    """Mark a sweep job ``failed`` in its summary.json, keeping what it already had."""
+    """Mark a sweep job ``failed`` in its summary.json, keeping what it already had.
+
+    Under the run directory's lock (a directory another process holds is left alone); a finished
+    record is never turned into a failed one, and the optimizer and seed it names are kept.
+    """
     from second_order.suite.tracking import runs
+    from second_order.suite.training.resources import RunDirBusy, RunDirLock
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = run_dir / runs.SUMMARY_FILE
-    base = runs.read_summary(run_dir) or {}
-    if base.get("status") in ("completed", "budget", "diverged"):
-        log.error("%s keeps its finished record (status %s)", run_dir, base["status"])
-        return  # re-running a sweep never turns a finished job into a failed one
-    name = OmegaConf.select(cfg, "optimizer.name", default=None)
-    seed = OmegaConf.select(cfg, "seed", default=None)
-    runs.write_json(summary_path, {**base, "optimizer": name, "seed": seed, "status": "failed", "error": message})
+    try:
+        with RunDirLock(run_dir):
+            base = runs.read_summary(run_dir) or {}
+            if base.get("status") in ("completed", "budget", "diverged"):
+                log.error("%s keeps its finished record (status %s)", run_dir, base["status"])
+                return  # re-running a sweep never turns a finished job into a failed one
+            name = OmegaConf.select(cfg, "optimizer.name", default=None)
+            seed = OmegaConf.select(cfg, "seed", default=None)
+            record = {"optimizer": name, "seed": seed, **base, "status": "failed", "error": message}
+            runs.write_json(run_dir / runs.SUMMARY_FILE, record)
+    except RunDirBusy:
+        log.error("%s is in use by another run: its record is left as it is", run_dir)
 
 
 def _fmt(value: Any, spec: str) -> str:

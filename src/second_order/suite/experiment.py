@@ -64,8 +64,12 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     )
 
 
+class RunDirTaken(ConfigError):
+    """``run_dir`` holds a run this one may not continue (another configuration, or no resume asked)."""
+
+
 def check_run_dir(run_dir: Path, cfg: Mapping[str, Any], resume: bool) -> None:
-    """Refuse to mix a new run, or a run of another configuration, into ``run_dir``."""
+    """Refuse to mix a new run, or a run of another configuration, into ``run_dir`` (:class:`RunDirTaken`)."""
     summary, config = run_dir / runs.SUMMARY_FILE, run_dir / runs.CONFIG_FILE
     differing: list[str] = []
     if config.exists():
@@ -77,14 +81,14 @@ def check_run_dir(run_dir: Path, cfg: Mapping[str, Any], resume: bool) -> None:
             ) from None
     if differing:
         shown = ", ".join(differing[:6]) + (" ..." if len(differing) > 6 else "")
-        raise ConfigError(
+        raise RunDirTaken(
             f"run directory {run_dir} holds a run with another configuration (differs in: {shown}); "
             "start this one elsewhere with hydra.run.dir=<dir>"
         )
     if resume or not summary.exists():
         return
     status = (runs.read_summary(run_dir) or {"status": "unreadable summary"}).get("status", "unknown")
-    raise ConfigError(
+    raise RunDirTaken(
         f"run directory {run_dir} already holds this run (status: {status}); continue it with "
         "trainer.resume=true, or start a new one elsewhere with hydra.run.dir=<dir>"
     )
