@@ -337,3 +337,57 @@ def test_a_requeued_job_killed_before_its_first_checkpoint_starts_again(real_mni
     assert summary["status"] == "budget" and summary["steps"] == 20
     np.testing.assert_array_equal(runs.read_table(tmp_path / runs.STEPS_FILE)["step"], np.arange(1, 21))
     assert list(runs.read_table(tmp_path / runs.EVAL_FILE)["step"]) == [20]
+
+
+@pytest.mark.slow
+def test_a_resume_with_a_larger_budget_logs_what_one_longer_run_logs(real_mnist_dir, tmp_path, monkeypatch):
+    """The budget end's evaluation and measurement (step 25) are redone elsewhere by a resume
+    that goes on to 45; the summary says running without results while it runs, and its
+    budget is the resumed one (config.yaml keeps the first)."""
+    from second_order.suite.report import runinfo
+    from second_order.suite.tracking.run_logger import RunLogger
+
+    overrides = SMALL + CURVATURE + [f"data.dir={real_mnist_dir}"]
+    experiment.run(compose_config(overrides + ["trainer.max_steps=45"]), tmp_path / "straight")
+    experiment.run(compose_config(overrides + ["trainer.max_steps=25"]), tmp_path / "resumed")
+    seen: list[dict] = []
+    log_steps = RunLogger.log_steps
+
+    def spy(self, *args, **kwargs):
+        seen.append(runs.read_summary(self.run_dir) or {})
+        return log_steps(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunLogger, "log_steps", spy)
+    summary = experiment.run(
+        compose_config(overrides + ["trainer.max_steps=45", "trainer.resume=true"]), tmp_path / "resumed"
+    )
+    assert seen[0]["status"] == "running" and "test_acc" not in seen[0] and "steps" not in seen[0]
+    for name in (runs.EVAL_FILE, runs.CURVATURE_FILE, runs.STEPS_FILE):
+        a, b = (runs.read_table(tmp_path / d / name)["step"] for d in ("straight", "resumed"))
+        np.testing.assert_array_equal(b, a, err_msg=name)
+    assert list(runs.read_table(tmp_path / "resumed" / runs.CURVATURE_FILE)["step"]) == [0, 20, 40, 45]
+    assert summary["max_steps"] == 45
+    assert runinfo.budget(runs.load_run(tmp_path / "resumed")) == "max steps 45"
+
+
+@pytest.mark.slow
+def test_a_resume_that_fails_after_checkpointing_is_recorded_failed(real_mnist_dir, tmp_path, monkeypatch):
+    """Only a resume that fails before it checkpoints anything new restores the record it found."""
+    from second_order.suite.tracking.run_logger import RunLogger
+
+    overrides = SMALL + [f"data.dir={real_mnist_dir}", "trainer.checkpoint_every_s=0"]
+    experiment.run(compose_config(overrides + ["trainer.max_steps=20"]), tmp_path)
+    log_steps = RunLogger.log_steps
+
+    def disk_fails_at_step_40(self, steps, *args, **kwargs):
+        if steps[-1] >= 40:
+            raise OSError("disk failed")
+        return log_steps(self, steps, *args, **kwargs)
+
+    monkeypatch.setattr(RunLogger, "log_steps", disk_fails_at_step_40)
+    with pytest.raises(OSError, match="disk failed"):
+        experiment.run(compose_config(overrides + ["trainer.max_steps=60", "trainer.resume=true"]), tmp_path)
+    summary = runs.read_summary(tmp_path)
+    assert summary["status"] == "failed" and summary["error"] == "OSError: disk failed"
+    assert [(s["start_step"], s["end_step"]) for s in summary["segments"]] == [(0, 20), (20, 30)]
+    assert "test_acc" not in summary and summary["max_steps"] == 60

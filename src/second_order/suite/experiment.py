@@ -210,6 +210,8 @@ def _run_locked(
         "epochs": rc.trainer.epochs,
         "steps_per_epoch": per_epoch,
         "protocol_steps": rc.trainer.epochs * per_epoch,
+        "max_steps": rc.trainer.max_steps,  # config.yaml keeps the first segment's budgets
+        "max_time_s": rc.trainer.max_time_s,
         "x64": rc.x64,
         **describe(placement),
         "device_warning": device_warning,
@@ -249,14 +251,22 @@ def _run_locked(
         "host": record["host"],
     }
     segments.append(this_segment)
-    runs.write_json(run_dir / runs.SUMMARY_FILE, {**previous, **base, "status": "running", "segments": segments})
+    # While running, the record holds no results: the last segment's would disagree with the files.
+    runs.write_json(run_dir / runs.SUMMARY_FILE, {**base, "status": "running", "segments": segments})
     try:
         outcome = train()
     except BaseException as err:
-        # Never leave "running" behind: a failed resume restores the record it found,
-        # any other failure (a crash, out of memory, a signal before the loop) says so.
+        # Never leave "running" behind: a resume that fails before it checkpoints anything new
+        # (an unreadable checkpoint, a crash in compilation) restores the record it found; any
+        # other failure (a crash, out of memory, a signal before the loop) says so, with the
+        # segments up to the last checkpoint, from which a resume would go on.
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        kept = previous or {**base, "status": "failed", "error": f"{type(err).__name__}: {message}"}
+        reached = start
+        with contextlib.suppress(OSError):
+            reached = checkpoint.latest_step(run_dir)
+        this_segment["end_step"] = reached
+        failed = {"status": "failed", "error": f"{type(err).__name__}: {message}", "segments": segments}
+        kept = previous if previous and reached <= start else {**base, **failed}
         with contextlib.suppress(OSError):  # e.g. a full disk: the original error is what matters
             runs.write_json(run_dir / runs.SUMMARY_FILE, kept)
         raise

@@ -166,12 +166,17 @@ def n_test_examples(run: Run) -> int | None:
     return positive_int(run.summary.get("test_examples"))
 
 
+def _budget_value(run: Run, key: str) -> Any:
+    """``trainer.<key>`` in effect: the summary's (its last segment's), else config.yaml's (its first)."""
+    return run.summary[key] if key in run.summary else cfg_get(run, f"trainer.{key}")
+
+
 def budget(run: Run) -> str:
     """The run's budgets as words (``"max steps 200, max time 60 s"``), ``""`` without."""
     parts = []
-    if positive_int(cfg_get(run, "trainer.max_steps")):
-        parts.append(f"max steps {int(cfg_get(run, 'trainer.max_steps'))}")
-    seconds = cfg_get(run, "trainer.max_time_s")
+    if positive_int(_budget_value(run, "max_steps")):
+        parts.append(f"max steps {int(_budget_value(run, 'max_steps'))}")
+    seconds = _budget_value(run, "max_time_s")
     if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0:
         parts.append(f"max time {seconds:g} s")
     return ", ".join(parts)

@@ -82,6 +82,8 @@ SUMMARY_KEYS = (
     "epochs",
     "steps_per_epoch",
     "protocol_steps",  # epochs x steps_per_epoch: the steps of a complete run
+    "max_steps",  # the budgets of the last segment (trainer.max_steps / max_time_s; a resume may change them)
+    "max_time_s",
     "x64",
     "segments",  # one entry per (re)start: start_step, end_step, backend, device_kind, host
 )

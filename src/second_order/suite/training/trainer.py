@@ -138,8 +138,10 @@ def fit(
             ckpt.clear(run_dir)  # a fresh start: nothing older may ever be resumed
         place.check_same(step, "the step to start from")
         params, opt_state = place.replicate((params, opt_state))
-        if meta:  # rows past the checkpoint are redone, and so are its step's evaluation and
-            # measurement when they were logged after it (the run ended right after that checkpoint)
+        if meta:
+            meta = _forget_budget_end(meta, step, policy.last_step, per_epoch, settings, probe)
+            # Rows past the checkpoint are redone, and so are its step's evaluation and
+            # measurement when they were logged after it (the run ended right after that checkpoint).
             logger.truncate_after(
                 step,
                 evals_upto=step if meta.get("last_eval", {}).get("step") == step else step - 1,
@@ -270,6 +272,33 @@ def fit(
         last_eval=last_eval,
         clock=clock.state(),
     )
+
+
+def _forget_budget_end(
+    meta: dict[str, Any],
+    step: int,
+    last_step: int,
+    per_epoch: int,
+    settings: TrainerConfig,
+    probe: tuple[Any, int] | None,
+) -> dict[str, Any]:
+    """``meta`` without the evaluation and measurement a spent budget added at ``step``.
+
+    A run that stopped on ``max_steps``/``max_time_s`` mid-schedule evaluated and measured
+    its final parameters there; resumed with a larger budget it goes on past ``step``,
+    where an uninterrupted run logs neither, so both are forgotten (and their rows dropped).
+    """
+    if step >= last_step:
+        return meta
+    out = dict(meta)
+    eval_due = step % per_epoch == 0 and (step // per_epoch) % settings.eval_every == 0
+    if settings.eval_every_steps is not None:
+        eval_due = eval_due or schedule.due(step, per_epoch, settings.eval_every_steps)
+    if not eval_due and out.get("last_eval", {}).get("step") == step:
+        out["last_eval"] = {}
+    if probe is not None and not schedule.due(step, per_epoch, probe[1]) and out.get("measured_step") == step:
+        out["measured_step"] = None
+    return out
 
 
 def agreed_signal(signals: StopSignals, place: Placement) -> int | None:
