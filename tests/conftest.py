@@ -80,3 +80,34 @@ def compose_config(overrides: list[str] | None = None) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     return {str(k): v for k, v in container.items()}
+
+
+#: A URL that refuses connections at once (the discard port): W&B never reaches a server.
+CLOSED_URL = "http://127.0.0.1:9"
+
+
+@pytest.fixture(scope="module")
+def wandb_sandbox(tmp_path_factory: pytest.TempPathFactory):
+    """Isolate W&B from the user's home and the network for the module that asks for it."""
+    wandb = pytest.importorskip("wandb")
+    home = tmp_path_factory.mktemp("wandb_home")
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_RUN_ID", "WANDB_RESUME"):
+            mp.delenv(var, raising=False)
+        env = {
+            "WANDB_SILENT": "true",
+            "WANDB_BASE_URL": CLOSED_URL,
+            "WANDB_DIR": str(home / "dir"),
+            "WANDB_CONFIG_DIR": str(home / "config"),
+            "WANDB_CACHE_DIR": str(home / "cache"),
+            "WANDB_DATA_DIR": str(home / "data"),
+            "WANDB_ARTIFACT_DIR": str(home / "artifacts"),
+            "XDG_CACHE_HOME": str(home / "xdg_cache"),  # wandb-core debug logs
+            "XDG_CONFIG_HOME": str(home / "xdg_config"),
+            "NETRC": str(home / "netrc"),  # absent: no stored credentials
+        }
+        for k, v in env.items():
+            mp.setenv(k, v)
+        wandb.teardown()  # a W&B singleton set up earlier would keep stale settings
+        yield home
+        wandb.teardown()

@@ -33,35 +33,13 @@ from second_order.suite.tracking.wandb_io import (  # noqa: E402
 )
 from second_order.suite.tracking.wandb_logger import WandbLogger, WandbWarning  # noqa: E402
 
-CLOSED_URL = "http://127.0.0.1:9"  # discard port: connection refused at once
 needs_leet = pytest.mark.skipif(not wandb_leet.available(), reason="`wandb leet inspect --json` needs wandb >= 0.31")
 READERS = [pytest.param("leet", marks=needs_leet), "builtin"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def wandb_sandbox(tmp_path_factory: pytest.TempPathFactory):
-    """Isolate W&B from the user's home and the network for this module."""
-    home = tmp_path_factory.mktemp("wandb_home")
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_RUN_ID", "WANDB_RESUME"):
-            mp.delenv(var, raising=False)
-        env = {
-            "WANDB_SILENT": "true",
-            "WANDB_BASE_URL": CLOSED_URL,
-            "WANDB_DIR": str(home / "dir"),
-            "WANDB_CONFIG_DIR": str(home / "config"),
-            "WANDB_CACHE_DIR": str(home / "cache"),
-            "WANDB_DATA_DIR": str(home / "data"),
-            "WANDB_ARTIFACT_DIR": str(home / "artifacts"),
-            "XDG_CACHE_HOME": str(home / "xdg_cache"),  # wandb-core debug logs
-            "XDG_CONFIG_HOME": str(home / "xdg_config"),
-            "NETRC": str(home / "netrc"),  # absent: no stored credentials
-        }
-        for k, v in env.items():
-            mp.setenv(k, v)
-        wandb.teardown()  # a W&B singleton set up earlier would keep stale settings
-        yield home
-        wandb.teardown()
+def _isolated_wandb(wandb_sandbox: Path) -> Path:
+    return wandb_sandbox
 
 
 def _step_rows(steps: range) -> list[dict[str, Any]]:
@@ -308,6 +286,15 @@ def test_resumed_run_continues_and_merges(tmp_path):
     run = runs.load_run(record_to_run_dir(rec, tmp_path / "local"))
     np.testing.assert_array_equal(run.steps["step"], np.arange(1, 41))
     np.testing.assert_array_equal(run.evals["step"], [40])
+
+    # A third segment killed before W&B wrote its first block: a header-only log, skipped.
+    header = next(offline_run_dirs(tmp_path)[0].glob("run-*.wandb")).read_bytes()[:7]
+    killed = tmp_path / "wandb" / "offline-run-29991231_235959-killed"
+    killed.mkdir()
+    (killed / "run-killed.wandb").write_bytes(header)
+    with pytest.warns(UserWarning, match=r"run-killed.wandb: no W&B records.*skipped"):
+        again = read_offline_runs(tmp_path)
+    assert again.history == rec.history
 
 
 @pytest.mark.parametrize("reader", READERS)

@@ -188,9 +188,10 @@ def _run_locked(
     diag_names = list(collect_diagnostics(init_state_shapes(rc.optimizer, tx, abstract_params)))
     probe, curvature_names, wandb_curvature = curvature_probe(rc, model, abstract_params)
     previous = (runs.read_summary(run_dir) or {}) if resuming else {}
+    logged = _wandb_logged(rc, run_dir) if primary and resuming else None  # read before W&B adds a segment
     wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id")) if primary else None
     logger = (
-        RunLogger(run_dir, diag_names, wandb, curvature_names, validation is not None, wandb_curvature)
+        RunLogger(run_dir, diag_names, wandb, curvature_names, validation is not None, wandb_curvature, logged)
         if primary
         else NullLogger()
     )
@@ -364,6 +365,15 @@ def _wandb_logger(rc: ValidConfig, run_dir: Path, cfg: Mapping[str, Any], resume
         resume_id=resume_id,
         init_timeout=w.init_timeout_s,
     )
+
+
+def _wandb_logged(rc: ValidConfig, run_dir: Path) -> dict[str, float] | None:
+    """What the W&B offline logs of ``run_dir`` hold (None online: the server's copy is not read)."""
+    if rc.logger.wandb.mode != "offline":
+        return None
+    from second_order.suite.tracking.wandb_convert import logged_through
+
+    return logged_through(run_dir)
 
 
 def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:

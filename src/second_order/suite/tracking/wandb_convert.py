@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,17 @@ from second_order.suite.tracking.runs import (
     CsvLog,
     write_json,
 )
-from second_order.suite.tracking.wandb_io import EVAL_ACC, EVAL_LOSS, OPT_PREFIX, TRAIN_LOSS, WandbRecord
+from second_order.suite.tracking.wandb_io import (
+    EVAL_ACC,
+    EVAL_LOSS,
+    OPT_PREFIX,
+    TRAIN_LOSS,
+    WandbRecord,
+    offline_run_dirs,
+    read_offline_runs,
+)
+
+CURVATURE_PREFIX = "curvature/"
 
 # --------------------------------------------------------------------------- conversion
 
@@ -75,6 +86,31 @@ def split_history(history: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, 
                 _rewind(evals, step)
             evals.append(clean)
     return steps, evals
+
+
+def logged_through(run_dir: Path | str) -> dict[str, float]:
+    """The last step of each local table (``steps``, ``eval``, ``curvature``) that the W&B
+    offline logs under ``run_dir`` hold, in logging order (a resumed segment that logged
+    a step again counts from there); ``-1`` for a table they hold nothing of (no log, or
+    none readable).  A resumed run sends W&B the rows past these steps that the
+    checkpoint covers (:class:`~second_order.suite.tracking.run_logger.RunLogger`)."""
+    last = {"steps": -1.0, "eval": -1.0, "curvature": -1.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torn tails and skipped empty segments: expected after a kill
+        try:
+            history = read_offline_runs(run_dir).history if offline_run_dirs(run_dir) else []
+        except (OSError, ValueError):
+            history = []
+    for row in history:
+        clean = {k: v for k, v in row.items() if v is not None}
+        step = _num(clean.get("step"))
+        if TRAIN_LOSS in clean:
+            last["steps"] = step
+        if EVAL_LOSS in clean or EVAL_ACC in clean:
+            last["eval"] = step
+        if any(k.startswith(CURVATURE_PREFIX) for k in clean):
+            last["curvature"] = step
+    return last
 
 
 def _column(key: str) -> str | None:

@@ -204,17 +204,20 @@ def _tidy(rec: WandbRecord) -> WandbRecord:
     return rec
 
 
-def _fold_log(path: Path | str, reader: str, out: WandbRecord) -> WandbRecord:
-    """Fold one log's records into ``out``; a log without any record is an error."""
+def _fold_log(path: Path | str, reader: str, out: WandbRecord) -> int:
+    """Fold one log's records into ``out``; returns how many there were (0: nothing readable)."""
     log = _log_file(Path(path))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         seen = _fold(log_records(log, reader), out)
-    if not seen:
-        raise ValueError(f"{log}: no W&B records (empty, or not a W&B transaction log); pass a run-*.wandb file")
-    for w in caught:  # a truncated tail is worth a warning only when something was read
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return out
+    if seen:
+        for w in caught:  # a truncated tail is worth a warning only when something was read
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return seen
+
+
+def _no_records(path: Path | str) -> str:
+    return f"{_log_file(Path(path))}: no W&B records (empty, or not a W&B transaction log)"
 
 
 def read_offline_run(offline_run_dir: Path | str, reader: str = "auto") -> WandbRecord:
@@ -225,18 +228,31 @@ def read_offline_run(offline_run_dir: Path | str, reader: str = "auto") -> Wandb
     ``Run.scan_history()`` rows; config and summary are plain dicts without
     W&B's internal ``_wandb`` entry.  ``reader``: see :func:`log_records`.
     """
-    return _tidy(_fold_log(offline_run_dir, reader, _blank_record()))
+    out = _blank_record()
+    if not _fold_log(offline_run_dir, reader, out):
+        raise ValueError(f"{_no_records(offline_run_dir)}; pass a run-*.wandb file")
+    return _tidy(out)
 
 
 def read_offline_runs(run_dir: Path | str, reader: str = "auto") -> WandbRecord:
-    """Merge all W&B folders of one training run (original + resumed), in order."""
+    """Merge all W&B folders of one training run (original + resumed), in order.
+
+    A segment killed before W&B wrote its first block has a log without records: it is
+    skipped with a warning (its steps are in the local CSVs), unless no segment has any.
+    """
     dirs = offline_run_dirs(run_dir)
     if not dirs:
         raise FileNotFoundError(
             f"no W&B offline runs under {Path(run_dir) / 'wandb'}; was the run logged with logger.wandb.mode=offline?"
         )
     out = _blank_record()
+    empty = []
     for d in dirs:
         out.exit_code = None
-        _fold_log(d, reader, out)
+        if not _fold_log(d, reader, out):
+            empty.append(d)
+    if len(empty) == len(dirs):
+        raise ValueError(f"{_no_records(dirs[0])}, and so has every other W&B run under {Path(run_dir) / 'wandb'}")
+    for d in empty:
+        warnings.warn(f"{_no_records(d)}: skipped (killed before W&B wrote anything?)", UserWarning, stacklevel=2)
     return _tidy(out)
