@@ -11,7 +11,7 @@ from conftest import compose_config
 from optax import contrib
 
 from second_order.optim.base import collect_diagnostics
-from second_order.optim.diagonal import adahessian, sophia, spatial_average
+from second_order.optim.diagonal import adahessian, hutchinson_diagonal, sophia, spatial_average
 from second_order.suite.config import ConfigError
 from second_order.suite.optimizer_config import build_optimizer, validate_optimizer
 
@@ -302,3 +302,62 @@ def test_bad_yaml_value_is_a_one_line_config_error():
         built("adahessian", "optimizer.b2=1.5")
     with pytest.raises(ConfigError, match=r"optimizer\.clip_threshold = 0\.0 is invalid: must be > 0"):
         built("sophia", "optimizer.clip_threshold=0.0")
+
+
+# --------------------------------------------------------------------------- mixed dtypes
+
+
+def mixed(tree: dict) -> dict:
+    """``tree`` with the dense kernel and the scale in float32 (the other leaves stay float64)."""
+    out = {**tree, "dense": dict(tree["dense"])}
+    out["dense"]["kernel"] = out["dense"]["kernel"].astype(jnp.float32)
+    out["scale"] = out["scale"].astype(jnp.float32)
+    return out
+
+
+def dtypes(tree) -> list:
+    return [x.dtype for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_hutchinson_diagonal_draws_optax_probes_and_takes_mixed_dtypes():
+    """Bit for bit optax's estimator on one dtype; on mixed dtypes (where optax's jvp raises) each
+    leaf's estimate is in its own dtype and exact for a diagonal Hessian (z ⊙ diag(a) z = a)."""
+    w = nested(SHAPES)
+    ours = hutchinson_diagonal(jax.random.PRNGKey(3))
+    ref = contrib.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(3))
+    step = jax.jit(lambda tx, s, p: tx.update(p, s, p, obj_fn=coupled_loss), static_argnums=0)
+    s_ours, s_ref = ours.init(w), ref.init(w)
+    for _ in range(3):
+        (h_ours, s_ours), (h_ref, s_ref) = step(ours, s_ours, w), step(ref, s_ref, w)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, h_ours, h_ref)
+    a, wm = mixed(nested(SHAPES)), mixed(w)
+    with pytest.raises(TypeError, match="dtype"):
+        ref.update(wm, ref.init(wm), wm, obj_fn=diagonal_quadratic(a))
+    h, _ = jax.jit(lambda s, p: ours.update(p, s, p, obj_fn=diagonal_quadratic(a)))(ours.init(wm), wm)
+    assert dtypes(h) == dtypes(wm)
+    assert_trees_close(h, a, rtol=1e-6)
+
+
+@pytest.mark.parametrize("factory", [sophia, adahessian])
+def test_mixed_dtype_parameters_take_finite_steps_in_their_dtypes_under_jit(factory):
+    """Sophia and AdaHessian used to raise in optax's Hutchinson jvp on a float32 leaf among float64 ones."""
+    w = mixed(nested(SHAPES))
+    tx = sophia(0.01, update_interval=1) if factory is sophia else adahessian(0.05)
+    history, state, final = run(tx, w, coupled_loss, 3)
+    for updates in history:
+        assert dtypes(updates) == dtypes(w)
+        assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree_util.tree_leaves(updates))
+    assert dtypes(final) == dtypes(w)
+    assert all(bool(jnp.isfinite(v)) for v in collect_diagnostics(state).values())
+    assert float(coupled_loss(final)) < float(coupled_loss(w))
+
+
+def test_adahessian_first_step_on_mixed_dtypes_is_the_closed_form():
+    a, w = mixed(nested(SHAPES)), mixed(nested(SHAPES))
+    value_fn = diagonal_quadratic(a)
+    lr, eps = 0.3, 1e-4
+    (update,), _, _ = run(adahessian(learning_rate=lr, eps=eps), w, value_fn, 1)
+    g = jax.grad(value_fn)(w)
+    expected = jax.tree_util.tree_map(lambda gi, ai: -lr * gi / (jnp.abs(ai) + eps), g, a)
+    assert dtypes(update) == dtypes(w)
+    assert_trees_close(update, expected, rtol=1e-5)

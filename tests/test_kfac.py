@@ -7,11 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import compose_config
 from problems import Problem, dense_ggn_ref
 
 from second_order.optim import collect_diagnostics
 from second_order.optim.kfac import DIAGNOSTIC_KEYS, kfac, kfac_layers, zero_taps
+from second_order.suite.config import ConfigError
 from second_order.suite.model import MLP
+from second_order.suite.optimizer_config import build_optimizer, validate_optimizer
 from second_order.suite.training.step import loss_functions
 
 FEATURES, CLASSES = 4, 3
@@ -235,7 +238,7 @@ def test_inject_hyperparams_learning_rate():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"damping": -1}, "kfac: damping must be >= 0, got -1"),
+        ({"damping": -1}, "kfac: damping must be > 0"),
         ({"learning_rate": -0.5}, "kfac: learning_rate must be >= 0, got -0.5"),
         ({"momentum": 1.0}, "kfac: momentum must be in [0, 1), got 1.0"),
         ({"ema": -0.1}, "kfac: ema must be in [0, 1), got -0.1"),
@@ -254,3 +257,16 @@ def test_update_without_tapped_predict_fn_says_how_to_pass_it():
     tx = kfac(0.1)
     with pytest.raises(TypeError, match="tapped_predict_fn"):
         tx.update(jax.grad(prob.value_fn)(prob.params), tx.init(prob.params), prob.params, value_fn=prob.value_fn)
+
+
+def test_zero_damping_is_rejected_by_name_since_the_factors_are_singular():
+    """λ = 0 used to pass and give inf/NaN (G = diag(p) − ppᵀ is singular; A too for batch < fan-in + 1)."""
+    with pytest.raises(ValueError, match=r"^kfac: damping must be > 0 \(.*\), got 0\.0$"):
+        kfac(0.1, 0.0)
+    cfg = compose_config(["optimizer=kfac", "optimizer.damping=0.0"])["optimizer"]
+    with pytest.raises(ConfigError, match=r"^optimizer\.damping = 0\.0 is invalid: must be > 0"):
+        build_optimizer(validate_optimizer(cfg))
+    prob, tapped, _ = one_layer(batch=1)  # A is 5 × 5 of rank 1
+    upd, state = run(kfac(0.1, 1e-8, fisher="exact"), prob, tapped)
+    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree_util.tree_leaves(upd))
+    assert np.isfinite(float(collect_diagnostics(state)["factor_condition_max"]))

@@ -277,7 +277,14 @@ def test_learning_rate_schedule_and_checkpoint_round_trip():
         ({"b2": -0.1}, "shampoo: b2 must lie in [0, 1), got -0.1"),
         ({"beta": 0.0}, "shampoo: beta must lie in (0, 1], got 0.0"),
         ({"eps": 0.0}, "shampoo: eps must be > 0, got 0.0"),
-        ({"graft_eps": -1e-8}, "shampoo: graft_eps must be >= 0, got -1e-08"),
+        (
+            {"graft_eps": -1e-8},
+            "shampoo: graft_eps must be > 0 (0 gives 0/0 where a gradient was always 0; e.g. 1e-8), got -1e-08",
+        ),
+        (
+            {"graft_eps": 0.0},
+            "shampoo: graft_eps must be > 0 (0 gives 0/0 where a gradient was always 0; e.g. 1e-8), got 0.0",
+        ),
         ({"learning_rate": -0.1}, "shampoo: learning_rate must be >= 0, got -0.1"),
     ],
 )
@@ -297,3 +304,19 @@ def test_config_builds_and_reports_bad_values():
     with pytest.raises(Exception) as err:
         prepare(compose_config(["optimizer=shampoo", "optimizer.graft=x", "data.dir=/x"]))
     assert one_line(err.value) == "optimizer.graft = 'x' is invalid: must be one of 'adam', 'sgd'"
+
+
+def test_graft_eps_zero_is_rejected_and_a_dead_coordinate_gives_a_finite_step():
+    """graft_eps = 0 used to give 0/0 = NaN on a coordinate whose gradient was always 0 (and, via the
+    graft's norm, on the whole preconditioned leaf); it is refused, and the smallest positive one is safe."""
+    with pytest.raises(ValueError, match=r"^shampoo: graft_eps must be > 0 \(.*\), got 0\.0$"):
+        shampoo(LR, graft_eps=0.0)
+    grads = gradients(2)
+    for g in grads:
+        g["dense"]["kernel"] = g["dense"]["kernel"].at[2].set(0.0)  # a dead input unit
+        g["dense"]["bias"] = g["dense"]["bias"].at[0].set(0.0)
+    updates, _, _ = run(shampoo(LR, graft_eps=1e-300, start_preconditioning_step=0, eps=EPS), grads)
+    for u in updates:
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(u))
+        assert float(u["dense"]["bias"][0]) == 0.0  # a graft-only leaf: Adam's 0 / (0 + graft_eps)
+        np.testing.assert_allclose(u["dense"]["kernel"][2], 0.0, atol=1e-12)  # P_L keeps the dead row apart

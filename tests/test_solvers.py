@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from second_order.optim import collect_diagnostics, hessian_free
 from second_order.solvers import cg, damped_solve
 
 
@@ -196,3 +197,38 @@ def test_cg_keeps_leaf_dtypes_of_mixed_pytree():
     res = jax.jit(lambda b: cg(matvec, b, tol=1e-6))(b)
     assert res.x["a"].dtype == jnp.float32 and res.x["b"].dtype == jnp.float64
     np.testing.assert_allclose(np.concatenate([res.x["a"], res.x["b"]]), np.linalg.solve(a, np.ones(6)), rtol=1e-5)
+
+
+def test_cg_stops_at_zero_curvature_without_stepping():
+    """pᵀAp = 0 exactly (undamped, singular A) used to give α = inf and an inf/NaN solution.
+
+    A = diag(0, 0, 0, 1, 1), b = 1: x₁ = (5/2)·1, then p₁ = (5/2)(1, 1, 1, 0, 0) has Ap₁ = 0; CG
+    stops there with x = x₁, counts the iteration and reports it as negative curvature.
+    """
+    d = jnp.asarray([0.0, 0.0, 0.0, 1.0, 1.0])
+
+    def matvec(v):
+        return {"a": {"w": d[:3] * v["a"]["w"]}, "b": d[3:] * v["b"]}
+
+    b = {"a": {"w": jnp.ones(3)}, "b": jnp.ones(2)}
+    res = jax.jit(lambda b: cg(matvec, b, tol=1e-12, maxiter=10, save_at=(1, 2, 3)))(b)
+    flat = np.concatenate([res.x["a"]["w"], res.x["b"]])
+    np.testing.assert_array_equal(flat, np.full(5, 2.5))
+    assert int(res.iterations) == 2 and bool(res.negative_curvature) and float(res.min_curvature) == 0.0
+    np.testing.assert_allclose(float(res.residual_norm), np.sqrt(7.5), rtol=1e-14)  # ‖b − A x₁‖, finite
+    np.testing.assert_allclose(float(res.objective), 0.5 * 2.5**2 * 2 - 2.5 * 5, rtol=1e-14)
+    saved = np.concatenate([res.saved["a"]["w"], res.saved["b"]], axis=1)
+    np.testing.assert_array_equal(saved, [[2.5] * 5, [2.5] * 5, [0.0] * 5])  # x₂ = x₁; iteration 3 not run
+    # A = 0: the first direction is flat, x stays 0
+    zero = cg(lambda v: jax.tree_util.tree_map(jnp.zeros_like, v), b, progress_tol=5e-4)
+    assert int(zero.iterations) == 1 and bool(zero.negative_curvature)
+    assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree_util.tree_leaves(zero.x))
+    # the same through hessian_free with damping 0 (the reviewer's case): a finite step, reported
+    tx = hessian_free(1.0, 0.0, maxiter=10)
+
+    def value_fn(p):
+        return jnp.sum(p["a"]["w"]) + 0.5 * jnp.sum(p["b"] ** 2)
+
+    updates, state = jax.jit(lambda p, s: tx.update(jax.grad(value_fn)(p), s, p, value_fn=value_fn))(b, tx.init(b))
+    np.testing.assert_array_equal(np.concatenate([updates["a"]["w"], updates["b"]]), np.full(5, -2.5))
+    assert int(collect_diagnostics(state)["cg_negative_curvature"]) == 1

@@ -226,3 +226,16 @@ def test_missing_value_fn_is_a_clear_error():
 def test_bad_hyperparameters_rejected(kwargs, message):
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         trust_region(**kwargs)
+
+
+@pytest.mark.parametrize("solver", ["steihaug", "gltr"])
+def test_zero_gradient_keeps_the_radius_and_reports_rho_one(solver):
+    """g = 0 at a saddle: s = 0 and m(s) = 0 used to give ρ = 0/0 = NaN and Δ quartered every step."""
+    value_fn = quadratic(random_matrix(5, spd=False), np.zeros(N))  # indefinite, stationary at PARAMS
+    tx = trust_region(0.8, solver=solver)
+    upd, diag, state = run(tx, value_fn, steps=4)
+    np.testing.assert_array_equal(upd, np.zeros(N))
+    assert float(state.radius) == 0.8 and float(diag["radius"]) == 0.8
+    assert float(diag["rho"]) == 1.0 and int(diag["accepted"]) == 1 and int(diag["boundary"]) == 0
+    assert float(diag["predicted_reduction"]) == 0.0 and float(diag["actual_reduction"]) == 0.0
+    assert float(diag["grad_norm"]) == 0.0 and float(diag["step_norm"]) == 0.0

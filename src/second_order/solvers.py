@@ -29,7 +29,8 @@ class CGResult(NamedTuple):
     the final ‖r‖ = ‖b − A x‖ (the recursively updated residual, as in scipy/jax);
     ``b_norm`` ‖b‖ (so ``residual_norm / b_norm`` is the relative residual);
     ``min_curvature`` min over iterations of pᵀAp / pᵀp (negative: A is not PD along p);
-    ``negative_curvature`` True when some iteration met pᵀAp ≤ 0 (CG went on regardless);
+    ``negative_curvature`` True when some iteration met pᵀAp ≤ 0 (CG went on regardless)
+    or zero curvature (CG stopped there: see :func:`cg`);
     ``objective`` the quadratic model φ(x) = ½ xᵀAx − bᵀx = −½ xᵀ(b + r) at ``x`` (with
     the recursive residual ``r``; two dots after the loop); ``saved`` the iterates at the
     iterations listed in ``save_at``, stacked on a leading axis (slot ``j`` holds
@@ -81,8 +82,13 @@ def cg(
 
     Stops when ‖r‖ ≤ max(tol·‖b‖, atol) or after ``maxiter`` iterations (``None``:
     ``10·n`` with ``n`` the number of unknowns) — the same criterion and defaults as
-    ``jax.scipy.sparse.linalg.cg`` and scipy.  It does not stop on pᵀAp ≤ 0 (as
-    jax/scipy); that event is reported in ``negative_curvature``.  A
+    ``jax.scipy.sparse.linalg.cg`` and scipy.  It does not stop on pᵀAp < 0 (as
+    jax/scipy); that event is reported in ``negative_curvature``.  It does stop at zero
+    curvature, ``|pₖᵀApₖ| ≤ tiny · pₖᵀpₖ`` (``tiny`` the dtype's smallest normal number;
+    ``pᵀAp = 0`` exactly, e.g. undamped along a null direction of a singular A), where
+    ``αₖ`` would be infinite or overflow: that iteration (its product spent, counted in
+    ``iterations``) leaves ``x`` and ``r`` unchanged, sets ``negative_curvature`` and
+    ends the loop (jax/scipy would return inf/NaN there).  A
     ``lax.while_loop``: jit-compatible, static shapes, no host round-trip; ``tol``,
     ``maxiter`` and ``progress_tol`` may be traced (e.g. under
     ``optax.inject_hyperparams``).
@@ -117,6 +123,7 @@ def cg(
     dtype = bb.dtype
     threshold2 = jnp.maximum(jnp.asarray(tol, dtype) ** 2 * bb, jnp.asarray(atol, dtype) ** 2)
     inf = jnp.asarray(jnp.inf, dtype)
+    tiny = jnp.asarray(jnp.finfo(dtype).tiny, dtype)
 
     def axpy(y: PyTree, alpha: jax.Array, x: PyTree) -> PyTree:
         # y + α x with every leaf kept in its own dtype (α is in the dtype of the dots).
@@ -145,19 +152,21 @@ def cg(
         return (k > window) & (phi < 0) & (ratio < window * eps)
 
     def cond(state):
-        _, _, _, rr, k, _, _, tracked, _ = state
-        go = (rr > threshold2) & (k < limit)
+        _, _, _, rr, k, _, _, flat, tracked, _ = state
+        go = (rr > threshold2) & (k < limit) & ~flat
         if track:
             go = go & ~progress_stop(k, *tracked)
         return go
 
     def body(state):
-        x, r, p, rr, k, min_curv, negative, tracked, saved = state
+        x, r, p, rr, k, min_curv, negative, _, tracked, saved = state
         ap = matvec(p)
         pap = otu.tree_vdot(p, ap)
-        min_curv = jnp.minimum(min_curv, pap / otu.tree_vdot(p, p))
-        negative = negative | (pap <= 0)
-        alpha = rr / pap
+        pp = otu.tree_vdot(p, p)
+        min_curv = jnp.minimum(min_curv, pap / pp)
+        flat = jnp.abs(pap) <= tiny * pp  # zero curvature: no step along p (α would be ±inf)
+        negative = negative | (pap <= 0) | flat
+        alpha = jnp.where(flat, 0.0, rr / jnp.where(flat, 1.0, pap))
         x = axpy(x, alpha, p)
         r = axpy(r, -alpha, ap)
         rr_new = otu.tree_vdot(r, r)
@@ -170,7 +179,7 @@ def cg(
             hit = slots == k + 1
             slot = jnp.where(jnp.any(hit), jnp.argmax(hit), len(save))  # row len(save) is scratch
             saved = jax.tree_util.tree_map(lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, slot, 0), saved, x)
-        return x, r, p, rr_new, k + 1, min_curv, negative, tracked, saved
+        return x, r, p, rr_new, k + 1, min_curv, negative, flat, tracked, saved
 
     tracked0: tuple = ()
     if track:
@@ -178,8 +187,9 @@ def cg(
     saved0: PyTree = ()
     if save:
         saved0 = jax.tree_util.tree_map(lambda v: jnp.zeros((len(save) + 1, *v.shape), v.dtype), x_start)
-    init = (x_start, r_start, r_start, rr_start, jnp.int32(0), inf, jnp.array(False), tracked0, saved0)
-    x, r, _, rr, k, min_curv, negative, _, saved = jax.lax.while_loop(cond, body, init)
+    no = jnp.array(False)
+    init = (x_start, r_start, r_start, rr_start, jnp.int32(0), inf, no, no, tracked0, saved0)
+    x, r, _, rr, k, min_curv, negative, _, _, saved = jax.lax.while_loop(cond, body, init)
     objective = -0.5 * (otu.tree_vdot(x, r) + otu.tree_vdot(x, b))
     kept = jax.tree_util.tree_map(lambda s: s[: len(save)], saved) if save else None
     return CGResult(x, k, jnp.sqrt(rr), jnp.sqrt(bb), min_curv, negative, objective, kept)

@@ -7,6 +7,7 @@ Hessian-vector product per estimate.  Adam is ``optax.adam`` (``configs/optimize
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -41,6 +42,43 @@ def _check_positive(name: str, key: str, value: Any) -> None:
 
 def _diagnostic_dtype(params: PyTree) -> Any:
     return otu.tree_dtype(params, "highest")
+
+
+def hutchinson_diagonal(key: jax.Array) -> optax.GradientTransformationExtraArgs:
+    """Hutchinson's ``diag(∇²L) ≈ z ⊙ ∇²L z``, ``z`` Rademacher: one ``jax.jvp`` of ``jax.grad(obj_fn)``.
+
+    ``update(updates, state, params, obj_fn=...)`` returns the estimate (the updates are
+    ignored).  The estimator and the draws of ``optax.contrib.hutchinson_estimator_diag_hessian``
+    (its state, the same key split per call, float32 signs per leaf from ``optax.tree.random_like``),
+    but each leaf's probe is cast to that leaf's own dtype: optax casts every probe to the
+    tree's lowest dtype, which ``jax.jvp`` rejects when the parameters' dtypes are mixed
+    (e.g. one float32 leaf among float64 ones).  The signs ±1 are exact in every float
+    dtype, so on a tree of one dtype the estimate is bit for bit optax's.
+    """
+
+    def init(params: PyTree) -> contrib.HutchinsonState:
+        del params
+        return contrib.HutchinsonState(key=key)
+
+    def update(
+        updates: PyTree,
+        state: contrib.HutchinsonState,
+        params: PyTree | None = None,
+        obj_fn: Callable[[PyTree], jax.Array] | None = None,
+        **extra_args: Any,
+    ) -> tuple[PyTree, contrib.HutchinsonState]:
+        del updates, extra_args
+        if params is None or obj_fn is None:
+            raise ValueError(
+                "hutchinson_diagonal: update() needs params and obj_fn: update(g, state, params, obj_fn=f)"
+            )
+        key, subkey = jax.random.split(state.key)
+        signs = otu.tree_random_like(subkey, params, jax.random.rademacher, dtype=jnp.float32)
+        z = jax.tree_util.tree_map(lambda s, w: s.astype(w.dtype), signs, params)
+        hz = jax.jvp(jax.grad(obj_fn), (params,), (z,))[1]
+        return jax.tree_util.tree_map(jnp.multiply, z, hz), contrib.HutchinsonState(key=key)
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 # --------------------------------------------------------------------------- Sophia
@@ -96,8 +134,9 @@ def sophia(
     ``−η λ w`` as in the paper.  Effective ``b2`` per step is ``1 − (1 − b2) / update_interval``.
 
     Cost: one Hessian-vector product (``jax.jvp`` of ``jax.grad(value_fn)``) every
-    ``update_interval`` steps, under ``lax.cond``.  All numeric hyperparameters may be
-    traced (``optax.inject_hyperparams(sophia)(learning_rate=...)``).  Diagnostics:
+    ``update_interval`` steps, under ``lax.cond``, by :func:`hutchinson_diagonal` (optax's
+    draws, each leaf's probe in its own dtype, so mixed-dtype parameters work).  All
+    numeric hyperparameters may be traced (``optax.inject_hyperparams(sophia)(learning_rate=...)``).  Diagnostics:
     ``clip_fraction`` (fraction of coordinates clipped this step, 1 − the paper's
     "win rate"; 0 without clipping), ``hessian_mean`` (mean of ``h`` after the step),
     ``grad_norm`` (‖g‖), ``step_norm`` (‖u + weight_decay·w‖, the update divided by η).
@@ -118,7 +157,7 @@ def sophia(
         raise ValueError(f"{name}: update_interval must be an integer >= 1, got {update_interval}")
 
     def make() -> optax.GradientTransformationExtraArgs:
-        hutchinson = contrib.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(seed))
+        hutchinson = hutchinson_diagonal(jax.random.PRNGKey(seed))
         return contrib.sophia(
             learning_rate,
             b1=b1,
@@ -242,10 +281,10 @@ def adahessian(
         w  ← w − η (m̂_t / (√v̂_t ^ k + ε) + weight_decay · w)
 
     ``k = hessian_power`` ∈ [0, 1].  The Hessian-vector product is ``jax.jvp`` of
-    ``jax.grad(value_fn)`` (``optax.contrib.hutchinson_estimator_diag_hessian``), one
-    per step, in the parameters' dtype; so are ``m`` and ``v``.  When ``∇²L`` is
-    diagonal the estimate is exact (``z ⊙ Hz = diag(H)``) and, without averaging, the
-    first step is ``−η g / (|diag H| + ε)``.
+    ``jax.grad(value_fn)`` (:func:`hutchinson_diagonal`: optax's estimator, made safe for
+    parameters of mixed dtypes), one per step, each leaf in its own dtype; so are ``m``
+    and ``v``.  When ``∇²L`` is diagonal the estimate is exact (``z ⊙ Hz = diag(H)``)
+    and, without averaging, the first step is ``−η g / (|diag H| + ε)``.
 
     Spatial averaging (the reference's, transposed to Flax layouts): the authors'
     image-classification code averages ``|∇²L z|`` of a conv kernel over its spatial
@@ -283,7 +322,7 @@ def adahessian(
             raise ValueError(f"{name}: block_size must be an integer >= 1 or null, got {block_size}")
 
     def estimator() -> optax.GradientTransformationExtraArgs:
-        return contrib.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(seed))
+        return hutchinson_diagonal(jax.random.PRNGKey(seed))
 
     def init(params: PyTree) -> AdaHessianState:
         zero = jnp.zeros((), _diagnostic_dtype(params))

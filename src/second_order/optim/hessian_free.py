@@ -40,7 +40,8 @@ def hessian_free(
     that the paper used (79,600 products at n = 7,960, in one uninterruptible loop).
     ``H + λI`` may be indefinite for small λ; CG does not stop there (as the paper's
     CG): the diagnostics ``cg_negative_curvature`` (1 when some pᵀ(H+λI)p ≤ 0 was met
-    this step) and ``cg_min_curvature`` (min pᵀ(H+λI)p / pᵀp) show it.
+    this step; at exactly zero curvature CG stops without stepping, see
+    :func:`second_order.solvers.cg`) and ``cg_min_curvature`` (min pᵀ(H+λI)p / pᵀp) show it.
     Martens (2010), "Deep learning via Hessian-free optimization", ICML.
 
     ``update(grads, state, params, value_fn=...)`` with ``value_fn: params → scalar

@@ -201,7 +201,10 @@ def kfac(
 
     ``update(grads, state, params, tapped_predict_fn=..., output_loss_fn=...)``
     (``output_loss_fn`` only for ``fisher="empirical"``; other extra arguments are
-    ignored).  ``damping`` λ ≥ 0, ``momentum`` μ ∈ [0, 1), ``ema`` ∈ [0, 1) the factors'
+    ignored).  ``damping`` λ > 0 (required: undamped factors are singular — ``G`` always,
+    since ``(diag(p) − p pᵀ) 1 = 0`` for softmax probabilities ``p``, and ``A`` when a batch
+    has fewer rows than ``fan-in + 1``; a traced λ, e.g. injected, is not checked),
+    ``momentum`` μ ∈ [0, 1), ``ema`` ∈ [0, 1) the factors'
     moving-average weight, ``inverse_every`` ≥ 1 steps between inverse refreshes (the
     first step computes them), ``fisher`` ∈ {"sampled", "exact", "empirical"},
     ``pi_adjusted`` the factored-damping π (else π = 1), ``seed`` the key of the sampled
@@ -210,6 +213,7 @@ def kfac(
     ``step_norm`` (of ``v``), ``damping`` and ``factor_condition_max`` (the largest
     condition number of a damped factor at the last refresh).
     """
+    _check("damping", damping, lambda v: v > 0, "> 0 (the Kronecker factors are singular without it; e.g. 1e-3)")
     check_hyperparameters("kfac", learning_rate, damping)
     _check("momentum", momentum, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
     _check("ema", ema, lambda v: 0.0 <= v < 1.0, "in [0, 1)")

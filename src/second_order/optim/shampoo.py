@@ -46,7 +46,7 @@ def _check(hyper: dict[str, Any]) -> None:
         "b2": ("lie in [0, 1)", lambda x: 0 <= x < 1),
         "beta": ("lie in (0, 1]", lambda x: 0 < x <= 1),
         "eps": ("be > 0", lambda x: x > 0),
-        "graft_eps": ("be >= 0", lambda x: x >= 0),
+        "graft_eps": ("be > 0 (0 gives 0/0 where a gradient was always 0; e.g. 1e-8)", lambda x: x > 0),
         "precondition_every": ("be >= 1", lambda x: x >= 1),
         "start_preconditioning_step": ("be >= 0", lambda x: x >= 0),
         "max_dim": ("be >= 1", lambda x: x >= 1),
@@ -119,7 +119,9 @@ def shampoo(
 
     * first moment ``m ← b1 m + (1 − b1) G``, ``m̂ = m / (1 − b1^{t+1})``;
     * graft step ``a``: ``graft="adam"``: ``v ← b2 v + (1 − b2) G²``,
-      ``a = m̂ / (√(v / (1 − b2^{t+1})) + graft_eps)`` (exactly ``optax.adam``'s step);
+      ``a = m̂ / (√(v / (1 − b2^{t+1})) + graft_eps)`` (exactly ``optax.adam``'s step;
+      ``graft_eps > 0`` is required, since a coordinate whose gradient was always 0 has
+      ``m̂ = v = 0`` and would give 0/0 = NaN, which the norm of ``a`` spreads to its leaf);
       ``graft="sgd"``: ``a = m̂`` (plain SGD's ``G`` when ``b1 = 0``);
     * preconditioned leaves (≥ 2-D, both dimensions of the matrix view ``≤ max_dim``;
       below): statistics ``L ← β L + G Gᵀ``, ``R ← β R + Gᵀ G`` (from

@@ -76,7 +76,12 @@ def trust_region(
     ``ρ = (L(w + s) − L(w)) / m(s)`` (one extra forward pass).  ``ρ < ¼`` (or ρ not
     finite) → ``Δ ← ¼ Δ``; ``ρ > ¾`` with ``‖s‖ = Δ`` → ``Δ ← min(2Δ, max_radius)``;
     otherwise Δ is kept.  The step is taken iff ``ρ > eta`` (``eta ∈ [0, ¼)``), else
-    the update is zero.  Δ starts at ``initial_radius`` and lives in the state.
+    the update is zero.  Δ starts at ``initial_radius`` and lives in the state.  A
+    stationary point of the model (``s = 0`` and ``m(s) = 0``, e.g. ``g = 0`` exactly at a
+    saddle, where Krylov solvers started at ``g`` cannot move) says nothing about the
+    model's fit: there ``ρ = 1`` is reported (loss and model both change by exactly 0),
+    the zero step counts as accepted and Δ is kept (instead of ρ = 0/0 quartering Δ at
+    every such step).
 
     ``update(grads, state, params, value_fn=...)`` (Hessian) or ``update(grads,
     state, params, predict_fn=..., output_loss_fn=...)`` (Gauss-Newton; ``L = ℓ∘f``).
@@ -166,10 +171,12 @@ def trust_region(
         trial = jax.tree_util.tree_map(jnp.add, p, unravel(s))
         actual = (value - loss(trial)).astype(dtype)
         predicted = (-res.model).astype(dtype)
+        stationary = (predicted == 0) & ~jnp.any(s != 0)  # s = 0, m(s) = 0: ρ = 1, Δ kept
         rho = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1.0), jnp.nan)
+        rho = jnp.where(stationary, 1.0, rho)
         accepted = jnp.isfinite(rho) & (rho > eta)
         shrink = ~(rho >= SHRINK_BELOW)  # also when ρ is NaN
-        expand = (rho > EXPAND_ABOVE) & res.boundary
+        expand = (rho > EXPAND_ABOVE) & res.boundary & ~stationary
         new_radius = jnp.where(
             shrink,
             SHRINK_FACTOR * radius,
