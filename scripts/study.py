@@ -4,6 +4,7 @@
     python scripts/study.py                       # configs/study/cpu.yaml (make study): 25 min on 2 cores
     python scripts/study.py --study full          # configs/study/full.yaml: for a GPU or a cluster
     python scripts/study.py --phase report        # redraw results/study/ from the runs on disk
+                                                  # (none under the root: an error, exit 1, nothing written)
 
 Phases: ``tune`` (Optuna through Hydra, may run trials in parallel), ``final`` (the
 timed runs, one at a time), ``report`` (results/study/). Every phase is resumable: run
@@ -32,10 +33,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the checkout when it is inside it (as the user would type it)."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def no_runs_message(args: argparse.Namespace, root: Path) -> str:
+    """The one error line of ``--phase report`` without runs: the root, what was kept, how to make runs."""
+    command = f"python scripts/study.py --study {args.study}"
+    if args.root is not None:
+        command += f" --root {args.root}"
+    make = ", i.e. `make study`" if args.study == "cpu" and args.root is None else ""
+    return (
+        f"error: no runs found under {shown(root)}; nothing to report ({shown(args.out)} left as it is). "
+        f"Produce them with `{command}` (every phase{make}), or give --root the directory that holds them"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from second_order.suite.study.plan import StudyError, load_study
-    from second_order.suite.study.report import write_report
+    from second_order.suite.study.report import NoStudyRuns, write_report
     from second_order.suite.study.runner import run_study, train_multirun
 
     phases = [p for p in args.phase.split(",") if p]
@@ -58,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     if "tune" in phases or "final" in phases:
         run_study(study, root, phases, run=lambda a: train_multirun([*a, *args.overrides]))
     if "report" in phases:
-        for path in write_report(study, root, args.out):
+        try:
+            written = write_report(study, root, args.out)
+        except NoStudyRuns:
+            print(no_runs_message(args, root), file=sys.stderr)
+            return 1
+        for path in written:
             print(f"wrote {path}")
     print(f"done: study {study.name} in {time.time() - start:.0f} s -> {args.out}")
     return 0

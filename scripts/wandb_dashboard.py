@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""Build the W&B workspace of the suite's runs: the paper's figures plus a section per new experiment.
+"""Build the W&B workspace of the suite's runs: the paper's figures plus a section per preset experiment.
 
-    python scripts/wandb_dashboard.py --entity E --project P [--experiment paper ...] [--out spec.json]
+    python scripts/wandb_dashboard.py --entity E --project P [--experiment NAME ...] [--out spec.json]
     python scripts/wandb_dashboard.py --entity E --project P --save     (after `wandb login`)
 
-Without --save it only writes the workspace's spec (JSON) to --out or stdout, offline.
-The panels are described in second_order.suite.tracking.dashboard.
+Without --experiment it shows every run of the project; with it, the runs of those
+experiments (any experiment_name: paper, fig09_11_gauss_newton, default, ...).  The
+presets paper, beyond_paper, baselines and curvature add their own panels.  Without
+--save it only writes the workspace's spec (JSON) to --out or stdout, offline.  The
+panels are described in second_order.suite.tracking.dashboard.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from second_order.suite.tracking.dashboard import EXPERIMENTS, build_workspace, save_workspace, workspace_spec
+from second_order.suite.tracking.dashboard import PRESETS, build_workspace, save_workspace, workspace_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--experiment",
         action="append",
-        choices=EXPERIMENTS,
-        help="show the runs of this experiment; repeat for several (default: all four)",
+        metavar="NAME",
+        help="show only the runs of this experiment (its experiment_name, the runs' W&B group); repeat for "
+        f"several (default: every run of the project). Presets with their own panels: {', '.join(PRESETS)}",
     )
     p.add_argument("--name", default="second-order", help="the workspace's name (default: second-order)")
     p.add_argument("--out", type=Path, help="write the spec here instead of stdout")
@@ -36,8 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    workspace = build_workspace(args.entity, args.project, args.experiment or EXPERIMENTS, args.name)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.experiment is not None and not all(e.strip() for e in args.experiment):
+        parser.error("--experiment needs an experiment name")
+    workspace = build_workspace(args.entity, args.project, args.experiment, args.name)
     if args.out or not args.save:
         text = json.dumps(workspace_spec(workspace), indent=2, ensure_ascii=False) + "\n"
         if args.out:

@@ -67,6 +67,19 @@ def test_mnist_dir_env_is_the_default(monkeypatch):
     assert compose_config([])["data"]["dir"] == "/some/where"
 
 
+def test_local_example_leaves_each_dataset_its_own_directory(monkeypatch):
+    """configs/local/example.yaml sets no data.dir: each dataset keeps its own variable (README: Scale out)."""
+    example = yaml.safe_load((REPO / "configs" / "local" / "example.yaml").read_text())
+    assert "dir" not in (example.get("data") or {}), "one data.dir would be read for every dataset"
+    dirs = {"mnist": "/data/mnist", "fashion_mnist": "/data/fashion", "cifar10": "/data/cifar"}
+    for name, path in dirs.items():
+        monkeypatch.setenv(f"{name.upper()}_DIR", path)
+    for name, path in dirs.items():
+        cfg = compose_config(["local=example", f"data={name}"])
+        assert (cfg["data"]["name"], cfg["data"]["dir"]) == (name, path)
+    assert compose_config(["local=example", "data=fashion_mnist", "data.dir=/given"])["data"]["dir"] == "/given"
+
+
 def config_error(overrides: list[str]) -> str:
     """The one-line message of a bad config, whether composition or validation caught it."""
     try:

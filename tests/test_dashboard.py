@@ -13,8 +13,8 @@ from conftest import REPO
 from wandb_workspaces.workspaces import Workspace, internal
 
 from second_order.suite.tracking.dashboard import (
-    EXPERIMENTS,
     PAPER_SECTION,
+    PRESETS,
     build_workspace,
     workspace_spec,
 )
@@ -103,29 +103,45 @@ def test_every_panel_draws_groups_as_mean_with_std_band():
     assert loss_vs_step["yLogScale"] is True and loss_vs_step["chartTitle"] == "train loss vs step"
 
 
-def test_runs_are_filtered_by_experiment_and_grouped_by_optimizer():
+def test_by_default_every_run_is_shown_grouped_by_experiment_and_optimizer():
     spec = workspace_spec(build_workspace("team", "proj"))
     rs = runset(spec)
-    assert rs["filters"]["filters"] == [
-        {"key": {"section": "run", "name": "group"}, "op": "IN", "value": list(EXPERIMENTS), "disabled": False}
-    ]
+    assert rs["filters"]["filters"] == []  # any experiment_name: default, fig09_11_gauss_newton, a study's, ...
     assert rs["grouping"] == [
         {"section": "run", "name": "group"},
         {"section": "config", "name": "optimizer.value.name"},  # W&B's spelling of config optimizer.name
     ]
     settings = spec["spec"]["section"]["settings"]
     assert settings["useRunsTableGroupingInPanels"] is True
-    assert settings["xAxis"] == "step" and settings["maxRuns"] >= 23  # the four experiments' 23 methods
+    assert settings["xAxis"] == "step" and settings["maxRuns"] >= 23  # the four presets' 23 methods
+    assert list(sections(spec)) == [PAPER_SECTION, *PRESETS[1:]]
+
+
+def group_filter(names: list[str]) -> list[dict]:
+    return [{"key": {"section": "run", "name": "group"}, "op": "IN", "value": names, "disabled": False}]
 
 
 def test_chosen_experiments_narrow_filter_and_sections():
     spec = workspace_spec(build_workspace("team", "proj", ["curvature", "paper"]))
     assert list(sections(spec)) == [PAPER_SECTION, "curvature"]
-    assert runset(spec)["filters"]["filters"][0]["value"] == ["curvature", "paper"]
-    with pytest.raises(ValueError, match="subset"):
-        build_workspace("team", "proj", ["paper", "mnist"])
-    with pytest.raises(ValueError, match="subset"):
-        build_workspace("team", "proj", [])
+    assert runset(spec)["filters"]["filters"] == group_filter(["curvature", "paper"])
+    every_preset = workspace_spec(build_workspace("team", "proj", list(PRESETS)))
+    assert runset(every_preset)["filters"]["filters"] == group_filter(list(PRESETS))
+    assert list(sections(every_preset)) == [PAPER_SECTION, *PRESETS[1:]]
+    for bad in ([], [""], ["paper", "  "]):
+        with pytest.raises(ValueError, match="experiment names"):
+            build_workspace("team", "proj", bad)
+
+
+def test_any_experiment_name_is_shown_with_the_paper_figures():
+    """Runs of experiments that are not presets (a figure group, the default name, a study) are selectable."""
+    names = ["fig09_11_gauss_newton", "default", "fig09_11_gauss_newton"]
+    spec = workspace_spec(build_workspace("team", "proj", names))
+    assert runset(spec)["filters"]["filters"] == group_filter(["fig09_11_gauss_newton", "default"])  # once each
+    assert list(sections(spec)) == [PAPER_SECTION]
+    mixed = workspace_spec(build_workspace("team", "proj", ["study_cpu", "baselines"]))
+    assert runset(mixed)["filters"]["filters"] == group_filter(["study_cpu", "baselines"])
+    assert list(sections(mixed)) == [PAPER_SECTION, "baselines"]
 
 
 def test_spec_reads_back_as_the_same_workspace():
@@ -146,6 +162,14 @@ def test_script_writes_the_spec_without_saving(tmp_path, capsys, monkeypatch):
     assert script.main(["--entity", "team", "--project", "proj"]) == 0
     printed = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # after the "wrote ..." line
     assert list(sections(printed)) == [PAPER_SECTION, "beyond_paper", "baselines", "curvature"]
+    assert runset(printed)["filters"]["filters"] == []  # no --experiment: every run of the project
+    assert script.main(["--entity", "team", "--project", "proj", "--experiment", "fig09_11_gauss_newton",
+                        "--experiment", "default"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    assert runset(printed)["filters"]["filters"] == group_filter(["fig09_11_gauss_newton", "default"])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--entity", "team", "--experiment", ""])
+    assert exit_info.value.code == 2 and "--experiment needs an experiment name" in capsys.readouterr().err
 
 
 def test_script_save_publishes_to_entity_and_project(capsys, monkeypatch):

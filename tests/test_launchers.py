@@ -97,7 +97,7 @@ def test_local_config_example_composes_and_default_is_untracked():
     proc = train_cli("--cfg", "all", "local=example", timeout=60)
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)
-    assert cfg["data"]["dir"] == "/path/to/datasets/mnist"
+    assert cfg["data"]["dir"] == "${oc.env:MNIST_DIR,null}"  # each dataset its own variable, no global data.dir
     assert cfg["hydra"]["launcher"]["account"] == "my-account"
     assert cfg["hydra"]["launcher"]["_target_"].endswith("SlurmLauncher")
     ignored = subprocess.run(["git", "check-ignore", "-q", "configs/local/default.yaml"], cwd=REPO)

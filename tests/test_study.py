@@ -143,6 +143,57 @@ def test_study_end_to_end_tunes_times_and_reports(real_mnist_dir, tmp_path, monk
     assert sorted(p.stat().st_mtime_ns for p in root.rglob("steps.csv")) == before
 
 
+def load_study_script():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("study_script", REPO / "scripts" / "study.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_report_without_runs_is_an_error_and_keeps_the_report(tmp_path, capsys):
+    """--phase report with no final runs under the root: one error line naming the root and how to make
+    runs, exit status 1 (as make_figures.py without runs), and the existing report untouched."""
+    from second_order.suite.study.plan import load_study
+    from second_order.suite.study.report import NoStudyRuns, write_report
+
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE)
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "summary.md").write_text("the committed report\n")
+    script = load_study_script()
+    for root in (tmp_path / "nothing", tmp_path / "tuned_only"):
+        if root.name == "tuned_only":  # tuning happened, no final run: still nothing to report
+            (root / "tune" / "mnist_mlp" / "sgd").mkdir(parents=True)
+            (root / "final" / "mnist_mlp").mkdir(parents=True)
+        argv = ["--study", str(config), "--root", str(root), "--out", str(out), "--phase", "report"]
+        assert script.main(argv) == 1
+        captured = capsys.readouterr()
+        (line,) = captured.err.splitlines()
+        assert line.startswith(f"error: no runs found under {root}; nothing to report"), line
+        assert f"python scripts/study.py --study {config} --root {root}" in line
+        assert "wrote" not in captured.out and "done:" not in captured.out
+        assert sorted(p.name for p in out.iterdir()) == ["summary.md"]
+        assert (out / "summary.md").read_text() == "the committed report\n"
+    fresh = tmp_path / "never_created"
+    with pytest.raises(NoStudyRuns, match="no runs found under"):
+        write_report(load_study(config), tmp_path / "nothing", fresh)
+    assert not fresh.exists()
+
+
+def test_report_without_runs_names_make_study_for_the_default(monkeypatch, tmp_path):
+    script = load_study_script()
+    monkeypatch.setattr(script, "REPO", tmp_path)  # the default root runs/study/cpu below an empty checkout
+    args = script.parse_args(["--phase", "report", "--out", str(tmp_path / "results" / "study")])
+    message = script.no_runs_message(args, tmp_path / "runs" / "study" / "cpu")
+    assert message.startswith("error: no runs found under runs/study/cpu; nothing to report (results/study left")
+    assert "`python scripts/study.py --study cpu` (every phase, i.e. `make study`)" in message
+
+
 def test_bad_study_configs_are_one_line(tmp_path):
     from second_order.suite.study.plan import StudyError, load_study
 

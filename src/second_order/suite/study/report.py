@@ -32,6 +32,14 @@ from second_order.suite.tracking.runs import Run
 TAUS = np.geomspace(1.0, 64.0, 241)  # AlgoPerf draws τ in [1, 4] (marked); the curvature methods need more
 
 
+class NoStudyRuns(FileNotFoundError):
+    """No final run of the study under its root: there is nothing to report (and nothing is written)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        super().__init__(f"no runs found under {root} (final runs go to {root / 'final'}/<workload>/<method>/)")
+
+
 def final_runs(study: Study, root: Path) -> dict[str, dict[str, list[Run]]]:
     """``{workload: {method: runs (seeds)}}`` of the final phase found on disk."""
     found: dict[str, dict[str, list[Run]]] = {}
@@ -163,9 +171,15 @@ def tuning_table(study: Study, root: Path) -> list[list[str]]:
 
 
 def write_report(study: Study, root: Path, out_dir: Path) -> list[Path]:
-    """Every file of the report into ``out_dir``; returns their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Every file of the report into ``out_dir``; returns their paths.
+
+    Raises :class:`NoStudyRuns`, before creating or touching anything in ``out_dir``, when
+    ``root`` holds no final run of the study: an empty report would replace a real one.
+    """
     runs = final_runs(study, root)
+    if not any(runs.values()):
+        raise NoStudyRuns(root)
+    out_dir.mkdir(parents=True, exist_ok=True)
     goal = targets(study, runs)
     ttt = times(study, runs, goal)
     written: list[Path] = []

@@ -2,16 +2,19 @@
 
 The panels read the metric layout of :mod:`~second_order.suite.tracking.wandb_logger`:
 
-* section ``paper figures``: train loss against ``step`` and against ``time_s``
-  (optimizer seconds), test accuracy (``eval/acc``) per ``epoch``;
-* one section per experiment beyond the paper (``beyond_paper``, ``baselines``,
-  ``curvature``) with the diagnostics that experiment is about.
+* section ``paper figures``, always: train loss against ``step`` and against ``time_s``
+  (optimizer seconds), test accuracy (``eval/acc``) per ``epoch``, for every run shown;
+* one section per preset experiment beyond the paper (``beyond_paper``, ``baselines``,
+  ``curvature``: :data:`PRESETS`) with the diagnostics that experiment is about.
 
-The run selector keeps the runs whose W&B group (the run's ``experiment_name``) is one of
-the chosen experiments and groups them by that group, then by ``config.optimizer.name``; the
-panels follow that grouping, so every curve is one method of one experiment drawn as
-the mean over its seeds with a ±1 standard deviation band.  Building the workspace
-and its spec needs no network; only :func:`save_workspace` talks to W&B.
+Which runs: without chosen experiments, every run of the project (any ``experiment_name``:
+``default``, ``fig09_11_gauss_newton``, a study's, ...) and every preset section; with
+chosen experiments (any names), the runs whose W&B group (the run's ``experiment_name``)
+is one of them, and the sections of the presets among them.  The runs are grouped by
+that group, then by ``config.optimizer.name``; the panels follow that grouping, so every
+curve is one method of one experiment drawn as the mean over its seeds with a ±1
+standard deviation band.  Building the workspace and its spec needs no network; only
+:func:`save_workspace` talks to W&B.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ if TYPE_CHECKING:
     import wandb_workspaces.workspaces as ws
 
 PAPER_SECTION = "paper figures"
-EXPERIMENTS = ("paper", "beyond_paper", "baselines", "curvature")
+#: The experiments with their own documented panels (configs/experiment/<name>.yaml); any other
+#: experiment name is shown too, with the paper's figures.
+PRESETS = ("paper", "beyond_paper", "baselines", "curvature")
 GROUP = "Group"  # the run's W&B group: its experiment_name (a run attribute, no config ".value" lookup)
 OPTIMIZER_KEY = "optimizer.name"  # config key; also each run's first tag
-MAX_GROUPS = 50  # curves per panel; W&B's default of 10 would hide methods (the four experiments have 23)
+MAX_GROUPS = 50  # curves per panel; W&B's default of 10 would hide methods (the four presets have 23)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +73,31 @@ EXPERIMENT_CHARTS: dict[str, tuple[Chart, ...]] = {
 }
 
 
-def sections_for(experiments: Sequence[str]) -> list[tuple[str, tuple[Chart, ...]]]:
-    """(section name, charts) in workspace order: the paper's figures, then each chosen new experiment."""
-    unknown = sorted(set(experiments) - set(EXPERIMENTS))
-    if unknown or not experiments:
-        raise ValueError(f"experiments must be a non-empty subset of {EXPERIMENTS}, got {list(experiments)}")
-    return [(PAPER_SECTION, PAPER_FIGURES)] + [(e, EXPERIMENT_CHARTS[e]) for e in EXPERIMENTS[1:] if e in experiments]
+def chosen(experiments: Sequence[str] | None) -> list[str] | None:
+    """The experiment names to show (``None``: every run of the project), checked, duplicates dropped."""
+    if experiments is None:
+        return None
+    if isinstance(experiments, str):
+        experiments = [experiments]
+    names = list(dict.fromkeys(experiments))
+    bad = [e for e in names if not isinstance(e, str) or not e.strip()]
+    if bad or not names:
+        raise ValueError(
+            f"experiments must be experiment names (non-empty strings), or None for every run, got {list(experiments)}"
+        )
+    return names
+
+
+def sections_for(experiments: Sequence[str] | None = None) -> list[tuple[str, tuple[Chart, ...]]]:
+    """(section name, charts) in workspace order: the paper's figures, then each preset shown.
+
+    ``None`` (every run) shows every preset's section; otherwise those of the chosen
+    experiments that are presets (other names get the paper's figures only).
+    """
+    names = chosen(experiments)
+    return [(PAPER_SECTION, PAPER_FIGURES)] + [
+        (e, EXPERIMENT_CHARTS[e]) for e in PRESETS[1:] if names is None or e in names
+    ]
 
 
 def line_plot(chart: Chart) -> wr.LinePlot:
@@ -94,17 +118,18 @@ def line_plot(chart: Chart) -> wr.LinePlot:
 
 
 def build_workspace(
-    entity: str, project: str, experiments: Sequence[str] = EXPERIMENTS, name: str = "second-order"
+    entity: str, project: str, experiments: Sequence[str] | None = None, name: str = "second-order"
 ) -> ws.Workspace:
-    """The workspace for ``entity/project``, showing the runs of ``experiments``."""
+    """The workspace for ``entity/project``: the runs of ``experiments`` (any names), or every run (``None``)."""
     import wandb_workspaces.workspaces as ws
 
+    names = chosen(experiments)
     sections = [
         ws.Section(name=title, panels=[line_plot(c) for c in charts], is_open=True)
-        for title, charts in sections_for(experiments)
+        for title, charts in sections_for(names)
     ]
     runset = ws.RunsetSettings(
-        filters=[ws.Metric(GROUP).isin(list(experiments))],
+        filters=[] if names is None else [ws.Metric(GROUP).isin(names)],
         groupby=[ws.Metric(GROUP), ws.Config(OPTIMIZER_KEY)],
     )
     settings = ws.WorkspaceSettings(x_axis="step", smoothing_type="none", max_runs=MAX_GROUPS)
