@@ -40,6 +40,31 @@ def _table1(out: Path) -> list[dict[str, str]]:
 # ------------------------------------------------------------------ grouping (task 2)
 
 
+def test_experiments_that_repeat_a_seed_are_not_pooled(tmp_path: Path) -> None:
+    """Seeds 0, 1 of SGD from ``paper`` and seed 0 from ``fig01`` would count seed 0 twice:
+    two groups, named by experiment; disjoint seeds from two experiments still pool."""
+    root = tmp_path / "runs"
+
+    def run_of(method: str, seed: int, experiment: str, tag: str = "") -> None:
+        named = {"config": {"experiment_name": experiment}, "summary_extra": {"experiment": experiment}}
+        write_run(root, method, seed, n_steps=60, tag=f"_{experiment}{tag}", **named)
+
+    for method, seed, experiment in [("sgd", 0, "paper"), ("sgd", 1, "paper"), ("sgd", 0, "fig01"),
+                                     ("hessian_free", 0, "paper"), ("hessian_free", 1, "fig01")]:  # fmt: skip
+        run_of(method, seed, experiment)
+    groups = group_runs(load_runs([root]))
+    sgd = [g for g in groups if g.optimizer == "sgd"]
+    assert sorted((g.config["experiment_name"], [r.seed for r in g.runs]) for g in sgd) == [
+        ("fig01", [0]), ("paper", [0, 1]),
+    ]  # fmt: skip
+    assert all("experiment" in g.label for g in sgd) and sgd[0].label != sgd[1].label
+    hf = [g for g in groups if g.optimizer == "hessian_free"]
+    assert [[r.seed for r in g.runs] for g in hf] == [[0, 1]]
+    run_of("sgd", 1, "paper", tag="_copy")  # one experiment's seed twice: nothing tells them apart, a warning
+    with pytest.warns(ReportWarning, match=r"seed\(s\) 1 found more than once"):
+        group_runs(load_runs([root]))
+
+
 def test_runs_group_by_config_not_by_optimizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "runs"
     for seed in (0, 1):

@@ -126,6 +126,8 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
 
     A run without config.yaml (e.g. an old or converted one) joins the group of its
     optimizer when there is exactly one, with a warning; else it forms its own group.
+    Runs of several experiments pool as seeds unless that repeats a seed (then one group
+    per experiment: :func:`_split_repeated_seeds`).
     """
     buckets: dict[tuple, list[Run]] = collections.defaultdict(list)
     configs: dict[tuple, dict[str, Any]] = {}
@@ -145,6 +147,7 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
             warn(f"{run.path}: no config.yaml; counted as a seed of the only {run.optimizer} group")
         buckets[key].append(run)
         configs.setdefault(key, dict(key))
+    _split_repeated_seeds(buckets, configs)
     groups = [Group(configs[key]["optimizer.name"], configs[key], sorted(rs, key=lambda r: (r.seed, str(r.path))))
               for key, rs in buckets.items()]  # fmt: skip
     by_method: dict[str, list[Group]] = collections.defaultdict(list)
@@ -172,6 +175,34 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
             group.id = method + "".join(f"[{k}={fmt_value(v)}]" for k, v in group.varying.items())
         ordered += siblings
     return ordered
+
+
+def _split_repeated_seeds(buckets: dict[tuple, list[Run]], configs: dict[tuple, dict[str, Any]]) -> None:
+    """A configuration whose experiments repeat a seed becomes one group per experiment.
+
+    Runs of one configuration from several experiments pool as seeds (e.g. the paper's SGD
+    in every figure group), but the same seed twice would count twice in the mean ± std;
+    then ``experiment_name`` tells the groups apart (and names them).  A seed repeated
+    within one experiment (the same run in two directories) is only warned about.
+    """
+    for key in list(buckets):
+        rs = buckets[key]
+        seeds = [r.seed for r in rs]
+        experiments = sorted({str(r.experiment) for r in rs})
+        if len(seeds) > len(set(seeds)) and len(experiments) > 1:
+            base = configs.pop(key)
+            del buckets[key]
+            for name in experiments:
+                sub = key + (("experiment_name", name),)
+                buckets[sub] = [r for r in rs if str(r.experiment) == name]
+                configs[sub] = {**base, "experiment_name": name}
+    for rs in buckets.values():
+        seeds = [r.seed for r in rs]
+        twice = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+        if twice:
+            paths = ", ".join(str(r.path) for r in rs if r.seed in twice)
+            warn(f"{rs[0].optimizer} ({rs[0].experiment}): seed(s) {', '.join(map(str, twice))} found more "
+                 f"than once, each counted in the mean ± std: {paths}")  # fmt: skip
 
 
 def variant_style(method: str, index: int, varying: Mapping[str, Any], keys: Sequence[str]) -> MethodStyle:
