@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -135,6 +136,8 @@ def fit(
             step = int(meta["step"])
             clock = Clock(meta["clock"])
         elif place.primary:
+            if settings.resume:
+                logging.getLogger(__name__).warning("%s has no checkpoint: the run starts from step 0", run_dir)
             ckpt.clear(run_dir)  # a fresh start: nothing older may ever be resumed
         place.check_same(step, "the step to start from")
         params, opt_state = place.replicate((params, opt_state))
@@ -195,6 +198,7 @@ def fit(
             ckpt.save(run_dir, params, opt_state, meta)
 
     with contextlib.ExitStack() as stack:
+        stack.callback(bar.close)  # also on an error, so that its message starts a line of its own
         if signals is None:
             signals = stack.enter_context(StopSignals())
         run_chunk.signals = signals
