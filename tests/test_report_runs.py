@@ -46,8 +46,8 @@ def test_experiments_that_repeat_a_seed_are_not_pooled(tmp_path: Path) -> None:
     root = tmp_path / "runs"
 
     def run_of(method: str, seed: int, experiment: str, tag: str = "") -> None:
-        named = {"config": {"experiment_name": experiment}, "summary_extra": {"experiment": experiment}}
-        write_run(root, method, seed, n_steps=60, tag=f"_{experiment}{tag}", **named)
+        write_run(root, method, seed, n_steps=60, config={"experiment_name": experiment},
+                  summary_extra={"experiment": experiment}, tag=f"_{experiment}{tag}")  # fmt: skip
 
     for method, seed, experiment in [("sgd", 0, "paper"), ("sgd", 1, "paper"), ("sgd", 0, "fig01"),
                                      ("hessian_free", 0, "paper"), ("hessian_free", 1, "fig01")]:  # fmt: skip
