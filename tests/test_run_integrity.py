@@ -98,6 +98,29 @@ def test_unusable_checkpoint_names_the_file(tmp_path, damage):
 # --------------------------------------------------------------------------- CSV rows
 
 
+def test_run_files_are_replaced_durably(tmp_path, monkeypatch):
+    """summary.json, text files and a rewound CSV are renamed into place, then their
+    directory is fsynced (the rename itself must survive a power loss)."""
+    synced: list[bool] = []
+    fsync = os.fsync
+
+    def spy(fd):
+        synced.append(os.path.isdir(f"/proc/self/fd/{fd}"))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    for write in (
+        lambda: runs.write_json(tmp_path / runs.SUMMARY_FILE, {"status": "running"}),
+        lambda: runs.write_text(tmp_path / runs.CONFIG_FILE, "seed: 0\n"),
+        lambda: runs.truncate_after_step(tmp_path / runs.STEPS_FILE, 1),
+    ):
+        (tmp_path / runs.STEPS_FILE).write_text("step,epoch,train_loss,time_s\r\n1,0,2.3,0.1\r\n2,0,2.2,0.2\r\n")
+        synced.clear()
+        write()
+        assert synced == [False, True], synced  # the file's data, then its directory
+    assert runs.read_table(tmp_path / runs.STEPS_FILE)["step"].tolist() == [1.0]
+
+
 def test_torn_last_row_is_dropped_by_readers_and_by_resume(tmp_path):
     path = tmp_path / runs.STEPS_FILE
     path.write_text("step,epoch,train_loss,time_s\r\n1,0,2.3,0.1\r\n2,0,2.2,0.2\r\n3,0,2.")

@@ -176,6 +176,18 @@ def _complete_rows(path: Path) -> tuple[list[str], list[list[str]], int]:
     return header, complete, torn + len(body) - len(complete)
 
 
+def replace_durably(tmp: Path, path: Path) -> None:
+    """``os.replace(tmp, path)``, then fsync the directory, so that the rename itself survives a
+    power loss (else a rewound ``steps.csv`` could come back unrewound beside a newer checkpoint)."""
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # a file system or platform that cannot fsync a directory
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def truncate_after_step(path: Path | str, last_step: int) -> None:
     """Keep only complete rows whose ``step`` is at most ``last_step`` (used when resuming)."""
     path = Path(path)
@@ -194,7 +206,7 @@ def truncate_after_step(path: Path | str, last_step: int) -> None:
         w.writerows(kept)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def write_text(path: Path | str, text: str) -> None:
@@ -205,7 +217,7 @@ def write_text(path: Path | str, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def write_json(path: Path | str, data: Mapping[str, Any]) -> None:
@@ -217,7 +229,7 @@ def write_json(path: Path | str, data: Mapping[str, Any]) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def _json_safe(x: Any) -> Any:
