@@ -268,6 +268,7 @@ def test_trajectory_figures_appear_for_runs_that_log_their_columns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Damping (λ, ρ) and trust-region (Δ, ρ, accepted) figures, from any optimizer's logged columns."""
+    from second_order.suite.report import trajectories
     from second_order.suite.report.grouping import group_runs
     from second_order.suite.report.loading import load_runs
     from second_order.suite.report.trajectories import group_trajectory
@@ -284,14 +285,19 @@ def test_trajectory_figures_appear_for_runs_that_log_their_columns(
         write_run(tmp_path / "runs", "hessian_free_lm", seed, n_steps=n,
                   diagnostics={"damping": lam, "rho": np.full(n, 0.9)})  # fmt: skip
     accepted = (np.arange(n) % 4 != 0).astype(float)  # 3 in 4 accepted
+    radius = np.where(np.arange(n) % 2 == 0, 0.5, 0.25)  # Δ halved and doubled in turn
     write_run(tmp_path / "runs", "trust_region_cg", 0, n_steps=n,
-              diagnostics={"radius": np.full(n, 0.5), "rho": np.full(n, 5.0), "accepted": accepted})  # fmt: skip
+              diagnostics={"radius": radius, "rho": np.full(n, 5.0), "accepted": accepted})  # fmt: skip
     assert _load_script().main([str(tmp_path / "runs"), "--out", str(out), "--smooth", "4"]) == 0
     assert (out / "fig13_damping_trajectory.png").stat().st_size > 1000
     assert (out / "fig14_trust_region_trajectory.png").stat().st_size > 1000
     captions = (out / "captions.md").read_text()
     assert "**fig13_damping_trajectory.**" in captions and "(2 seeds)" in captions
     assert "**fig14_trust_region_trajectory.**" in captions and "4-step moving average" in captions
+    assert "(Δ unsmoothed; ρ clipped" in captions and "(λ unsmoothed; ρ clipped" in captions
+    fig = trajectories.plot_trajectory(trajectories.TRAJECTORIES[1], group_runs(load_runs([tmp_path / "runs"])), 4)
+    assert fig is not None
+    np.testing.assert_array_equal(fig.axes[0].lines[0].get_ydata(), radius)  # Δ as logged, not averaged
 
     groups = {g.optimizer: g for g in group_runs(load_runs([tmp_path / "runs"]))}
     steps, mean = group_trajectory(groups["hessian_free_lm"], "damping", 1)  # type: ignore[misc]

@@ -326,3 +326,34 @@ def test_diverged_loss_is_readable_in_markdown_and_exact_in_csv(tmp_path: Path) 
         assert float(rows[method]["std"]) == pytest.approx(s, rel=1e-15)
     newton = next(r for r in table.records if r["method"] == "newton")
     assert rows["newton"]["mean"] == repr(newton["mean"])
+
+
+def test_a_log_loss_axis_averages_log_loss_and_keeps_its_band(tmp_path: Path) -> None:
+    """Two seeds at 1e3 and 1e7: on a log axis the line is their geometric mean 1e5 and the band
+    exp(mean ± std of log L) stays > 0 (the arithmetic mean − std was negative, so no band was drawn);
+    a one-step spike of 1e12 no longer fills its whole moving-average window."""
+    from second_order.suite.report.curves import loss_curve
+
+    root = tmp_path / "runs"
+    for seed, level in ((0, 1e3), (1, 1e7)):
+        write_run(root, "newton", seed, n_steps=100, status="budget")
+        loss = np.full(100, level)
+        if seed == 0:
+            loss[10] = 1e12
+        path = root / f"newton_s{seed}_budget" / STEPS_FILE
+        path.unlink()
+        log = CsvLog(path, ("step", "epoch", "train_loss", "time_s"))
+        log.write_rows(zip(range(1, 101), [0] * 100, loss, 0.01 * np.arange(1, 101)))
+        log.close()
+    runs = load_runs([root])
+    curve = loss_curve(runs, smooth=50, log=True)
+    assert curve is not None and curve.lo is not None and curve.hi is not None
+    np.testing.assert_allclose(curve.y[-1], 1e5, rtol=1e-9)  # steps 51..100: no spike left in the window
+    sd = np.std(np.log([1e3, 1e7]), ddof=1)
+    np.testing.assert_allclose([curve.lo[-1], curve.hi[-1]], [1e5 * np.exp(-sd), 1e5 * np.exp(sd)], rtol=1e-9)
+    spiked = 1e3 * (1e12 / 1e3) ** (1 / 11)  # seed 0 at the spike: the geometric mean of its first 11 steps
+    np.testing.assert_allclose(curve.y[10], np.sqrt(spiked * 1e7), rtol=1e-9)  # (an arithmetic one: 9e10)
+    fig = plot_loss_vs_step(runs, smooth=50)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and "geometric" in ax.get_ylabel()
+    assert ax.collections, "the ±1 std band is drawn"

@@ -83,6 +83,9 @@ def caption(
     if spec.kind == "time":
         for run in mixed_device_runs(groups):
             text += f" Left out: {run.path.name} (trained on {' + '.join(devices(run))}; times not comparable)."
+    if spec.kind != "epoch":
+        text += (" On a log loss axis (chosen whenever a loss grows tenfold) the moving average, the mean and "
+                 "the std are of log L (geometric).")  # fmt: skip
     text += (f" Line: mean over the seeds that reached that point; band: {spread} over seeds (none for a single "
              "seed). o budget end: the run's step/time budget ended; x diverged: last finite value of a "
              "diverged run.")  # fmt: skip

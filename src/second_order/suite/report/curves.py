@@ -6,6 +6,11 @@ by step.  The line is the mean and the band is ± 1 sample std (``band="std"``) 
 the min-max range (``band="minmax"``) over the seeds that have a finite value at that
 step; with one seed there is no band.  On time axes each step sits at its mean
 cumulative optimizer time over seeds.
+
+For a log loss axis (``loss_curve(log=True)``) the smoothing, the mean and the std are
+of ``log L`` (geometric): an arithmetic mean of losses that span orders of magnitude
+follows the worst seed and one spike fills its whole window, and mean − std < 0 has
+no place on a log axis, so the band vanished exactly where seeds disagree most.
 """
 
 from __future__ import annotations
@@ -133,9 +138,15 @@ def _curve(
 
 
 def loss_curve(
-    runs: Sequence[Run], *, axis: str = "step", smooth: int = 50, band: str = "std", style: MethodStyle | None = None
+    runs: Sequence[Run],
+    *,
+    axis: str = "step",
+    smooth: int = 50,
+    band: str = "std",
+    style: MethodStyle | None = None,
+    log: bool = False,
 ) -> Curve | None:
-    """Smoothed train loss of one group's runs against ``"step"`` or ``"time"``."""
+    """Smoothed train loss of one group's runs against ``"step"`` or ``"time"``; ``log``: geometric."""
     if axis not in ("step", "time"):
         raise ValueError(f"axis must be 'step' or 'time', got {axis!r}")
     needed = ("step", "train_loss") + (("time_s",) if axis == "time" else ())
@@ -143,10 +154,21 @@ def loss_curve(
     if not runs:
         return None
     keys = [r.steps["step"] for r in runs]
-    steps, matrix = align(keys, [moving_average(r.steps["train_loss"], smooth) for r in runs])
+    losses = [r.steps["train_loss"] for r in runs]
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            losses = [np.where(loss > 0, np.log(np.where(loss > 0, loss, 1.0)), np.nan) for loss in losses]
+    steps, matrix = align(keys, [moving_average(loss, smooth) for loss in losses])
     x = steps if axis == "step" else mean_cumulative_time(keys, [r.steps["time_s"] for r in runs])
     curve = _curve(runs, x, matrix, band, style)
-    if curve is not None and curve.lo is not None:
+    if curve is None:
+        return None
+    if log:
+        curve.y = np.exp(curve.y)
+        curve.ends = [(ex, math.exp(ey), status) for ex, ey, status in curve.ends]
+        if curve.lo is not None and curve.hi is not None:
+            curve.lo, curve.hi = np.exp(curve.lo), np.exp(curve.hi)
+    elif curve.lo is not None:
         curve.lo = np.maximum(curve.lo, 0.0)  # a loss is >= 0; mean - std may not be
     return curve
 

@@ -84,18 +84,19 @@ def _curves(
     build: Callable[[Sequence[Run], Group], Curve | None],
     *,
     time_axis: bool = False,
+    quiet: bool = False,
 ) -> list[Curve]:
-    """One curve per group of ``methods``, warning about methods without usable runs."""
+    """One curve per group of ``methods``, warning (unless ``quiet``) about methods without usable runs."""
     curves = []
     for method, method_groups in groups_of(groups, methods).items():
-        if not method_groups:
+        if not method_groups and not quiet:
             _missing(f"{method}: no runs; left out of the figure")
         for group in method_groups:
             runs = time_comparable(group) if time_axis else group.runs
             curve = build(runs, group) if runs else None
-            if curve is None:
+            if curve is None and not quiet:
                 _missing(f"{group.label}: no usable data; left out of the figure")
-            else:
+            elif curve is not None:
                 curves.append(curve)
     return curves
 
@@ -211,9 +212,11 @@ def _legend(fig: Figure, ax: Axes, curves: Sequence[Curve], band: str) -> None:
         legend.remove()
 
 
-def loss_label(smooth: int) -> str:
-    """Y-axis label that says how the loss was smoothed."""
-    return f"train loss ({smooth}-step moving avg.)" if smooth > 1 else "train loss (per step, raw)"
+def loss_label(smooth: int, log: bool = False) -> str:
+    """Y-axis label that says how the loss was smoothed (``log``: averaged in log L, i.e. geometric)."""
+    if smooth <= 1:
+        return "train loss (per step, raw)"
+    return f"train loss ({smooth}-step {'geometric ' if log else ''}moving avg.)"
 
 
 @with_paper_style
@@ -232,10 +235,15 @@ def plot_loss(
 
     One line per group of runs (``groups``, default: :func:`.grouping.group_runs` of ``runs``).
     """
+    shown = _groups(runs, groups)
     build = lambda rs, g: loss_curve(rs, axis=axis, smooth=smooth, band=band, style=g.style)  # noqa: E731
-    curves = _curves(_groups(runs, groups), methods, build, time_axis=axis == "time")
-    # A loss that grows by orders of magnitude (undamped Newton) is readable only on a log axis.
+    curves = _curves(shown, methods, build, time_axis=axis == "time")
+    # A loss that grows by orders of magnitude (undamped Newton) is readable only on a log axis,
+    # and there it is averaged in log L (see .curves).
     log_loss = log_loss or any(np.nanmax(c.y) > AUTO_LOG_FACTOR * abs(float(c.y[0])) for c in curves if c.y.size)
+    if log_loss:
+        build = lambda rs, g: loss_curve(rs, axis=axis, smooth=smooth, band=band, style=g.style, log=True)  # noqa: E731
+        curves = _curves(shown, methods, build, time_axis=axis == "time", quiet=True)
     fig = new_figure(height=_height(curves))
     ax = fig.add_subplot()
     if log_loss:
@@ -248,7 +256,7 @@ def plot_loss(
     for curve in curves:
         _mark_ends(ax, curve, ytop)
     ax.set_xlabel("step" if axis == "step" else "wall-clock time (s)" + (", log scale" if log_time else ""))
-    ax.set_ylabel(loss_label(smooth) + (", log scale" if log_loss else ""))
+    ax.set_ylabel(loss_label(smooth, log_loss) + (", log scale" if log_loss else ""))
     if axis == "step":
         ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
     _legend(fig, ax, curves, band)

@@ -45,6 +45,8 @@ class TrajectorySpec:
 
 
 RHO = Panel("rho", "reduction ratio ρ", clip=(-1.0, 2.0))
+#: Step functions of the state (λ, Δ), drawn as logged: a moving average would invent values between levels.
+UNSMOOTHED = ("damping", "radius")
 TRAJECTORIES: tuple[TrajectorySpec, ...] = (
     TrajectorySpec(
         "fig13_damping_trajectory",
@@ -89,7 +91,7 @@ def plot_trajectory(spec: TrajectorySpec, groups: Sequence[Group], window: int =
     axes = fig.subplots(1, len(spec.panels), squeeze=False)[0]
     for ax, panel in zip(axes, spec.panels):
         for group in shown:
-            line = group_trajectory(group, panel.column, 1 if panel.column == "damping" else window)
+            line = group_trajectory(group, panel.column, 1 if panel.column in UNSMOOTHED else window)
             if line is None:
                 continue
             x, y = line
@@ -108,12 +110,18 @@ def plot_trajectory(spec: TrajectorySpec, groups: Sequence[Group], window: int =
     return fig
 
 
+def _unsmoothed(spec: TrajectorySpec) -> str:
+    """``"λ unsmoothed; "`` for the panels of ``spec`` that are drawn as logged."""
+    symbols = [p.label.split()[-1] for p in spec.panels if p.column in UNSMOOTHED]
+    return f"{' and '.join(symbols)} unsmoothed; " if symbols else ""
+
+
 def trajectory_caption(spec: TrajectorySpec, shown: Sequence[Group], window: int) -> str:
     """What the figure shows, for which groups and seeds, and how it is smoothed."""
     names = "; ".join(f"{g.style.label} ({len(g.runs)} seed{'s' if len(g.runs) != 1 else ''})" for g in shown)
     return (
         f"{spec.title}: {spec.what}, against the optimizer step. Each line is the mean over seeds of a trailing "
-        f"{window}-step moving average (λ and Δ unsmoothed; ρ clipped to [−1, 2] for display). Runs: {names}."
+        f"{window}-step moving average ({_unsmoothed(spec)}ρ clipped to [−1, 2] for display). Runs: {names}."
     )
 
 
