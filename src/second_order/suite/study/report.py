@@ -202,7 +202,9 @@ def write_report(study: Study, root: Path, out_dir: Path) -> list[Path]:
         flat = [r for rs in per.values() for r in rs]
         if flat:
             fig = plot_loss_vs_time(flat, log_time=True)
-            fig.suptitle(f"{w}: tuned methods, final runs (mean over seeds)", fontsize=9)
+            # An axes title: constrained layout fits it under the legend that plot_loss put above
+            # (a suptitle overlapped that legend and was clipped at the figure's edges).
+            fig.axes[0].set_title(f"{w}: tuned methods, final runs", fontsize=8)
             written += save_figure(fig, out_dir, f"loss_vs_time_{w}")
     from second_order.suite.study.summary import summary_markdown
 
