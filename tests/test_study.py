@@ -261,3 +261,54 @@ def test_a_validation_split_larger_than_the_training_set_is_a_config_error():
     rc = validate(compose_config(["data.validation_examples=50", "trainer.batch_size=64"]))
     with pytest.raises(ConfigError, match="trainer.batch_size = 64 is invalid: must be at most the 50"):
         check_data(rc, data)
+
+
+def _final_run(where, seed: int, status: str) -> None:
+    """A final run folder with only what the report and the runner read: summary and a validation row."""
+    where.mkdir(parents=True)
+    runs.write_json(where / runs.SUMMARY_FILE, {"optimizer": "sgd", "seed": seed, "status": status})
+    write_evals(where, [(0, 60, 1.0, 0.5, 0.9, 0.5, 0.9)])
+    log = runs.CsvLog(where / runs.STEPS_FILE, runs.STEP_COLUMNS)
+    log.write_rows([(60, 0, 0.5, 1.0)])
+    log.close()
+
+
+def test_the_final_phase_launches_only_the_seeds_not_yet_ended(tmp_path):
+    from second_order.suite.study.plan import load_study
+    from second_order.suite.study.runner import final, final_dir
+
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    study = load_study(config)
+    where = final_dir(tmp_path, study.workloads[0]) / "sgd"
+    _final_run(where / "seed0", 0, "diverged")  # ended for good: never retrained and timed anew
+    _final_run(where / "seed1", 1, "interrupted")
+    launched: list[list[str]] = []
+    final(study, study.workloads[0], "sgd", {}, tmp_path, run=launched.append)
+    (args,) = launched
+    assert "seed=1,2" in args
+
+
+def test_the_report_scores_only_the_studys_seeds_that_ended(tmp_path):
+    from second_order.suite.report.loading import ReportWarning
+    from second_order.suite.study.plan import load_study
+    from second_order.suite.study.report import final_runs
+    from second_order.suite.study.runner import final_dir
+
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE)
+    study = load_study(config)
+    where = final_dir(tmp_path, study.workloads[0]) / "sgd"
+    _final_run(where / "seed0", 0, "completed")
+    _final_run(where / "seed1", 1, "diverged")
+    _final_run(where / "seed7", 7, "completed")  # not one of the study's seeds (0, 1)
+    _final_run(where / "old" / "seed0", 0, "completed")  # a stale copy elsewhere in the folder
+    with pytest.warns(ReportWarning) as caught:
+        found = final_runs(study, tmp_path)
+    assert sorted(str(w.message).split(":")[0] for w in caught) == [str(where / "old" / "seed0"), str(where / "seed7")]
+    assert [r.path for r in found["mnist_mlp"]["sgd"]] == [where / "seed0", where / "seed1"]
+    (where / "seed1" / runs.SUMMARY_FILE).write_text('{"optimizer": "sgd", "seed": 1, "status": "failed"}')
+    with pytest.warns(ReportWarning) as caught:
+        assert [r.seed for r in final_runs(study, tmp_path)["mnist_mlp"]["sgd"]] == [0]
+    assert sum("not scored" in str(w.message) for w in caught) == 3
+    assert any("seed1: not scored (status failed" in str(w.message) for w in caught)

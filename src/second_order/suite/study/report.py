@@ -21,7 +21,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from second_order.suite.report.figures import plot_loss_vs_time
-from second_order.suite.report.loading import load_runs
+from second_order.suite.report.loading import load_runs, warn
+from second_order.suite.report.runinfo import run_status
 from second_order.suite.report.style import method_style, new_figure, save_figure, with_paper_style
 from second_order.suite.study.plan import Study, search_space
 from second_order.suite.study.profiles import performance_profile
@@ -40,16 +41,30 @@ class NoStudyRuns(FileNotFoundError):
         super().__init__(f"no runs found under {root} (final runs go to {root / 'final'}/<workload>/<method>/)")
 
 
+#: The statuses of a final run that ended for good (the runner's ``finished``): only these are scored.
+ENDED = ("completed", "budget", "diverged")
+
+
 def final_runs(study: Study, root: Path) -> dict[str, dict[str, list[Run]]]:
-    """``{workload: {method: runs (seeds)}}`` of the final phase found on disk."""
+    """``{workload: {method: runs (seeds)}}`` of the final phase found on disk.
+
+    Only ``final/<workload>/<method>/seed<s>`` for the study's seeds, and only runs that
+    ended (:data:`ENDED`); a failed, running or interrupted seed, a seed the study does not
+    list and anything else in the folder are left out, with a warning.
+    """
     found: dict[str, dict[str, list[Run]]] = {}
+    seeds = [int(s) for s in study.final["seeds"]]
     for workload in study.workloads:
         found[workload.name] = {}
         for method in study.methods:
             where = final_dir(root, workload) / method
             runs = load_runs([where]) if where.exists() else []
-            if runs:
-                found[workload.name][method] = sorted(runs, key=lambda r: r.seed)
+            kept = [r for r in runs if r.path == where / f"seed{r.seed}" and r.seed in seeds and run_status(r) in ENDED]
+            for r in runs:
+                if r not in kept:
+                    warn(f"{r.path}: not scored (status {run_status(r)}, seed {r.seed}; the study's seeds: {seeds})")
+            if kept:
+                found[workload.name][method] = sorted(kept, key=lambda r: r.seed)
     return found
 
 

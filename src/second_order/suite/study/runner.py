@@ -78,11 +78,16 @@ def best_parameters(where: Path) -> dict[str, Any]:
 def final(
     study: Study, workload: Workload, method: str, params: dict[str, Any], root: Path, run: Runner = train_multirun
 ) -> None:
-    """The timed runs: every seed, one at a time, with the tuned parameters (skipped when all have ended)."""
+    """The timed runs: every seed not yet ended, one at a time, with the tuned parameters.
+
+    Seeds that ended for good are not launched again (a diverged seed would otherwise be
+    retrained from its last checkpoint and timed anew).
+    """
     where = final_dir(root, workload) / method
-    if all(finished(where / f"seed{int(s)}") for s in study.final["seeds"]):
+    pending = [int(s) for s in study.final["seeds"] if not finished(where / f"seed{int(s)}")]
+    if not pending:
         return
-    seeds = ",".join(str(int(s)) for s in study.final["seeds"])
+    seeds = ",".join(map(str, pending))
     run(
         [
             f"optimizer={method}",
