@@ -205,6 +205,12 @@ def test_bad_study_configs_are_one_line(tmp_path):
         "workloads: {w: {overrides: []}}\nvalidation_examples: 0\ntuning: {trials: 1}\nfinal: {seeds: [0]}":
             "validation_examples must be >= 1",
         "workloads: {}\n": "workloads is empty",
+        "workloads: {w: {overrides: []}}\nvalidation_examples: 1\ntuning: {trials: 1}\nfinal: {seeds: [0, 0]}":
+            "repeats a seed",
+        "workloads: {w: {overrides: []}}\nvalidation_examples: 1\ntuning: {trials: 1, seed: 2}\n"
+        "final: {seeds: [1, 2]}": "would replay the trial it was selected on",
+        "workloads: {w: {overrides: []}}\nvalidation_examples: 1\ntuning: {trials: 1}\nfinal: {seeds: [0]}\n"
+        "target_baselines: [adamw]": "target_baselines ['adamw'] are not among the study's methods",
     }  # fmt: skip
     for text, message in cases.items():
         path = tmp_path / "bad.yaml"
@@ -312,3 +318,42 @@ def test_the_report_scores_only_the_studys_seeds_that_ended(tmp_path):
         assert [r.seed for r in final_runs(study, tmp_path)["mnist_mlp"]["sgd"]] == [0]
     assert sum("not scored" in str(w.message) for w in caught) == 3
     assert any("seed1: not scored (status failed" in str(w.message) for w in caught)
+
+
+def test_a_failed_method_is_left_out_and_the_study_goes_on(tmp_path, capsys):
+    """Every trial of one method refused (its multirun exits 1): named in failed.yaml, the summary and
+    stderr, and the other methods still run; a signal (exit 130) stops the study."""
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    from second_order.suite.study.plan import TUNING_SEED, load_study
+    from second_order.suite.study.report import _failed_section
+    from second_order.suite.study.runner import run_study
+
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE)
+    study = load_study(config)
+    launched: list[list[str]] = []
+
+    def runner(args):
+        launched.append(list(args))
+        if "optimizer=hessian_free" in args:
+            raise subprocess.CalledProcessError(1, ["train.py"])
+        (where,) = (Path(a.split("=", 1)[1]) for a in args if a.startswith("hydra.sweep.dir="))
+        where.mkdir(parents=True)
+        (where / "optimization_results.yaml").write_text("best_params: {optimizer.learning_rate: 0.1}\n")
+
+    run_study(study, tmp_path, phases=("tune",), run=runner)
+    assert [a[0] for a in launched] == ["optimizer=sgd", "optimizer=hessian_free"]
+    assert all(f"seed={TUNING_SEED}" in a for a in launched)  # tuning never uses a final seed
+    assert yaml.safe_load((tmp_path / "failed.yaml").read_text()) == {"mnist_mlp": {"hessian_free": "exit status 1"}}
+    assert "hessian_free on mnist_mlp failed (exit status 1); left out" in capsys.readouterr().err
+    assert "- hessian_free on mnist_mlp: exit status 1" in _failed_section(tmp_path)
+
+    def interrupted(args):
+        raise subprocess.CalledProcessError(130, ["train.py"])
+
+    with pytest.raises(subprocess.CalledProcessError):
+        run_study(study, tmp_path / "again", phases=("tune",), run=interrupted)

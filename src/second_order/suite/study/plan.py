@@ -85,6 +85,18 @@ def load_study(path: Path, config_dir: Path = CONFIGS) -> Study:
             f"{path}: final.launcher = {final['launcher']!r}: the timed final runs must run one at a time "
             f"(launcher {SERIAL_LAUNCHER}); parallel jobs on one machine distort their time"
         )
+    seeds = [int(x) for x in final["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"{path}: final.seeds = {final['seeds']} repeats a seed; list each once")
+    if int(tuning.get("seed", TUNING_SEED)) in seeds:
+        raise StudyError(
+            f"{path}: tuning.seed = {tuning.get('seed', TUNING_SEED)} is one of final.seeds {seeds}: a final run "
+            "would replay the trial it was selected on; choose a tuning seed outside them"
+        )
+    baselines = tuple(raw.get("target_baselines") or ("sgd",))
+    missing = [b for b in baselines if b not in chosen or b in excluded]
+    if missing:
+        raise StudyError(f"{path}: target_baselines {missing} are not among the study's methods; the target needs them")
     metric = str(raw.get("target_metric", "val_acc"))
     if metric not in ("val_acc", "val_loss"):
         raise StudyError(f"{path}: target_metric = {metric!r}: choose val_acc or val_loss")
@@ -96,7 +108,7 @@ def load_study(path: Path, config_dir: Path = CONFIGS) -> Study:
         excluded=excluded,
         workloads=workloads,
         target_metric=metric,
-        target_baselines=tuple(raw.get("target_baselines") or ("sgd",)),
+        target_baselines=baselines,
         validation_examples=int(raw["validation_examples"]),
         batch_size=int(raw.get("batch_size", 64)),
         tuning=tuning,
@@ -135,6 +147,11 @@ def sweeper_overrides(space: Mapping[str, tuple], tuning: Mapping[str, Any]) -> 
     # A sweep override on the command line is the sweeper's search space (hydra-optuna-sweeper syntax).
     out += [f"{key}=tag(log, interval({lo:.6g}, {hi:.6g}))" for key, (lo, hi) in space.items()]
     return out
+
+
+#: The seed of every tuning trial (``tuning.seed``): outside ``final.seeds``, so that no final run
+#: replays, for its first epochs, the very trial its parameters were selected on.
+TUNING_SEED = 1000
 
 
 def common_overrides(study: Study, workload: Workload, phase: Mapping[str, Any]) -> list[str]:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import yaml
 from matplotlib.figure import Figure
 
 from second_order.suite.report.figures import plot_loss_vs_time
@@ -26,7 +27,7 @@ from second_order.suite.report.runinfo import run_status
 from second_order.suite.report.style import method_style, new_figure, save_figure, with_paper_style
 from second_order.suite.study.plan import Study, search_space
 from second_order.suite.study.profiles import performance_profile
-from second_order.suite.study.runner import TUNING_RESULTS, best_parameters, final_dir, tune_dir
+from second_order.suite.study.runner import FAILED_FILE, TUNING_RESULTS, best_parameters, final_dir, tune_dir
 from second_order.suite.study.targets import TimeToTarget, median_and_spread, target_from_baselines, time_to_target
 from second_order.suite.tracking.runs import Run
 
@@ -185,6 +186,14 @@ def tuning_table(study: Study, root: Path) -> list[list[str]]:
     return rows
 
 
+def _failed_section(root: Path) -> str:
+    """The (workload, method) pairs the runner left out (``failed.yaml``), as a summary section."""
+    path = root / FAILED_FILE
+    failed = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    lines = [f"- {m} on {w}: {why}" for w, per in sorted(failed.items()) for m, why in sorted(per.items())]
+    return "\n## Left out (their tuning or final runs failed)\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def write_report(study: Study, root: Path, out_dir: Path) -> list[Path]:
     """Every file of the report into ``out_dir``; returns their paths.
 
@@ -223,5 +232,5 @@ def write_report(study: Study, root: Path, out_dir: Path) -> list[Path]:
             written += save_figure(fig, out_dir, f"loss_vs_time_{w}")
     from second_order.suite.study.summary import summary_markdown
 
-    text("summary.md", summary_markdown(study, runs, ttt, goal))
+    text("summary.md", summary_markdown(study, runs, ttt, goal) + _failed_section(root))
     return written

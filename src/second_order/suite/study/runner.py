@@ -25,11 +25,20 @@ from typing import Any
 
 import yaml
 
-from second_order.suite.study.plan import REPO, SERIAL_LAUNCHER, Study, Workload, common_overrides, search_space
+from second_order.suite.study.plan import (
+    REPO,
+    SERIAL_LAUNCHER,
+    TUNING_SEED,
+    Study,
+    Workload,
+    common_overrides,
+    search_space,
+)
 from second_order.suite.study.plan import sweeper_overrides as optuna_overrides
 from second_order.suite.tracking import runs
 
 TUNING_RESULTS = "optimization_results.yaml"  # written by hydra-optuna-sweeper into the sweep directory
+FAILED_FILE = "failed.yaml"  # {workload: {method: why}}: the pairs whose tuning or final runs failed
 Runner = Callable[[Sequence[str]], None]
 
 
@@ -59,6 +68,7 @@ def tune(study: Study, workload: Workload, method: str, root: Path, run: Runner 
             [
                 f"optimizer={method}",
                 *common_overrides(study, workload, study.tuning),
+                f"seed={int(study.tuning.get('seed', TUNING_SEED))}",  # never a final seed (see TUNING_SEED)
                 f"experiment_name=study_{study.name}_tune",
                 "trainer.resume=true",  # an interrupted tuning redoes the same trials (seeded sampler)
                 *optuna_overrides(space, study.tuning),
@@ -112,19 +122,35 @@ def finished(run_dir: Path) -> bool:
 def run_study(
     study: Study, root: Path, phases: Sequence[str] = ("tune", "final"), run: Runner = train_multirun
 ) -> dict:
-    """Every phase for every workload and method; returns ``{workload: {method: best parameters}}``."""
+    """Every phase for every workload and method; returns ``{workload: {method: best parameters}}``.
+
+    A (workload, method) whose multirun fails (e.g. every trial refused: exact Newton on a
+    model too large for it) is left out, named in ``<root>/failed.yaml`` and on stderr, and
+    the study goes on; one stopped by a signal stops the study (each phase resumes).
+    """
     best: dict[str, dict[str, dict[str, Any]]] = {}
+    failed: dict[str, dict[str, str]] = {}
     for workload in study.workloads:
         best[workload.name] = {}
         for method in study.methods:
-            if "tune" in phases:
-                params = tune(study, workload, method, root, run)
-            else:  # the parameters an earlier tuning found, if any
-                where = tune_dir(root, workload, method)
-                params = best_parameters(where) if (where / TUNING_RESULTS).exists() else {}
-            best[workload.name][method] = params
-            if "final" in phases:
-                final(study, workload, method, params, root, run)
+            try:
+                if "tune" in phases:
+                    params = tune(study, workload, method, root, run)
+                else:  # the parameters an earlier tuning found, if any
+                    where = tune_dir(root, workload, method)
+                    params = best_parameters(where) if (where / TUNING_RESULTS).exists() else {}
+                best[workload.name][method] = params
+                if "final" in phases:
+                    final(study, workload, method, params, root, run)
+            except subprocess.CalledProcessError as err:
+                if err.returncode < 0 or err.returncode >= 128:
+                    raise  # a signal (Ctrl-C, a pre-emption): stop the study, resumable as it is
+                # e.g. every trial refused (exact Newton on a model too large for it): the others go on
+                failed.setdefault(workload.name, {})[method] = f"exit status {err.returncode}"
+                print(f"study: {method} on {workload.name} failed (exit status {err.returncode}); "
+                      "left out, the study goes on", file=sys.stderr, flush=True)  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     (root / "best_parameters.yaml").write_text(yaml.safe_dump(best, sort_keys=True))
+    if failed:
+        (root / FAILED_FILE).write_text(yaml.safe_dump(failed, sort_keys=True))
     return best
