@@ -120,6 +120,11 @@ def test_study_end_to_end_tunes_times_and_reports(real_mnist_dir, tmp_path, monk
     assert len(trials) == 2 and all(t["objective_metric"] == "val_loss" for t in trials)
     assert tuned["best_value"] == pytest.approx(min(t["objective"] for t in trials))
     assert trials[0]["validation_examples"] == 5000 and trials[0]["train_examples"] == 55000
+    first = yaml.safe_load((root / "tune" / "mnist_mlp" / "hessian_free" / "trial0" / runs.CONFIG_FILE).read_text())
+    defaults = yaml.safe_load((REPO / "configs" / "optimizer" / "hessian_free.yaml").read_text())
+    for key in ("learning_rate", "damping"):  # trial 0 tries the configured values (the ranges' centres)
+        assert first["optimizer"][key] == pytest.approx(defaults[key], rel=1e-5), key
+    assert first["seed"] == 1000  # the tuning seed, never a final one
     assert not (root / "tune" / "mnist_mlp" / "adam").exists()  # excluded
 
     # Final runs: both seeds, validation every 20 steps, the tuned parameters.
@@ -357,3 +362,28 @@ def test_a_failed_method_is_left_out_and_the_study_goes_on(tmp_path, capsys):
 
     with pytest.raises(subprocess.CalledProcessError):
         run_study(study, tmp_path / "again", phases=("tune",), run=interrupted)
+
+
+def test_tuning_tries_the_configured_values_first_then_tpe():
+    """Trial 0 of every study search sits at each range's centre (the optimizer config's value);
+    the later trials are TPE's, seeded, so a rerun suggests the same points."""
+    import optuna
+
+    from second_order.suite.study.plan import sweeper_overrides
+    from second_order.suite.study.sampler import CentreFirstSampler, centre
+
+    assert "hydra.sweeper.sampler._target_=second_order.suite.study.sampler.CentreFirstSampler" in sweeper_overrides(
+        {}, {"trials": 4}
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def points(seed):
+        study = optuna.create_study(sampler=CentreFirstSampler(seed=seed, n_startup_trials=10))
+        study.optimize(lambda t: (t.suggest_float("lr", 0.01, 1.0, log=True) - 0.3) ** 2
+                       + t.suggest_float("m", 0.0, 1.0) + t.suggest_int("k", 1, 9), n_trials=4)  # fmt: skip
+        return [(t.params["lr"], t.params["m"], t.params["k"]) for t in study.trials]
+
+    first, *rest = points(0)
+    assert first[0] == pytest.approx(0.1) and first[1] == 0.5 and first[2] == 5
+    assert points(0)[1:] == rest and len(set(rest)) == 3  # seeded, and not the centre again
+    assert centre(optuna.distributions.CategoricalDistribution(["a", "b"])) == "a"

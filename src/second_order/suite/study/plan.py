@@ -134,11 +134,14 @@ def search_space(method: str, keys: Sequence[str], spread: float, config_dir: Pa
 
 
 def sweeper_overrides(space: Mapping[str, tuple], tuning: Mapping[str, Any]) -> list[str]:
-    """Hydra overrides that make a multirun an Optuna search (hydra-optuna-sweeper, TPE, in-memory storage)."""
+    """Hydra overrides that make a multirun an Optuna search (hydra-optuna-sweeper, in-memory storage):
+    the configured values first, then TPE (:class:`.sampler.CentreFirstSampler`)."""
     out = [
         "hydra/sweeper=optuna",
         "hydra/sweeper/sampler=tpe",
         f"hydra.sweeper.sampler.seed={int(tuning.get('sampler_seed', 0))}",
+        # trial 0 at the configured values (the centre of each range), then TPE (see .sampler)
+        "hydra.sweeper.sampler._target_=second_order.suite.study.sampler.CentreFirstSampler",
         "hydra.sweeper.direction=minimize",
         f"hydra.sweeper.n_trials={int(tuning['trials'])}",
         f"hydra.sweeper.n_jobs={int(tuning.get('n_jobs', 1))}",
