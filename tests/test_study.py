@@ -387,3 +387,22 @@ def test_tuning_tries_the_configured_values_first_then_tpe():
     assert first[0] == pytest.approx(0.1) and first[1] == 0.5 and first[2] == 5
     assert points(0)[1:] == rest and len(set(rest)) == 3  # seeded, and not the centre again
     assert centre(optuna.distributions.CategoricalDistribution(["a", "b"])) == "a"
+
+
+def test_a_diverged_baseline_seed_counts_as_worst_and_no_target_is_a_warning(tmp_path):
+    from second_order.suite.report.loading import ReportWarning
+    from second_order.suite.study.plan import load_study
+    from second_order.suite.study.report import targets
+
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE)
+    study = load_study(config)
+
+    def run(value):
+        return runs.Run(tmp_path, {}, {"val_acc": value}, {}, {})
+
+    # sgd seeds 0.99, 0.97 and one NaN (diverged): median 0.97, not NaN (which dropped the baseline)
+    goal = targets(study, {"mnist_mlp": {"sgd": [run(0.99), run(0.97), run(float("nan"))]}})
+    assert goal["mnist_mlp"][0] == pytest.approx(0.97)
+    with pytest.warns(ReportWarning, match="mnist_mlp: no target"):
+        assert targets(study, {"mnist_mlp": {"sgd": [run(float("nan"))]}}) == {}

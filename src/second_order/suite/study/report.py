@@ -28,7 +28,13 @@ from second_order.suite.report.style import method_style, new_figure, save_figur
 from second_order.suite.study.plan import Study, search_space
 from second_order.suite.study.profiles import performance_profile
 from second_order.suite.study.runner import FAILED_FILE, TUNING_RESULTS, best_parameters, final_dir, tune_dir
-from second_order.suite.study.targets import TimeToTarget, median_and_spread, target_from_baselines, time_to_target
+from second_order.suite.study.targets import (
+    MAXIMISE,
+    TimeToTarget,
+    median_and_spread,
+    target_from_baselines,
+    time_to_target,
+)
 from second_order.suite.tracking.runs import Run
 
 TAUS = np.geomspace(1.0, 64.0, 241)  # AlgoPerf draws τ in [1, 4] (marked); the curvature methods need more
@@ -81,16 +87,25 @@ def targets(study: Study, runs: Mapping[str, Mapping[str, Sequence[Run]]]) -> di
         if workload.target is not None:
             out[workload.name] = (float(workload.target), "config")
             continue
+        # A seed without a finite result (diverged) counts as the worst, so one NaN cannot void a baseline.
+        worst = -math.inf if MAXIMISE[study.target_metric] else math.inf
         medians = {
-            m: float(np.median([_final(r, study.target_metric) for r in runs[workload.name][m]]))
+            m: float(np.median([_finite_or(_final(r, study.target_metric), worst) for r in runs[workload.name][m]]))
             for m in study.target_baselines
             if runs.get(workload.name, {}).get(m)
         }
-        if medians:
+        if any(math.isfinite(v) for v in medians.values()):
             best = target_from_baselines(list(medians.values()), study.target_metric)
             who = next(m for m, v in medians.items() if v == best)
             out[workload.name] = (best, f"median final {study.target_metric} of tuned {who}")
+        else:
+            warn(f"{workload.name}: no target (no tuned baseline of {list(study.target_baselines)} has a finite "
+                 "median result); the workload is left out of the time-to-target tables and profiles")  # fmt: skip
     return out
+
+
+def _finite_or(value: float, default: float) -> float:
+    return value if math.isfinite(value) else default
 
 
 def times(

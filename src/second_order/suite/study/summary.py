@@ -132,7 +132,8 @@ def summary_markdown(
         "",
         f"Workloads: {', '.join(w.name for w in study.workloads)}. Methods ({len(study.methods)}): "
         f"{', '.join(study.methods)}. Left out: {excluded}.",
-        f"Tuning: {study.tuning['trials']} Optuna (TPE) trials per method and workload, "
+        f"Tuning: {study.tuning['trials']} Optuna trials (the configured values first, then TPE) "
+        "per method and workload, "
         f"{study.tuning.get('epochs', 1)} epoch(s) each, minimising the final validation loss on "
         f"{study.validation_examples} examples held out of the training set. Final runs: the best "
         f"parameters, {study.final.get('epochs')} epoch(s), seeds {seeds}, one at a time; validation "
