@@ -32,6 +32,7 @@ import optax
 from second_order.curvature import tree_cast
 from second_order.suite.config import TrainerConfig
 from second_order.suite.tracking.run_logger import NullLogger, RunLogger
+from second_order.suite.tracking.runs import STEPS_FILE, read_table
 from second_order.suite.training import checkpoint as ckpt
 from second_order.suite.training import schedule
 from second_order.suite.training.clock import Clock
@@ -136,7 +137,8 @@ def fit(
             step = int(meta["step"])
             clock = Clock(meta["clock"])
         elif place.primary:
-            if settings.resume:
+            if settings.resume and read_table(Path(run_dir) / STEPS_FILE).get("step", np.empty(0)).size:
+                # a resume that finds rows but no checkpoint drops them: say so
                 logging.getLogger(__name__).warning("%s has no checkpoint: the run starts from step 0", run_dir)
             ckpt.clear(run_dir)  # a fresh start: nothing older may ever be resumed
         place.check_same(step, "the step to start from")
