@@ -255,7 +255,8 @@ def plot_loss(
     ytop = _limit_loss_axis(ax, curves, log_loss)
     for curve in curves:
         _mark_ends(ax, curve, ytop)
-    ax.set_xlabel("step" if axis == "step" else "wall-clock time (s)" + (", log scale" if log_time else ""))
+    time_label = "optimizer time (s, compilation excluded)" + (", log scale" if log_time else "")
+    ax.set_xlabel("step" if axis == "step" else time_label)
     ax.set_ylabel(loss_label(smooth, log_loss) + (", log scale" if log_loss else ""))
     if axis == "step":
         ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
