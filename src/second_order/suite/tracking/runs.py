@@ -176,16 +176,21 @@ def _complete_rows(path: Path) -> tuple[list[str], list[list[str]], int]:
     return header, complete, torn + len(body) - len(complete)
 
 
+def fsync_dir(path: Path) -> None:
+    """fsync a directory: makes the renames and creations in it durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_durably(tmp: Path, path: Path) -> None:
     """``os.replace(tmp, path)``, then fsync the directory, so that the rename itself survives a
     power loss (else a rewound ``steps.csv`` could come back unrewound beside a newer checkpoint)."""
     os.replace(tmp, path)
     with contextlib.suppress(OSError):  # a file system or platform that cannot fsync a directory
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path.parent)
 
 
 def truncate_after_step(path: Path | str, last_step: int) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 
 from flax import serialization
 
+from second_order.suite.tracking.runs import fsync_dir
+
 DIR = "checkpoint"
 STATE_FILE = "state.msgpack"
 META_FILE = "meta.json"
@@ -76,14 +78,6 @@ def exists(run_dir: Path) -> bool:
     return latest(run_dir) is not None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -104,9 +98,9 @@ def save(run_dir: Path, params: Any, opt_state: Any, meta: dict[str, Any]) -> Pa
     tmp.mkdir()
     _write(tmp / STATE_FILE, serialization.to_bytes({"params": params, "opt_state": opt_state}))
     _write(tmp / META_FILE, json.dumps(meta, indent=2).encode())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in _complete(run_dir)[:-1]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-*"):
