@@ -245,12 +245,12 @@ def fit(
                 break
             if measurer is not None and measurer.due(step, per_epoch) and not agreed_signal(signals, place):
                 measure()  # before the checkpoint, so a resume never measures a step twice
-            if step % per_epoch == 0 and (step // per_epoch) % settings.eval_every == 0:
+            if epoch_eval_due(step, per_epoch, settings):
                 evaluate()
                 save_checkpoint()
                 last_ckpt = time.monotonic()
                 continue
-            if settings.eval_every_steps is not None and schedule.due(step, per_epoch, settings.eval_every_steps):
+            if step_eval_due(step, per_epoch, settings):
                 evaluate()  # within an epoch: no checkpoint (a resume redoes the rows after the last one)
             if time.monotonic() - last_ckpt > settings.checkpoint_every_s:
                 save_checkpoint()
@@ -280,6 +280,16 @@ def fit(
     )
 
 
+def epoch_eval_due(step: int, per_epoch: int, settings: TrainerConfig) -> bool:
+    """Whether ``step`` ends an epoch that is evaluated (every ``eval_every`` epochs; then a checkpoint)."""
+    return step % per_epoch == 0 and (step // per_epoch) % settings.eval_every == 0
+
+
+def step_eval_due(step: int, per_epoch: int, settings: TrainerConfig) -> bool:
+    """Whether ``step`` is one of the within-epoch evaluations of ``eval_every_steps``."""
+    return settings.eval_every_steps is not None and schedule.due(step, per_epoch, settings.eval_every_steps)
+
+
 def _forget_budget_end(
     meta: dict[str, Any],
     step: int,
@@ -297,9 +307,7 @@ def _forget_budget_end(
     if step >= last_step:
         return meta
     out = dict(meta)
-    eval_due = step % per_epoch == 0 and (step // per_epoch) % settings.eval_every == 0
-    if settings.eval_every_steps is not None:
-        eval_due = eval_due or schedule.due(step, per_epoch, settings.eval_every_steps)
+    eval_due = epoch_eval_due(step, per_epoch, settings) or step_eval_due(step, per_epoch, settings)
     if not eval_due and out.get("last_eval", {}).get("step") == step:
         out["last_eval"] = {}
     if probe is not None and not schedule.due(step, per_epoch, probe[1]) and out.get("measured_step") == step:
