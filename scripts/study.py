@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root or REPO / "runs" / "study" / study.name
     start = time.time()
     if "tune" in phases or "final" in phases:
-        run_study(study, root, phases, run=lambda a: train_multirun([*a, *args.overrides]))
+        try:
+            run_study(study, root, phases, run=lambda a: train_multirun([*a, *args.overrides]))
+        except StudyError as err:  # e.g. finished runs made with other settings (runner.check_plan)
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if "report" in phases:
         try:
             written = write_report(study, root, args.out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +77,32 @@ def test_a_workload_nobody_solves_counts_against_everyone():
     np.testing.assert_allclose(profile["b"], [0.0, 0.5])
 
 
+def test_a_best_time_of_zero_is_a_tie_not_infinity():
+    """The target met at the first evaluation (t = 0): 0/0 ties at ratio 1, t/0 is unbounded."""
+    ratios = performance_ratios({"a": {"w1": 0.0, "w2": 2.0}, "b": {"w1": 0.0, "w2": 1.0}, "c": {"w1": 3.0}})
+    assert ratios["a"] == {"w1": 1.0, "w2": 2.0} and ratios["b"] == {"w1": 1.0, "w2": 1.0}
+    assert ratios["c"] == {"w1": math.inf, "w2": math.inf}
+
+
+def test_the_metric_figure_draws_the_median_over_seeds_and_the_target():
+    """Two seeds at 0.8/0.9 then 0.95/0.97 accuracy: the line is their median in %, the target dashed."""
+    from second_order.suite.study.plots import plot_metric_vs_time
+    from second_order.suite.tracking.runs import Run
+
+    def run(seed, acc):
+        evals = {"step": np.array([10, 20]), "time_s": np.array([1.0, 2.0]), "val_acc": np.array(acc)}
+        summary = {"optimizer": "sgd", "seed": seed}
+        return Run(path=Path(f"sgd{seed}"), config={}, summary=summary, steps={}, evals=evals)
+
+    fig = plot_metric_vs_time({"sgd": [run(0, [0.8, 0.95]), run(1, [0.9, 0.97])]}, 0.96, "val_acc", "t")
+    ax = fig.axes[0]
+    (line, target) = ax.get_lines()
+    np.testing.assert_allclose(line.get_ydata(), [85.0, 96.0])
+    assert ax.get_xscale() == "log" and target.get_linestyle() == "--"
+    np.testing.assert_allclose(target.get_ydata(), [96.0, 96.0])
+    assert "target: val_acc ≥ 96" in [t.get_text() for t in ax.get_legend().get_texts()][-1]
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -136,7 +163,7 @@ def test_study_end_to_end_tunes_times_and_reports(real_mnist_dir, tmp_path, monk
         assert cfg["optimizer"]["damping"] == pytest.approx(tuned["best_params"]["optimizer.damping"])
 
     for name in ("tuning.md", "time_to_target.md", "time_to_target.csv", "summary.md",
-                 "performance_profile.png", "loss_vs_time_mnist_mlp.png"):  # fmt: skip
+                 "performance_profile.png", "loss_vs_time_mnist_mlp.png", "val_acc_vs_time_mnist_mlp.png"):  # fmt: skip
         assert (out / name).stat().st_size > 100, name
     summary = (out / "summary.md").read_text()
     assert "**Verdict.**" in summary and "median final val_acc of tuned sgd" in summary
@@ -204,18 +231,26 @@ def test_bad_study_configs_are_one_line(tmp_path):
 
     cases = {
         "exclude: {nosuch: x}\nworkloads: {w: {overrides: []}}\nvalidation_examples: 1\n"
-        "tuning: {trials: 1}\nfinal: {seeds: [0]}": "exclude names unknown optimizers ['nosuch']",
-        "workloads: {w: {overrides: []}}\nvalidation_examples: 1\ntuning: {trials: 1}\n"
+        "tuning: {trials: 1, keys: [lr]}\nfinal: {seeds: [0]}": "exclude names unknown optimizers ['nosuch']",
+        "workloads: {w: {}}\nvalidation_examples: 1\ntuning: {trials: 1, keys: [lr]}\n"
         "final: {seeds: [0], launcher: joblib}": "the timed final runs must run one at a time",
-        "workloads: {w: {overrides: []}}\nvalidation_examples: 0\ntuning: {trials: 1}\nfinal: {seeds: [0]}":
+        "workloads: {w: {}}\nvalidation_examples: 0\ntuning: {trials: 1, keys: [lr]}\nfinal: {seeds: [0]}":
             "validation_examples must be >= 1",
         "workloads: {}\n": "workloads is empty",
-        "workloads: {w: {overrides: []}}\nvalidation_examples: 1\ntuning: {trials: 1}\nfinal: {seeds: [0, 0]}":
+        "workloads: {w: {}}\nvalidation_examples: 1\ntuning: {trials: 1, keys: [lr]}\nfinal: {seeds: [0, 0]}":
             "repeats a seed",
-        "workloads: {w: {overrides: []}}\nvalidation_examples: 1\ntuning: {trials: 1, seed: 2}\n"
+        "workloads: {w: {}}\nvalidation_examples: 1\ntuning: {trials: 1, keys: [lr], seed: 2}\n"
         "final: {seeds: [1, 2]}": "would replay the trial it was selected on",
-        "workloads: {w: {overrides: []}}\nvalidation_examples: 1\ntuning: {trials: 1}\nfinal: {seeds: [0]}\n"
+        "workloads: {w: {}}\nvalidation_examples: 1\ntuning: {trials: 1, keys: [lr]}\nfinal: {seeds: [0]}\n"
         "target_baselines: [adamw]": "target_baselines ['adamw'] are not among the study's methods",
+        "workloads: {w: }\n": "workloads.w = None: give its overrides and target",
+        "workloads: {w: {overrides: [], traget: 0.9}}\n": "workloads.w has unknown keys ['traget']",
+        "workloads: {w: {overrides: data=mnist}}\n": "workloads.w.overrides = 'data=mnist': a list",
+        "workloads: {w: {target: high}}\n": "workloads.w.target = 'high': a number, or null",
+        "workloads: {w: {}}\nvalidation_examples: 1\ntuning: {trials: 1}\nfinal: {seeds: [0]}":
+            "tuning.keys = None: list the optimizer keys to tune",
+        "workloads: {w: {}}\nvalidation_examples: 1\ntuning: {trials: 1, keys: [lr], spread: 1}\nfinal: {seeds: [0]}":
+            "tuning.spread = 1: a factor > 1",
     }  # fmt: skip
     for text, message in cases.items():
         path = tmp_path / "bad.yaml"
@@ -300,6 +335,42 @@ def test_the_final_phase_launches_only_the_seeds_not_yet_ended(tmp_path):
     assert "seed=1,2" in args
 
 
+def test_finished_work_made_with_other_settings_is_refused_not_reused(tmp_path):
+    """A final run tuned to lr 0.1, a study now at lr 0.2: the runner names the directory and the
+    change instead of reporting the old runs as the new settings' results (same for a tuning)."""
+    from second_order.suite.study.plan import StudyError, load_study
+    from second_order.suite.study.runner import PLAN_FILE, final, final_dir, tune
+
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE)
+    study = load_study(config)
+    workload = study.workloads[0]
+    launched: list[list[str]] = []
+    final(study, workload, "sgd", {"optimizer.learning_rate": 0.1}, tmp_path, run=launched.append)
+    where = final_dir(tmp_path, workload) / "sgd"
+    for seed in (0, 1):
+        _final_run(where / f"seed{seed}", seed, "completed")
+    final(study, workload, "sgd", {"optimizer.learning_rate": 0.1}, tmp_path, run=launched.append)
+    assert len(launched) == 1  # same settings, every seed ended: nothing to do
+    with pytest.raises(StudyError, match=r"sgd was run with other settings \(then: optimizer.learning_rate=0.1; "
+                                         r"now: optimizer.learning_rate=0.2\); delete"):  # fmt: skip
+        final(study, workload, "sgd", {"optimizer.learning_rate": 0.2}, tmp_path, run=launched.append)
+    assert len(launched) == 1 and (where / PLAN_FILE).exists()
+
+    tuned = tmp_path / "tune" / workload.name / "sgd"
+
+    def sweep(args):  # the Optuna sweep's one output the runner reads
+        launched.append(args)
+        (tuned / "optimization_results.yaml").write_text("best_params: {optimizer.learning_rate: 0.3}\n")
+
+    assert tune(study, workload, "sgd", tmp_path, run=sweep) == {"optimizer.learning_rate": 0.3}
+    assert tune(study, workload, "sgd", tmp_path, run=sweep) == {"optimizer.learning_rate": 0.3}
+    assert len(launched) == 2  # the second call found the finished tuning
+    config.write_text(SMOKE.replace("spread: 4.0", "spread: 2.0"))
+    with pytest.raises(StudyError, match="sgd was tuned with other settings"):
+        tune(load_study(config), workload, "sgd", tmp_path, run=launched.append)
+
+
 def test_the_report_scores_only_the_studys_seeds_that_ended(tmp_path):
     from second_order.suite.report.loading import ReportWarning
     from second_order.suite.study.plan import load_study
@@ -347,7 +418,7 @@ def test_a_failed_method_is_left_out_and_the_study_goes_on(tmp_path, capsys):
         if "optimizer=hessian_free" in args:
             raise subprocess.CalledProcessError(1, ["train.py"])
         (where,) = (Path(a.split("=", 1)[1]) for a in args if a.startswith("hydra.sweep.dir="))
-        where.mkdir(parents=True)
+        where.mkdir(parents=True, exist_ok=True)
         (where / "optimization_results.yaml").write_text("best_params: {optimizer.learning_rate: 0.1}\n")
 
     run_study(study, tmp_path, phases=("tune",), run=runner)

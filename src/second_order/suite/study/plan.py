@@ -70,16 +70,24 @@ def load_study(path: Path, config_dir: Path = CONFIGS) -> Study:
         unknown = sorted(set(names) - set(known))
         if unknown:
             raise StudyError(f"{path}: {key} names unknown optimizers {unknown}; choose from {', '.join(known)}")
-    workloads = tuple(
-        Workload(str(name), tuple(map(str, spec.get("overrides") or ())), spec.get("target"))
-        for name, spec in (raw.get("workloads") or {}).items()
-    )
+    workloads = tuple(_workload(path, str(name), spec) for name, spec in (raw.get("workloads") or {}).items())
     if not workloads:
         raise StudyError(f"{path}: workloads is empty; name at least one (e.g. mnist_mlp: {{overrides: [data=mnist]}})")
     tuning, final = dict(raw.get("tuning") or {}), dict(raw.get("final") or {})
     for key, node in (("tuning.trials", tuning.get("trials")), ("final.seeds", final.get("seeds"))):
         if not node:
             raise StudyError(f"{path}: {key} must be set (e.g. tuning.trials: 4, final.seeds: [0, 1, 2])")
+    keys = tuning.get("keys")
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        raise StudyError(
+            f"{path}: tuning.keys = {keys!r}: list the optimizer keys to tune (e.g. [learning_rate, damping]); "
+            "without them every trial would run the same default"
+        )
+    spread = tuning.get("spread", 10.0)
+    if not isinstance(spread, (int, float)) or isinstance(spread, bool) or not spread > 1:
+        raise StudyError(
+            f"{path}: tuning.spread = {spread!r}: a factor > 1 (each key is tuned in [v / spread, v * spread])"
+        )
     if str(final.get("launcher", SERIAL_LAUNCHER)) != SERIAL_LAUNCHER:
         raise StudyError(
             f"{path}: final.launcher = {final['launcher']!r}: the timed final runs must run one at a time "
@@ -115,6 +123,27 @@ def load_study(path: Path, config_dir: Path = CONFIGS) -> Study:
         final=final,
         families={str(k): tuple(v) for k, v in (raw.get("families") or {}).items()},
     )
+
+
+def _workload(path: Path, name: str, spec: Any) -> Workload:
+    """One ``workloads.<name>`` entry: ``{overrides: [...], target: float | null}``."""
+    if not isinstance(spec, Mapping):
+        raise StudyError(
+            f"{path}: workloads.{name} = {spec!r}: give its overrides and target "
+            f"(e.g. {name}: {{overrides: [data=mnist, model=mlp], target: null}})"
+        )
+    unknown = sorted(set(spec) - {"overrides", "target"})
+    if unknown:
+        raise StudyError(f"{path}: workloads.{name} has unknown keys {unknown}; it takes overrides and target")
+    overrides = spec.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise StudyError(f"{path}: workloads.{name}.overrides = {overrides!r}: a list of Hydra overrides")
+    target = spec.get("target")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
+        raise StudyError(
+            f"{path}: workloads.{name}.target = {target!r}: a number, or null to set it from the baselines"
+        )
+    return Workload(name, tuple(map(str, overrides)), None if target is None else float(target))
 
 
 def optimizer_defaults(method: str, config_dir: Path = CONFIGS) -> dict[str, Any]:

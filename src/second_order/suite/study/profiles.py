@@ -9,7 +9,9 @@ and the profile of method ``m`` is
 the fraction of problems it solves within a factor ``τ`` of the best method.
 ``ρ_m(1)`` is the fraction of problems on which ``m`` is fastest; ``ρ_m(τ → ∞)`` the
 fraction it solves at all.  A problem no method solves counts as unsolved for every
-method.  AlgoPerf draws the same curves for τ from 1 to 4.
+method.  A best time of 0 (the target met at the first evaluation) gives ratio 1 to
+the methods with time 0 and ``inf`` to the others: a ratio of 0/0 is a tie, t/0 is
+unbounded.  AlgoPerf draws the same curves for τ from 1 to 4.
 """
 
 from __future__ import annotations
@@ -27,9 +29,16 @@ def performance_ratios(costs: Mapping[str, Mapping[str, float]]) -> dict[str, di
     for method, per in costs.items():
         ratios[method] = {}
         for p in problems:
-            t = float(per.get(p, np.inf))
-            ratios[method][p] = t / best[p] if np.isfinite(t) and np.isfinite(best[p]) and best[p] > 0 else np.inf
+            ratios[method][p] = _ratio(float(per.get(p, np.inf)), best[p])
     return ratios
+
+
+def _ratio(t: float, best: float) -> float:
+    if not (np.isfinite(t) and np.isfinite(best)):
+        return np.inf
+    if best <= 0:
+        return 1.0 if t <= best else np.inf
+    return t / best
 
 
 def performance_profile(

@@ -8,6 +8,8 @@
 * ``performance_profile.png`` — ρ(τ) for τ in [1, 64], τ = 4 marked (:mod:`.profiles`), with the
   median optimizer seconds to target per workload as the cost;
 * ``loss_vs_time_<workload>.png`` — training loss against optimizer seconds;
+* ``val_acc_vs_time_<workload>.png`` — the target's metric against optimizer seconds, the
+  target drawn (:mod:`.plots`): where a method's line crosses it is its time to target;
 * ``summary.md`` — the headline table and the answer, in numbers.
 """
 
@@ -19,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from matplotlib.figure import Figure
 
 from second_order.suite.report.figures import plot_loss_vs_time
 from second_order.suite.report.loading import load_runs, warn
 from second_order.suite.report.runinfo import run_status
-from second_order.suite.report.style import method_style, new_figure, save_figure, with_paper_style
+from second_order.suite.report.style import save_figure
 from second_order.suite.study.plan import Study, search_space
-from second_order.suite.study.profiles import performance_profile
+from second_order.suite.study.plots import plot_metric_vs_time, plot_profiles
 from second_order.suite.study.runner import FAILED_FILE, TUNING_RESULTS, best_parameters, final_dir, tune_dir
 from second_order.suite.study.targets import (
     MAXIMISE,
@@ -36,8 +37,6 @@ from second_order.suite.study.targets import (
     time_to_target,
 )
 from second_order.suite.tracking.runs import Run
-
-TAUS = np.geomspace(1.0, 64.0, 241)  # AlgoPerf draws τ in [1, 4] (marked); the curvature methods need more
 
 
 class NoStudyRuns(FileNotFoundError):
@@ -161,29 +160,6 @@ def markdown(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]]) + "\n"
 
 
-@with_paper_style
-def plot_profiles(costs_by_kind: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Figure:
-    """ρ_m(τ) per method, one panel per cost (compilation excluded / included)."""
-    fig = new_figure(width=7.0, height=3.4)
-    axes = fig.subplots(1, len(costs_by_kind), sharey=True, squeeze=False)[0]
-    for ax, (title, cost) in zip(axes, costs_by_kind.items()):
-        profile = performance_profile(cost, TAUS)
-        for method in sorted(profile, key=lambda m: (-profile[m][-1], -profile[m][0], m)):
-            st = method_style(method)
-            ax.step(TAUS, profile[method], where="post", color=st.color, linestyle=st.linestyle, label=st.label)
-        ax.axvline(4.0, color="0.5", linewidth=0.6, linestyle=":")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
-        ax.set_title(title, fontsize=9)
-        ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("fraction of workloads solved within τ")
-    fig.supxlabel("τ = time to target / the best method's (dotted: τ = 4, AlgoPerf's range)", fontsize=8)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", fontsize=7)
-    fig.suptitle("Performance profiles (Dolan & Moré 2002)")
-    return fig
-
-
 def tuning_table(study: Study, root: Path) -> list[list[str]]:
     rows = [["workload", "method", "tuned key", "search range", "default", "best"]]
     for workload in study.workloads:
@@ -245,6 +221,10 @@ def write_report(study: Study, root: Path, out_dir: Path) -> list[Path]:
             # (a suptitle overlapped that legend and was clipped at the figure's edges).
             fig.axes[0].set_title(f"{w}: tuned methods, final runs", fontsize=8)
             written += save_figure(fig, out_dir, f"loss_vs_time_{w}")
+            target = goal[w][0] if w in goal else None
+            title = f"{w}: tuned methods, final runs ({study.target_metric}, the metric the target is set on)"
+            fig = plot_metric_vs_time(per, target, study.target_metric, title)
+            written += save_figure(fig, out_dir, f"{study.target_metric}_vs_time_{w}")
     from second_order.suite.study.summary import summary_markdown
 
     text("summary.md", summary_markdown(study, runs, ttt, goal) + _failed_section(root))

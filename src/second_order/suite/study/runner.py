@@ -13,6 +13,14 @@ Phases (each resumable: finished work is found on disk and skipped):
    ``final.eval_every_steps`` steps, into ``<root>/final/<workload>/<method>/seed<k>``;
    always one job at a time (Hydra's basic launcher), since parallel jobs on one
    machine distort the time axis.
+
+Finished work is reused only if it was made with the same settings: each tuning and
+each method's final directory keeps the overrides it was launched with
+(``study_plan.yaml``: every override but the sweep directory and the final seed list;
+the extra overrides given on ``scripts/study.py``'s command line are not compared).  A
+directory whose plan differs from the current study config is refused
+(:class:`.plan.StudyError`, naming the directory and the differences) instead of being
+silently reported as the result of the new settings.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from second_order.suite.study.plan import (
     SERIAL_LAUNCHER,
     TUNING_SEED,
     Study,
+    StudyError,
     Workload,
     common_overrides,
     search_space,
@@ -39,6 +48,7 @@ from second_order.suite.tracking import runs
 
 TUNING_RESULTS = "optimization_results.yaml"  # written by hydra-optuna-sweeper into the sweep directory
 FAILED_FILE = "failed.yaml"  # {workload: {method: why}}: the pairs whose tuning or final runs failed
+PLAN_FILE = "study_plan.yaml"  # {overrides: [...]}: what a tuning or a method's final runs were launched with
 Runner = Callable[[Sequence[str]], None]
 
 
@@ -63,20 +73,37 @@ def tune(study: Study, workload: Workload, method: str, root: Path, run: Runner 
     if not space:
         return {}
     where = tune_dir(root, workload, method)
+    args = [
+        f"optimizer={method}",
+        *common_overrides(study, workload, study.tuning),
+        f"seed={int(study.tuning.get('seed', TUNING_SEED))}",  # never a final seed (see TUNING_SEED)
+        f"experiment_name=study_{study.name}_tune",
+        "trainer.resume=true",  # an interrupted tuning redoes the same trials (seeded sampler)
+        *optuna_overrides(space, study.tuning),
+        "hydra.sweep.subdir=trial${hydra.job.num}",
+    ]
+    check_plan(where, args, "tuned")
     if not (where / TUNING_RESULTS).exists():
-        run(
-            [
-                f"optimizer={method}",
-                *common_overrides(study, workload, study.tuning),
-                f"seed={int(study.tuning.get('seed', TUNING_SEED))}",  # never a final seed (see TUNING_SEED)
-                f"experiment_name=study_{study.name}_tune",
-                "trainer.resume=true",  # an interrupted tuning redoes the same trials (seeded sampler)
-                *optuna_overrides(space, study.tuning),
-                f"hydra.sweep.dir={where}",
-                "hydra.sweep.subdir=trial${hydra.job.num}",
-            ]
-        )
+        run([*args, f"hydra.sweep.dir={where}"])
     return best_parameters(where)
+
+
+def check_plan(where: Path, overrides: Sequence[str], what: str) -> None:
+    """Refuse a directory made with other ``overrides``; record them in a new one (see the module doc)."""
+    path = where / PLAN_FILE
+    if not path.exists():
+        where.mkdir(parents=True, exist_ok=True)
+        runs.write_text(path, yaml.safe_dump({"overrides": list(overrides)}, sort_keys=False))
+        return
+    before = list((yaml.safe_load(path.read_text()) or {}).get("overrides") or [])
+    if before == list(overrides):
+        return
+    then = [o for o in before if o not in overrides] or ["(the same overrides in another order)"]
+    now = [o for o in overrides if o not in before]
+    raise StudyError(
+        f"{where} was {what} with other settings (then: {', '.join(then)}; now: {', '.join(now) or '-'}); "
+        f"delete {where} to redo it with the current study config, or restore the settings it was made with"
+    )
 
 
 def best_parameters(where: Path) -> dict[str, Any]:
@@ -94,24 +121,20 @@ def final(
     retrained from its last checkpoint and timed anew).
     """
     where = final_dir(root, workload) / method
+    args = [
+        f"optimizer={method}",
+        *common_overrides(study, workload, study.final),
+        *(f"{key}={value}" for key, value in sorted(params.items())),
+        f"experiment_name=study_{study.name}",
+        f"trainer.eval_every_steps={int(study.final.get('eval_every_steps', 100))}",
+        "trainer.resume=true",
+        f"hydra/launcher={SERIAL_LAUNCHER}",
+        "hydra.sweep.subdir=seed${seed}",
+    ]
+    check_plan(where, args, "run")
     pending = [int(s) for s in study.final["seeds"] if not finished(where / f"seed{int(s)}")]
-    if not pending:
-        return
-    seeds = ",".join(map(str, pending))
-    run(
-        [
-            f"optimizer={method}",
-            *common_overrides(study, workload, study.final),
-            *(f"{key}={value}" for key, value in sorted(params.items())),
-            f"seed={seeds}",
-            f"experiment_name=study_{study.name}",
-            f"trainer.eval_every_steps={int(study.final.get('eval_every_steps', 100))}",
-            "trainer.resume=true",
-            f"hydra/launcher={SERIAL_LAUNCHER}",
-            f"hydra.sweep.dir={where}",
-            "hydra.sweep.subdir=seed${seed}",
-        ]
-    )
+    if pending:
+        run([*args, f"seed={','.join(map(str, pending))}", f"hydra.sweep.dir={where}"])
 
 
 def finished(run_dir: Path) -> bool:
