@@ -105,6 +105,17 @@ def test_damping_is_bounded_below_by_min_damping():
     assert float(state.damping) == 0.5
 
 
+@pytest.mark.parametrize("name", ["hessian_free", "gauss_newton"])
+def test_a_first_damping_below_min_damping_is_raised_to_it(name):
+    """damping = 0.1 < min_damping = 0.5: the first solve is (A + 0.5 I) d = g, not (A + 0.1 I) d = g."""
+    prob, a = quadratic()
+    steps, _ = run(FNS[name](1.0, 0.1, tol=1e-14, damping_adaptation=LM, min_damping=0.5), prob, 1)
+    params, update, diag = steps[0]
+    assert float(diag["damping"]) == 0.5
+    expected = -np.linalg.solve(a + 0.5 * np.eye(7), flat(jax.grad(prob.value_fn)(params)))
+    np.testing.assert_allclose(update, expected, rtol=1e-9)
+
+
 def log_cosh(z):
     return jnp.logaddexp(z, -z) - jnp.log(2.0)
 

@@ -151,8 +151,8 @@ def cg_transformation(
       parameters as the step would leave them, in their dtype); diagnostic
       ``backtrack_iteration``.  Warm starts use the final iterate (Martens 2010, §4.6).
     * ``damping_adaptation="levenberg_marquardt"``: λ lives in the state
-      (``damping`` is the first step's λ; an injected ``damping`` that changes
-      between steps restarts λ from the new value) and follows
+      (``damping`` is the first step's λ, raised to ``min_damping`` if below it; an
+      injected ``damping`` that changes between steps restarts λ from the new value) and follows
       :mod:`~second_order.optim.levenberg_marquardt` after each step; the step is
       always taken.  Costs ``value_fn`` at ``w`` and at ``w + s`` (the latter shared
       with backtracking) and one curvature product ``C d`` for ``q(s)`` (exact for
@@ -197,7 +197,10 @@ def cg_transformation(
         g = tree_cast(grads, dtype)
         product = make_matvec(tree_cast(params, pdtype), extra_args)
         lam_arg = jnp.asarray(damping, dtype)
-        lam = jnp.where(lam_arg != state.damping_arg, lam_arg, state.damping) if opts.adaptive else lam_arg
+        lam = lam_arg
+        if opts.adaptive:  # λ from the state, restarted by a new injected value; never below min_damping
+            lam = jnp.where(lam_arg != state.damping_arg, lam_arg, state.damping)
+            lam = jnp.maximum(lam, jnp.asarray(opts.min_damping, dtype))
 
         def curvature(v: PyTree) -> PyTree:  # C v
             return tree_cast(product(tree_cast(v, pdtype)), dtype)

@@ -90,8 +90,10 @@ def trust_region(
     ``L(w)``, ``L(w + s)`` and Δ are in ``solve_dtype`` (default float64 when
     ``jax_enable_x64`` is on, else float32); the update has the parameters' dtype.
     ``initial_radius``, ``max_radius``, ``eta`` and ``tol`` may be traced
-    (``optax.inject_hyperparams``); ``krylov_dim`` and ``maxiter`` fix shapes and loop
-    bounds: pass them in ``static_args``.
+    (``optax.inject_hyperparams``); ``initial_radius`` is read by ``init`` only (Δ then
+    lives in the state: a later injected value does not reset it, unlike LM's injected
+    ``damping``); ``krylov_dim`` and ``maxiter`` fix shapes and loop bounds: pass them in
+    ``static_args``.
 
     Diagnostics: ``radius`` (Δ of this step), ``rho``, ``accepted`` (0/1),
     ``boundary`` (0/1, ‖s‖ = Δ), ``negative_curvature`` (0/1: CG met dᵀBd ≤ 0, or a
