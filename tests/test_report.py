@@ -288,6 +288,7 @@ def test_trajectory_figures_appear_for_runs_that_log_their_columns(
     radius = np.where(np.arange(n) % 2 == 0, 0.5, 0.25)  # Δ halved and doubled in turn
     write_run(tmp_path / "runs", "trust_region_cg", 0, n_steps=n,
               diagnostics={"radius": radius, "rho": np.full(n, 5.0), "accepted": accepted})  # fmt: skip
+    write_run(tmp_path / "runs", "kfac", 0, n_steps=n, diagnostics={"damping": np.full(n, 0.3)})  # a fixed λ
     assert _load_script().main([str(tmp_path / "runs"), "--out", str(out), "--smooth", "4"]) == 0
     assert (out / "fig13_damping_trajectory.png").stat().st_size > 1000
     assert (out / "fig14_trust_region_trajectory.png").stat().st_size > 1000
@@ -295,6 +296,9 @@ def test_trajectory_figures_appear_for_runs_that_log_their_columns(
     assert "**fig13_damping_trajectory.**" in captions and "(2 seeds)" in captions
     assert "**fig14_trust_region_trajectory.**" in captions and "4-step moving average" in captions
     assert "(Δ unsmoothed; ρ clipped" in captions and "(λ unsmoothed; ρ clipped" in captions
+    assert "Not drawn (constant λ): K-FAC." in captions and "ρ: the median over seeds" in captions
+    lm_fig = trajectories.plot_trajectory(trajectories.TRAJECTORIES[0], group_runs(load_runs([tmp_path / "runs"])))
+    assert lm_fig is not None and [line.get_label() for line in lm_fig.axes[0].lines] == ["HF Newton + LM"]
     fig = trajectories.plot_trajectory(trajectories.TRAJECTORIES[1], group_runs(load_runs([tmp_path / "runs"])), 4)
     assert fig is not None
     np.testing.assert_array_equal(fig.axes[0].lines[0].get_ydata(), radius)  # Δ as logged, not averaged
@@ -305,6 +309,8 @@ def test_trajectory_figures_appear_for_runs_that_log_their_columns(
     _, rate = group_trajectory(groups["trust_region_cg"], "accepted", 4)  # type: ignore[misc]
     assert rate[-1] == pytest.approx(0.75)
     assert group_trajectory(groups["sgd"], "damping", 4) is None
+    spiky = np.r_[0.9, 0.9, 0.9, -40.0, 0.9, 1.0, 1.0]  # one rejected-looking step
+    np.testing.assert_allclose(trajectories.moving_median(spiky, 3), [0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 1.0])
 
 
 def test_pooling_is_warned_only_when_one_group_mixes_experiments(
@@ -422,3 +428,14 @@ def test_curvature_figures_come_from_measured_runs_only(tmp_path: Path, monkeypa
     assert (alone / "fig21_curvature_along_training.png").exists() and (
         alone / "fig00_overview_loss_vs_time.png"
     ).exists()
+
+
+def test_every_method_has_its_own_colour_and_line_style() -> None:
+    """17 methods share the overview figure: no two may look alike in colour or in greyscale."""
+    from matplotlib.lines import _get_dash_pattern  # type: ignore[attr-defined]
+
+    table = {**style.STYLES, **style.EXTRA_STYLES}
+    colours = [s.color.lower() for s in table.values()]
+    dashes = [repr(_get_dash_pattern(s.linestyle)) for s in table.values()]
+    assert len(set(colours)) == len(table), sorted(c for c in colours if colours.count(c) > 1)
+    assert len(set(dashes)) == len(table), [m for m, d in zip(table, dashes) if dashes.count(d) > 1]

@@ -357,3 +357,56 @@ def test_a_log_loss_axis_averages_log_loss_and_keeps_its_band(tmp_path: Path) ->
     ax = fig.axes[0]
     assert ax.get_yscale() == "log" and "geometric" in ax.get_ylabel()
     assert ax.collections, "the ±1 std band is drawn"
+
+
+def test_end_markers_are_explained_once_in_the_legend(tmp_path: Path) -> None:
+    """Three methods stopped by their budget near one step: one legend entry, no label per method."""
+    from matplotlib.collections import PolyCollection
+
+    from second_order.suite.report.figures import plot_accuracy_vs_epoch
+
+    root = tmp_path / "runs"
+    for method in ("sgd", "hessian_free", "gauss_newton"):
+        write_run(root, method, 0, n_steps=120, per_epoch=50, status="budget")
+    write_run(root, "newton", 0, n_steps=90, per_epoch=50, status="diverged", diverge_at=80)
+    runs = load_runs([root])
+    fig = plot_loss_vs_step(runs, smooth=5)
+    labels = _legend_labels(fig)
+    assert labels.count("budget end") == 1 and labels.count("diverged") == 1 and "interrupted" not in labels
+    assert not [t for t in fig.axes[0].texts if t.get_text()], "no annotation at each end"
+    # one evaluation per seed (a 40-step budget, 50 steps per epoch): an error bar, not an invisible band
+    for seed in range(3):
+        write_run(tmp_path / "one", "newton_damped", seed, n_steps=40, per_epoch=50, status="budget")
+    fig = plot_accuracy_vs_epoch(load_runs([tmp_path / "one"]))
+    ax = fig.axes[0]
+    assert ax.containers and not [c for c in ax.collections if isinstance(c, PolyCollection)]
+    (_, _, (bars,)) = ax.containers[0]
+    (segment,) = bars.get_segments()
+    assert segment[1, 1] > segment[0, 1]  # the bar spans the seeds' spread
+
+
+def test_a_step_axis_turns_logarithmic_for_a_run_that_stops_early(tmp_path: Path) -> None:
+    """20 budget-limited steps beside 600 would be a sliver on a linear axis (fig01's Newton)."""
+    write_run(tmp_path / "a", "sgd", 0, n_steps=600, per_epoch=100)
+    write_run(tmp_path / "a", "newton", 0, n_steps=20, per_epoch=100, status="budget")
+    ax = plot_loss_vs_step(load_runs([tmp_path / "a"]), smooth=5).axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "step, log scale"
+    write_run(tmp_path / "b", "sgd", 0, n_steps=600, per_epoch=100)
+    write_run(tmp_path / "b", "newton", 0, n_steps=300, per_epoch=100, status="budget")
+    assert plot_loss_vs_step(load_runs([tmp_path / "b"]), smooth=5).axes[0].get_xscale() == "linear"
+
+
+def test_the_overview_cuts_its_log_loss_axis_and_marks_an_end_above_it(tmp_path: Path) -> None:
+    """A run that blows up 30x before diverging: fig00's log axis stops at 3x the initial loss,
+    and the diverged end sits on the top edge as ^, explained once in the legend."""
+    from second_order.suite.report.figures import plot_overview
+
+    write_run(tmp_path, "sgd", 0, n_steps=200)
+    write_run(tmp_path, "newton", 0, n_steps=200, status="diverged", diverge_at=100)
+    fig = plot_overview(load_runs([tmp_path]), smooth=1, loss_cap=3.0)
+    ax = fig.axes[0]
+    start = max(float(line.get_ydata()[0]) for line in ax.get_lines() if len(line.get_ydata()) > 1)
+    assert ax.get_yscale() == "log" and ax.get_ylim()[1] == pytest.approx(3.0 * start)
+    ends = [line for line in ax.get_lines() if line.get_marker() == "^"]
+    assert len(ends) == 1 and ends[0].get_ydata()[0] == pytest.approx(3.0 * start)
+    assert "end above the axis" in _legend_labels(fig)

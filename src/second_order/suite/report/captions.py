@@ -83,12 +83,19 @@ def caption(
     if spec.kind == "time":
         for run in mixed_device_runs(groups):
             text += f" Left out: {run.path.name} (trained on {' + '.join(devices(run))}; times not comparable)."
+    if spec.loss_cap is not None:
+        text += (f" Log loss axis cut at {spec.loss_cap:g}x the initial loss: a line above it (a diverging run) "
+                 "leaves the axis, and its end sits on the top edge as ^.")  # fmt: skip
+    if spec.kind == "step":
+        text += (" The step axis is logarithmic when a line ends before 5 % of the longest (a budget-limited "
+                 "run beside full ones).")  # fmt: skip
     if spec.kind != "epoch":
         text += (" On a log loss axis (chosen whenever a loss grows tenfold) the moving average, the mean and "
                  "the std are of log L (geometric).")  # fmt: skip
     text += (f" Line: mean over the seeds that reached that point; band: {spread} over seeds (none for a single "
-             "seed). o budget end: the run's step/time budget ended; x diverged: last finite value of a "
-             "diverged run.")  # fmt: skip
+             "seed; an error bar for a single point). End markers (in the legend): o budget end, the run's "
+             "step/time budget ended; s interrupted; x diverged, last finite value of a diverged run; ^ an end "
+             "above the capped loss axis.")  # fmt: skip
     if spec.slide is not None:
         text += f" Reproduces slide {spec.slide} of the paper."
     return text

@@ -2,8 +2,7 @@
 
 Runs are grouped by :func:`.grouping.group_runs` (optimizer and config); each group
 is one line, aggregated over its seeds as described in :mod:`.curves`.  A run that
-stopped early gets a marker where its loss ends: "o" with "budget end" (step/time
-budget over) or "interrupted", "x" with "diverged" (last finite loss).
+stopped early gets a marker where its loss ends, explained in the legend (:mod:`.ends`).
 
 Warnings (:class:`MissingMethodWarning`, one line each) instead of errors: a figure
 whose methods have no runs is skipped; a method without runs is left out of a figure;
@@ -15,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from matplotlib.ticker import MaxNLocator
 from second_order.suite.report.captions import caption as group_caption
 from second_order.suite.report.curves import (
     BANDS,
-    END_TEXT,
     Curve,
     accuracy_curve,
     aggregate,
@@ -37,6 +35,7 @@ from second_order.suite.report.curves import (
     loss_curve,
     moving_average,
 )
+from second_order.suite.report.ends import end_proxies, mark_ends
 from second_order.suite.report.grouping import Group, group_runs, groups_of
 from second_order.suite.report.loading import ReportWarning
 from second_order.suite.report.runinfo import devices, mixed_devices
@@ -118,7 +117,12 @@ def _draw(ax: Axes, curve: Curve, *, stride: int = 1, markers: bool = False) -> 
             marker=st.marker if markers else None, label=st.label, zorder=3)  # fmt: skip
     if curve.lo is not None and curve.hi is not None:
         lo = np.where(curve.lo > 0, curve.lo, np.nan) if ax.get_yscale() == "log" else curve.lo
-        ax.fill_between(curve.x[idx], lo[idx], curve.hi[idx], color=st.color, alpha=0.18, linewidth=0, zorder=2)
+        if idx.size == 1:  # one point (e.g. a single evaluation): a band needs two, so an error bar
+            y = curve.y[idx]
+            ax.errorbar(curve.x[idx], y, yerr=[y - lo[idx], curve.hi[idx] - y], color=st.color, alpha=0.6,
+                        linestyle="none", capsize=3, zorder=2)  # fmt: skip
+        else:
+            ax.fill_between(curve.x[idx], lo[idx], curve.hi[idx], color=st.color, alpha=0.18, linewidth=0, zorder=2)
 
 
 def _stride(n: int, smooth: int) -> int:
@@ -126,65 +130,37 @@ def _stride(n: int, smooth: int) -> int:
     return max(1, min(math.ceil(n / MAX_POINTS), smooth // 5))
 
 
-def _axes_fraction(ax: Axes, value: float, which: str) -> float:
-    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
-    scale = ax.get_xscale() if which == "x" else ax.get_yscale()
-    if scale == "log":
-        if value <= 0 or lo <= 0:
-            return 0.0
-        value, lo, hi = math.log10(value), math.log10(lo), math.log10(hi)
-    return (value - lo) / (hi - lo) if hi != lo else 0.5
+SHORT_RUN_FRACTION = 0.05  # a step axis turns logarithmic when a curve ends before 5 % of the longest
 
 
-def _mark_ends(ax: Axes, curve: Curve, ytop: float | None) -> None:
-    """Marker at every early end, one annotation per kind of end and method."""
-    st = curve.style
-    assert st is not None, "curves are styled before drawing"
-    annotated: set[str] = set()
-    for x, y, status in sorted(curve.ends):
-        off_scale = ytop is not None and y > ytop
-        if ytop is not None and off_scale:
-            y = ytop
-        cross = status == "diverged"
-        ax.plot([x], [y], linestyle="none", marker="x" if cross else "o", markersize=5, markeredgewidth=1.3,
-                color=st.color, markerfacecolor=st.color if cross else "white", zorder=5, clip_on=False)  # fmt: skip
-        if status in annotated:
-            continue
-        annotated.add(status)
-        right = _axes_fraction(ax, x, "x") > 0.6
-        below = _text_below(ax, curve, x, y)
-        ax.annotate(END_TEXT[status] + (" (off scale)" if off_scale else ""), (x, y),
-                    xytext=(-5 if right else 5, -6 if below else 5), textcoords="offset points",
-                    ha="right" if right else "left", va="top" if below else "bottom",
-                    fontsize=8, color=st.color, zorder=6)  # fmt: skip
-
-
-def _text_below(ax: Axes, curve: Curve, x: float, y: float) -> bool:
-    """Put a label below an end point when the line arrives from above (or at the top)."""
-    frac = _axes_fraction(ax, y, "y")
-    if frac > 0.85 or frac < 0.15:
-        return frac > 0.85
-    i = int(np.searchsorted(curve.x, x))
-    before = curve.y[max(0, i - max(1, curve.x.size // 20))]
-    return bool(before > y)
+def _short_runs_beside_long(curves: Sequence[Curve]) -> bool:
+    """A budget-limited run (100 Newton steps) beside full ones (6,559 steps) would be a sliver at the left."""
+    ends = [float(np.nanmax(c.x)) for c in curves if c.x.size]
+    return len(ends) > 1 and min(ends) > 0 and min(ends) < SHORT_RUN_FRACTION * max(ends)
 
 
 AUTO_LOG_FACTOR = 10.0  # switch a loss figure to a log axis when a curve exceeds this × its start
 
 
-def _limit_loss_axis(ax: Axes, curves: Sequence[Curve], log_loss: bool) -> float | None:
-    """On a linear axis, cap exploding losses at ``CLIP_FACTOR`` x the initial loss.
+def _limit_loss_axis(ax: Axes, curves: Sequence[Curve], log_loss: bool, log_cap: float | None = None) -> float | None:
+    """Cap exploding losses: a linear axis at ``CLIP_FACTOR`` x the initial loss, a log axis
+    at ``log_cap`` x (when given; else a log axis shows everything).
 
     Returns the cap when it was applied (markers above it are drawn on the edge).
     """
-    if log_loss or not curves:
+    factor = log_cap if log_loss else CLIP_FACTOR
+    if factor is None or not curves:
         return None
     start = max(float(c.y[0]) for c in curves)
-    cap = CLIP_FACTOR * start
+    cap = factor * start
     values = np.concatenate([np.r_[c.y, c.lo if c.lo is not None else [], c.hi if c.hi is not None else []]
                              for c in curves])  # fmt: skip
     if not (start > 0 and np.nanmax(values) > cap):
         return None
+    if log_loss:
+        positive = values[values > 0]
+        ax.set_ylim(float(np.nanmin(positive)) / 1.2, cap)
+        return cap
     bottom = float(np.nanmin(values))
     ax.set_ylim(bottom - 0.05 * (cap - bottom), cap)
     return cap
@@ -195,15 +171,19 @@ def _band_proxy(band: str) -> Patch:
     return Patch(facecolor="0.55", alpha=0.35, linewidth=0, label=text)
 
 
-def _legend(fig: Figure, ax: Axes, curves: Sequence[Curve], band: str) -> None:
-    """Legend above the axes (never over a curve), in as many columns (<= 3) as fit."""
+def _legend(fig: Figure, ax: Axes, curves: Sequence[Curve], band: str, ends: Collection[str] = ()) -> None:
+    """Legend above the axes (never over a curve), in as many columns (<= 3) as fit.
+
+    After the methods: the band, and the end markers drawn (``ends``, from :func:`.ends.mark_ends`).
+    """
     if not curves:
         ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center")
         return
     handles, labels = ax.get_legend_handles_labels()
-    if any(c.lo is not None for c in curves):
-        handles.append(_band_proxy(band))
-        labels.append(handles[-1].get_label())
+    extra: list[Any] = [_band_proxy(band)] if any(c.lo is not None for c in curves) else []
+    for handle in extra + end_proxies(set(ends)):
+        handles.append(handle)
+        labels.append(handle.get_label())
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # an Agg canvas (style.new_figure)
     for ncols in range(min(3, len(handles)), 0, -1):
         legend = fig.legend(handles, labels, loc="outside upper center", ncols=ncols, frameon=False)
@@ -230,16 +210,20 @@ def plot_loss(
     band: str = "std",
     log_time: bool = False,
     groups: Sequence[Group] | None = None,
+    loss_cap: float | None = None,
 ) -> Figure:
     """Train loss of ``methods`` (default: all present) against ``"step"`` or ``"time"``.
 
     One line per group of runs (``groups``, default: :func:`.grouping.group_runs` of ``runs``).
+    ``loss_cap``: a log loss axis cut at ``loss_cap`` x the initial loss, so that diverging
+    runs (10^11) do not squash the converging ones into one band at the bottom.
     """
     shown = _groups(runs, groups)
     build = lambda rs, g: loss_curve(rs, axis=axis, smooth=smooth, band=band, style=g.style)  # noqa: E731
     curves = _curves(shown, methods, build, time_axis=axis == "time")
     # A loss that grows by orders of magnitude (undamped Newton) is readable only on a log axis,
     # and there it is averaged in log L (see .curves).
+    log_loss = log_loss or loss_cap is not None
     log_loss = log_loss or any(np.nanmax(c.y) > AUTO_LOG_FACTOR * abs(float(c.y[0])) for c in curves if c.y.size)
     if log_loss:
         build = lambda rs, g: loss_curve(rs, axis=axis, smooth=smooth, band=band, style=g.style, log=True)  # noqa: E731
@@ -248,19 +232,19 @@ def plot_loss(
     ax = fig.add_subplot()
     if log_loss:
         ax.set_yscale("log")
-    if axis == "time" and log_time:
+    log_step = axis == "step" and _short_runs_beside_long(curves)
+    if (axis == "time" and log_time) or log_step:
         ax.set_xscale("log")
     for curve in curves:
         _draw(ax, curve, stride=_stride(curve.x.size, smooth))
-    ytop = _limit_loss_axis(ax, curves, log_loss)
-    for curve in curves:
-        _mark_ends(ax, curve, ytop)
+    ytop = _limit_loss_axis(ax, curves, log_loss, loss_cap)
+    ends = set().union(*(mark_ends(ax, curve, ytop) for curve in curves))
     time_label = "optimizer time (s, compilation excluded)" + (", log scale" if log_time else "")
-    ax.set_xlabel("step" if axis == "step" else time_label)
+    ax.set_xlabel(("step, log scale" if log_step else "step") if axis == "step" else time_label)
     ax.set_ylabel(loss_label(smooth, log_loss) + (", log scale" if log_loss else ""))
-    if axis == "step":
+    if axis == "step" and not log_step:
         ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
-    _legend(fig, ax, curves, band)
+    _legend(fig, ax, curves, band, ends)
     return fig
 
 
@@ -274,9 +258,10 @@ def plot_loss_vs_time(runs: Sequence[Run], methods: Sequence[str] | None = None,
     return plot_loss(runs, methods, axis="time", **kwargs)
 
 
-def plot_overview(runs: Sequence[Run], *, smooth: int = 50, log_loss: bool = False, band: str = "std") -> Figure:
-    """Every optimizer found, loss against time on a log time axis (their speeds differ ~100x)."""
-    return plot_loss(runs, None, axis="time", smooth=smooth, log_loss=log_loss, band=band, log_time=True)
+def plot_overview(runs: Sequence[Run], *, smooth: int = 50, band: str = "std", loss_cap: float = 3.0) -> Figure:
+    """Every optimizer found, loss against time on a log time axis (their speeds differ ~100x),
+    on a log loss axis cut at ``loss_cap`` x the initial loss."""
+    return plot_loss(runs, None, axis="time", smooth=smooth, band=band, log_time=True, loss_cap=loss_cap)
 
 
 @with_paper_style
@@ -295,12 +280,11 @@ def plot_accuracy_vs_epoch(
     ax = fig.add_subplot()
     for curve in curves:
         _draw(ax, curve, markers=True)
-    for curve in curves:
-        _mark_ends(ax, curve, None)
+    ends = set().union(*(mark_ends(ax, curve, None) for curve in curves))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
-    _legend(fig, ax, curves, band)
+    _legend(fig, ax, curves, band, ends)
     return fig
 
 
@@ -321,7 +305,7 @@ def render(
     if spec.kind == "epoch":
         return plot_accuracy_vs_epoch(runs, spec.methods, band=band, groups=groups)
     return plot_loss(runs, spec.methods, axis=spec.kind, smooth=smooth, log_loss=log_loss, band=band,
-                     log_time=spec.log_time, groups=groups)  # fmt: skip
+                     log_time=spec.log_time, groups=groups, loss_cap=spec.loss_cap)  # fmt: skip
 
 
 def caption(

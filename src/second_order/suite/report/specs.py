@@ -22,6 +22,7 @@ class FigureSpec:
     slide: int | None = None
     log_time: bool = False
     requires: tuple[str, ...] = ()  # figures beyond the paper: drawn only when one of these has runs
+    loss_cap: float | None = None  # a log loss axis cut at loss_cap x the initial loss (diverging lines leave it)
 
     @property
     def featured(self) -> tuple[str, ...]:
@@ -46,7 +47,7 @@ _LM = ("hessian_free_lm", "gauss_newton_lm")
 _TR = ("trust_region_cg", "newton_lanczos", "saddle_free_newton")
 
 FIGURES: tuple[FigureSpec, ...] = (
-    FigureSpec("fig00_overview_loss_vs_time", "time", None, None, log_time=True),  # every optimizer found
+    FigureSpec("fig00_overview_loss_vs_time", "time", None, None, log_time=True, loss_cap=3.0),  # every optimizer
     _pair(1, "step", ("newton",)),
     _pair(2, "time", ("newton",)),
     _pair(3, "step", ("newton_damped",)),

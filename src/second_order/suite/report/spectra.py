@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
 
 from second_order.suite.report.grouping import Group
 from second_order.suite.report.style import new_figure, save_figure, with_paper_style
@@ -97,6 +98,10 @@ def plot_curvature_along_training(groups: Sequence[Group]) -> Figure:
                         transform=ax.get_xaxis_transform())  # fmt: skip
         if scale == "symlog":
             ax.set_yscale("symlog", linthresh=LINTHRESH)
+            # ticks at 1 and 3 per decade, printed as numbers: with decades alone (10^0, -10^0)
+            # a λ_min of -3.9 or -0.7 could not be read off the axis
+            ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=LINTHRESH, base=10, subs=(1.0, 3.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.axhline(0.0, color="0.6", linewidth=0.6)
         elif scale == "log":
             ax.set_yscale("log")

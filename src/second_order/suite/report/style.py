@@ -35,7 +35,8 @@ class MethodStyle:
     marker: str
 
 
-# Okabe-Ito colour-blind-safe palette; line styles also differ so greyscale prints work.
+# Okabe-Ito colour-blind-safe palette for the paper's five; every method has its own colour and
+# its own line style (tested in tests/test_report.py), so greyscale prints and similar hues stay apart.
 # Hyper-parameters are not here: captions and labels read them from each run's config.
 STYLES: dict[str, MethodStyle] = {
     "sgd": MethodStyle("SGD", "SGD", "#0072B2", "-", "o"),
@@ -52,9 +53,9 @@ EXTRA_STYLES: dict[str, MethodStyle] = {
         "#000000", (0, (3, 1, 1, 1)), "x"),
     # experiment=beyond_paper: each a darker or new hue beside the paper method it extends
     "hessian_free_lm": MethodStyle("HF Newton + LM", "Hessian-free Newton, Levenberg-Marquardt damping",
-                                   "#00604A", "-", "^"),
+                                   "#00604A", (0, (5, 1, 1, 1, 1, 1)), "^"),
     "gauss_newton_lm": MethodStyle("HF Gauss-Newton + LM", "Hessian-free Gauss-Newton, Levenberg-Marquardt damping",
-                                   "#8E3B73", "-", "v"),
+                                   "#8E3B73", (0, (3, 1, 1, 1, 1, 1)), "v"),
     "trust_region_cg": MethodStyle("TR Newton (Steihaug CG)", "Trust-region Newton, Steihaug-Toint CG",
                                    "#56B4E9", (0, (4, 1, 1, 1)), "P"),
     "newton_lanczos": MethodStyle("TR Newton-Lanczos", "Trust-region Newton-Lanczos (GLTR)",
@@ -64,11 +65,11 @@ EXTRA_STYLES: dict[str, MethodStyle] = {
     "online_parabola": MethodStyle("Online parabola", "SGD with an online parabola model",
                                    "#7F7F7F", (0, (2, 1)), "h"),
     # experiment=baselines: the methods the field compares against
-    "adam": MethodStyle("Adam", "Adam", "#17BECF", "-", "o"),
+    "adam": MethodStyle("Adam", "Adam", "#17BECF", (0, (8, 2, 2, 2)), "o"),
     "sophia": MethodStyle("Sophia", "Sophia (optax.contrib)", "#BCBD22", (0, (5, 2)), "s"),
-    "adahessian": MethodStyle("AdaHessian", "AdaHessian", "#D62728", (0, (3, 1, 1, 1)), "D"),
-    "shampoo": MethodStyle("Shampoo", "Shampoo (Adam graft)", "#1F3A93", (0, (1, 1)), "^"),
-    "kfac": MethodStyle("K-FAC", "K-FAC (Dense layers)", "#FF7F0E", (0, (4, 2, 1, 2)), "v"),
+    "adahessian": MethodStyle("AdaHessian", "AdaHessian", "#D62728", (0, (3, 2, 1, 2)), "D"),
+    "shampoo": MethodStyle("Shampoo", "Shampoo (Adam graft)", "#1F3A93", (0, (1, 2, 4, 2)), "^"),
+    "kfac": MethodStyle("K-FAC", "K-FAC (Dense layers)", "#A6761D", (0, (4, 1, 1, 1, 1, 1, 1, 1)), "v"),
 }  # fmt: skip
 
 # Optimizers the paper does not have: colours none of the five above use (stable per name).

@@ -4,7 +4,9 @@ Damping that Levenberg–Marquardt adjusts, a trust region's radius, the reducti
 ρ and the fraction of accepted steps are per-step diagnostics in ``steps.csv``.  A
 figure here is drawn when some run logged its columns, whatever the optimizer: one
 panel per column, one line per group (mean over its seeds of a trailing moving
-average), coloured and labelled as in every other figure.  Nothing here knows which
+average; for the heavy-tailed ρ the median of a moving median), coloured and labelled
+as in every other figure.  A group whose first column never changes (a fixed λ) is left
+out of the figure and named in its caption.  Nothing here knows which
 optimizer logs what.
 """
 
@@ -32,11 +34,16 @@ class Panel:
     label: str
     log: bool = False
     clip: tuple[float, float] | None = None
+    median: bool = False  # trailing moving median and median over seeds (for heavy-tailed ρ), else means
 
 
 @dataclasses.dataclass(frozen=True)
 class TrajectorySpec:
-    """A figure of ``panels``, drawn when at least one run logged ``panels[0].column``."""
+    """A figure of ``panels``, drawn for the groups whose ``panels[0].column`` changes during a run.
+
+    A group that logs the column at one constant value (K-FAC's fixed λ) has nothing to show
+    in a figure of how a method adapts it: it is named in the caption instead.
+    """
 
     name: str
     title: str
@@ -44,7 +51,7 @@ class TrajectorySpec:
     what: str  # caption text: what the figure shows
 
 
-RHO = Panel("rho", "reduction ratio ρ", clip=(-1.0, 2.0))
+RHO = Panel("rho", "reduction ratio ρ", clip=(-1.0, 2.0), median=True)
 #: Step functions of the state (λ, Δ), drawn as logged: a moving average would invent values between levels.
 UNSMOOTHED = ("damping", "radius")
 TRAJECTORIES: tuple[TrajectorySpec, ...] = (
@@ -64,21 +71,51 @@ TRAJECTORIES: tuple[TrajectorySpec, ...] = (
 )
 
 
+def _adapts(group: Group, column: str) -> bool:
+    values = [r.steps[column] for r in group.runs if logged(r, column)]
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
+    return finite.size > 0 and bool(np.ptp(finite) > 0)
+
+
 def groups_logging(spec: TrajectorySpec, groups: Sequence[Group]) -> list[Group]:
-    """The groups with a run that logged the figure's first column."""
-    return [g for g in groups if any(logged(r, spec.panels[0].column) for r in g.runs)]
+    """The groups with a run whose first column (λ, Δ) takes more than one value."""
+    return [g for g in groups if _adapts(g, spec.panels[0].column)]
 
 
-def group_trajectory(group: Group, column: str, window: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(steps, mean over seeds of the moving average of ``column``) over the steps all seeds reached."""
-    series = [(r.steps["step"], moving_average(r.steps[column], window)) for r in group.runs if logged(r, column)]
+def groups_constant(spec: TrajectorySpec, groups: Sequence[Group]) -> list[Group]:
+    """The groups that log the first column at one value (left out of the figure, named in its caption)."""
+    column = spec.panels[0].column
+    return [g for g in groups if any(logged(r, column) for r in g.runs) and not _adapts(g, column)]
+
+
+def moving_median(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing median of the finite values among the last ``window`` (fewer at the start)."""
+    y = np.where(np.isfinite(y), np.asarray(y, float), np.nan)
+    if window <= 1 or y.size == 0:
+        return y
+    padded = np.r_[np.full(window - 1, np.nan), y]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # windows without a finite value stay NaN
+        return np.nanmedian(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
+
+
+def group_trajectory(
+    group: Group, column: str, window: int, median: bool = False
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, over seeds: mean of the moving average, or median of the moving median, of ``column``).
+
+    Over the steps all seeds reached.
+    """
+    smooth = moving_median if median else moving_average
+    series = [(r.steps["step"], smooth(r.steps[column], window)) for r in group.runs if logged(r, column)]
     if not series:
         return None
     n = min(len(s) for s, _ in series)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (a diverged seed) stay NaN
-        mean = np.nanmean(np.stack([v[:n] for _, v in series]), axis=0)
-    return np.asarray(series[0][0][:n]), mean
+        stacked = np.stack([v[:n] for _, v in series])
+        centre = np.nanmedian(stacked, axis=0) if median else np.nanmean(stacked, axis=0)
+    return np.asarray(series[0][0][:n]), centre
 
 
 @with_paper_style
@@ -91,7 +128,7 @@ def plot_trajectory(spec: TrajectorySpec, groups: Sequence[Group], window: int =
     axes = fig.subplots(1, len(spec.panels), squeeze=False)[0]
     for ax, panel in zip(axes, spec.panels):
         for group in shown:
-            line = group_trajectory(group, panel.column, 1 if panel.column in UNSMOOTHED else window)
+            line = group_trajectory(group, panel.column, 1 if panel.column in UNSMOOTHED else window, panel.median)
             if line is None:
                 continue
             x, y = line
@@ -116,13 +153,23 @@ def _unsmoothed(spec: TrajectorySpec) -> str:
     return f"{' and '.join(symbols)} unsmoothed; " if symbols else ""
 
 
-def trajectory_caption(spec: TrajectorySpec, shown: Sequence[Group], window: int) -> str:
+def trajectory_caption(
+    spec: TrajectorySpec, shown: Sequence[Group], window: int, constant: Sequence[Group] = ()
+) -> str:
     """What the figure shows, for which groups and seeds, and how it is smoothed."""
     names = "; ".join(f"{g.style.label} ({len(g.runs)} seed{'s' if len(g.runs) != 1 else ''})" for g in shown)
-    return (
+    medians = [p.label.split()[-1] for p in spec.panels if p.median]
+    how = ""
+    if medians:
+        how = f" ({' and '.join(medians)}: the median over seeds of a trailing {window}-step moving median)"
+    text = (
         f"{spec.title}: {spec.what}, against the optimizer step. Each line is the mean over seeds of a trailing "
-        f"{window}-step moving average ({_unsmoothed(spec)}ρ clipped to [−1, 2] for display). Runs: {names}."
+        f"{window}-step moving average{how} ({_unsmoothed(spec)}ρ clipped to [−1, 2] for display). Runs: {names}."
     )
+    if constant:
+        symbol = spec.panels[0].label.split()[-1]
+        text += f" Not drawn (constant {symbol}): {', '.join(g.style.label for g in constant)}."
+    return text
 
 
 def make_trajectory_figures(groups: Sequence[Group], out_dir: Path, window: int = 50) -> tuple[list[Path], list[str]]:
@@ -134,5 +181,6 @@ def make_trajectory_figures(groups: Sequence[Group], out_dir: Path, window: int 
         if fig is None:
             continue
         paths += save_figure(fig, out_dir, spec.name)
-        captions += [f"**{spec.name}.** " + trajectory_caption(spec, groups_logging(spec, groups), window), ""]
+        shown, constant = groups_logging(spec, groups), groups_constant(spec, groups)
+        captions += [f"**{spec.name}.** " + trajectory_caption(spec, shown, window, constant), ""]
     return paths, captions
