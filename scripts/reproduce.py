@@ -151,6 +151,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def make_command(args: argparse.Namespace) -> str:
+    """The make command line that repeats this run's protocol (``make reproduce ARGS="--baselines"``)."""
+    flags = (["--paper-precision"] if args.paper_precision else []) + [f"--{e.flag}" for e, _ in extras_on(args)]
+    return "make reproduce" + (" FULL=1" if args.full else "") + (f' ARGS="{" ".join(flags)}"' if flags else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -209,10 +215,7 @@ def write_manifest(args: argparse.Namespace, train_wall_s: float, total_wall_s: 
         for r in runs.find_runs(run_roots(args))
     ]
     manifest = {
-        "command": "make reproduce"
-        + (" FULL=1" if args.full else "")
-        + (" --paper-precision" if args.paper_precision else "")
-        + "".join(f" --{e.flag}" for e, _ in extras_on(args)),
+        "command": make_command(args),
         "protocol": "full"
         if args.full
         else "cpu: exact Newton budget "

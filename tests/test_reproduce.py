@@ -55,3 +55,12 @@ def test_curvature_sweeps_measure_exact_newton_more_often(monkeypatch, tmp_path)
     curvature = [c for c in calls if c[4] == "curvature"]
     assert [c[1] for c in curvature] == [rep.CURVATURE, rep.NEWTON_METHODS] and all(c[2] == "0" for c in curvature)
     assert "diagnostics.every_steps=10" in curvature[1][3] and "trainer.max_steps=100" in curvature[1][3]
+
+
+def test_the_manifest_names_a_make_command_a_user_can_paste():
+    """The script's flags go through make's ARGS (``make reproduce --baselines`` would be a make option)."""
+    rep = _reproduce()
+    assert rep.make_command(rep.parse_args([])) == "make reproduce"
+    assert rep.make_command(rep.parse_args(["--full"])) == "make reproduce FULL=1"
+    both = rep.parse_args(["--paper-precision", "--baselines", "--curvature"])
+    assert rep.make_command(both) == 'make reproduce ARGS="--paper-precision --baselines --curvature"'
