@@ -405,8 +405,9 @@ def test_the_overview_cuts_its_log_loss_axis_and_marks_an_end_above_it(tmp_path:
     write_run(tmp_path, "newton", 0, n_steps=200, status="diverged", diverge_at=100)
     fig = plot_overview(load_runs([tmp_path]), smooth=1, loss_cap=3.0)
     ax = fig.axes[0]
-    start = max(float(line.get_ydata()[0]) for line in ax.get_lines() if len(line.get_ydata()) > 1)
+    ys = [np.asarray(line.get_ydata(), float) for line in ax.get_lines()]
+    start = max(float(y[0]) for y in ys if y.size > 1)
     assert ax.get_yscale() == "log" and ax.get_ylim()[1] == pytest.approx(3.0 * start)
     ends = [line for line in ax.get_lines() if line.get_marker() == "^"]
-    assert len(ends) == 1 and ends[0].get_ydata()[0] == pytest.approx(3.0 * start)
+    assert len(ends) == 1 and np.asarray(ends[0].get_ydata(), float)[0] == pytest.approx(3.0 * start)
     assert "end above the axis" in _legend_labels(fig)

@@ -193,10 +193,10 @@ def _legend(fig: Figure, ax: Axes, curves: Sequence[Curve], band: str, ends: Col
 
 
 def loss_label(smooth: int, log: bool = False) -> str:
-    """Y-axis label that says how the loss was smoothed (``log``: averaged in log L, i.e. geometric)."""
-    if smooth <= 1:
-        return "train loss (per step, raw)"
-    return f"train loss ({smooth}-step {'geometric ' if log else ''}moving avg.)"
+    """Y-axis label that says how the loss was smoothed (``log``: a log axis, averaged in log L, i.e.
+    geometric; on two lines, since one is taller than a column-width figure's axis)."""
+    how = "per step, raw" if smooth <= 1 else f"{smooth}-step {'geometric ' if log else ''}moving avg."
+    return f"train loss, log scale\n({how})" if log else f"train loss ({how})"
 
 
 @with_paper_style
@@ -239,9 +239,14 @@ def plot_loss(
         _draw(ax, curve, stride=_stride(curve.x.size, smooth))
     ytop = _limit_loss_axis(ax, curves, log_loss, loss_cap)
     ends = set().union(*(mark_ends(ax, curve, ytop) for curve in curves))
-    time_label = "optimizer time (s, compilation excluded)" + (", log scale" if log_time else "")
+    # two lines on a log axis: one would be wider than a column-width figure and be clipped
+    time_label = (
+        "optimizer time (s, log scale;\ncompilation excluded)"
+        if log_time
+        else "optimizer time (s, compilation excluded)"
+    )
     ax.set_xlabel(("step, log scale" if log_step else "step") if axis == "step" else time_label)
-    ax.set_ylabel(loss_label(smooth, log_loss) + (", log scale" if log_loss else ""))
+    ax.set_ylabel(loss_label(smooth, log_loss))
     if axis == "step" and not log_step:
         ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
     _legend(fig, ax, curves, band, ends)
