@@ -103,6 +103,16 @@ def test_the_metric_figure_draws_the_median_over_seeds_and_the_target():
     assert "target: val_acc ≥ 96" in [t.get_text() for t in ax.get_legend().get_texts()][-1]
 
 
+def test_a_method_that_solves_nothing_is_named_under_the_profile_not_drawn():
+    """A line at ρ = 0 would hide under the axis: the method is named in the x label instead."""
+    from second_order.suite.study.plots import plot_profiles
+
+    costs = {"sgd": {"w": 1.0}, "adam": {"w": 2.0}, "kfac": {"w": math.inf}}
+    ax = plot_profiles({"optimizer seconds": costs}).axes[0]
+    assert len([line for line in ax.get_lines() if line.get_linestyle() != ":"]) == 2
+    assert "solve no workload" in ax.get_xlabel() and "K-FAC" in ax.get_xlabel() and "SGD" not in ax.get_xlabel()
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -167,6 +177,7 @@ def test_study_end_to_end_tunes_times_and_reports(real_mnist_dir, tmp_path, monk
         assert (out / name).stat().st_size > 100, name
     summary = (out / "summary.md").read_text()
     assert "**Verdict.**" in summary and "median final val_acc of tuned sgd" in summary
+    assert "`val_acc_vs_time_<workload>.png` (the target drawn)" in summary
     assert "hessian_free" in (out / "time_to_target.md").read_text()
 
     # Resumable: a second invocation finds everything on disk and trains nothing.

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -31,7 +32,7 @@ ZOOM = {"val_acc": 10.0}  # percentage points shown below the target
 @with_paper_style
 def plot_profiles(costs_by_kind: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Figure:
     """ρ_m(τ) per method, one panel per cost (compilation excluded / included)."""
-    fig = new_figure(width=7.0, height=3.6)
+    fig = new_figure(width=7.0, height=4.2)
     axes = fig.subplots(1, len(costs_by_kind), sharey=True, squeeze=False)[0]
     legend: dict[str, Line2D] = {}
     for ax, (title, cost) in zip(axes, costs_by_kind.items()):
@@ -43,16 +44,16 @@ def plot_profiles(costs_by_kind: Mapping[str, Mapping[str, Mapping[str, float]]]
             st = method_style(method)
             (line,) = ax.step(TAUS, profile[method], where="post", color=st.color, linestyle=st.linestyle)
             legend.setdefault(st.label, line)
-        if never:
+        label = "τ = time to target / best method's"
+        if never:  # in the x label, which constrained layout makes room for (free text it would not)
             names = ", ".join(method_style(m).label for m in never)
-            ax.text(0.02, -0.3, f"solve no workload within τ ≤ {TAUS[-1]:g} (not drawn): {names}",
-                    transform=ax.transAxes, fontsize=6, va="top", wrap=True)  # fmt: skip
+            label += "\n" + textwrap.fill(f"not drawn, solve no workload within τ ≤ {TAUS[-1]:g}: {names}", 44)
         ax.axvline(4.0, color="0.5", linewidth=0.6, linestyle=":")
         ax.set_xscale("log", base=2)
         ax.set_xticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
         ax.set_title(title, fontsize=9)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("τ = time to target / best method's", fontsize=8)
+        ax.set_xlabel(label, fontsize=7)
     axes[0].set_ylabel("fraction of workloads solved within τ")
     fig.legend(list(legend.values()), list(legend), loc="outside right center", fontsize=7)
     fig.suptitle("Performance profiles (Dolan & Moré 2002); dotted: τ = 4, AlgoPerf's range")

@@ -148,7 +148,8 @@ def summary_markdown(
         "## The answer",
         "",
         *(p + "\n" for p in answer(study, ttt, goal)),
-        "Files: `time_to_target.md` (every method), `performance_profile.png`, `loss_vs_time_<workload>.png`, "
+        "Files: `time_to_target.md` (every method), `performance_profile.png`, "
+        f"`{study.target_metric}_vs_time_<workload>.png` (the target drawn), `loss_vs_time_<workload>.png`, "
         "`tuning.md`.",
         "",
     ]
