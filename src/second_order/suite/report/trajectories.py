@@ -36,6 +36,11 @@ class Panel:
     clip: tuple[float, float] | None = None
     median: bool = False  # trailing moving median and median over seeds (for heavy-tailed ρ), else means
 
+    @property
+    def symbol(self) -> str:
+        """The quantity's symbol, the label's last word (``"damping λ"`` → ``"λ"``), for captions."""
+        return self.label.split()[-1]
+
 
 @dataclasses.dataclass(frozen=True)
 class TrajectorySpec:
@@ -149,7 +154,7 @@ def plot_trajectory(spec: TrajectorySpec, groups: Sequence[Group], window: int =
 
 def _unsmoothed(spec: TrajectorySpec) -> str:
     """``"λ unsmoothed; "`` for the panels of ``spec`` that are drawn as logged."""
-    symbols = [p.label.split()[-1] for p in spec.panels if p.column in UNSMOOTHED]
+    symbols = [p.symbol for p in spec.panels if p.column in UNSMOOTHED]
     return f"{' and '.join(symbols)} unsmoothed; " if symbols else ""
 
 
@@ -158,7 +163,7 @@ def trajectory_caption(
 ) -> str:
     """What the figure shows, for which groups and seeds, and how it is smoothed."""
     names = "; ".join(f"{g.style.label} ({len(g.runs)} seed{'s' if len(g.runs) != 1 else ''})" for g in shown)
-    medians = [p.label.split()[-1] for p in spec.panels if p.median]
+    medians = [p.symbol for p in spec.panels if p.median]
     how = ""
     if medians:
         how = f" ({' and '.join(medians)}: the median over seeds of a trailing {window}-step moving median)"
@@ -167,8 +172,7 @@ def trajectory_caption(
         f"{window}-step moving average{how} ({_unsmoothed(spec)}ρ clipped to [−1, 2] for display). Runs: {names}."
     )
     if constant:
-        symbol = spec.panels[0].label.split()[-1]
-        text += f" Not drawn (constant {symbol}): {', '.join(g.style.label for g in constant)}."
+        text += f" Not drawn (constant {spec.panels[0].symbol}): {', '.join(g.style.label for g in constant)}."
     return text
 
 

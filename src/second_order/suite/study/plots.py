@@ -2,7 +2,7 @@
 
 * :func:`plot_profiles` — ρ_m(τ) per method (:mod:`.profiles`), one panel per cost.
   Methods that solve no workload within the drawn τ would be flat lines at 0, hidden
-  under the axis: they are named in a note under the panel instead of drawn.
+  under the axis: they are named in the panel's x label instead of drawn.
 * :func:`plot_metric_vs_time` — the metric the target is set on (validation accuracy
   or loss) against optimizer seconds, median over seeds at each evaluation, with the
   target as a dashed line: where a line first crosses it is the time to target.
