@@ -205,6 +205,10 @@ def test_two_job_sweep_through_submitit_local(real_mnist_dir, tmp_path):
     assert sorted(j["seed"] for j in jobs) == [0, 1]
     assert all(j["status"] == "budget" and j["steps"] == 20 for j in jobs), jobs
     assert list(tmp_path.glob(".submitit/*/*_result.pkl")), "the jobs did not run through submitit"
+    # each job records its own invocation (written by the job, not by Hydra before it starts)
+    for seed in (0, 1):
+        overrides = yaml.safe_load((tmp_path / f"sgd/seed{seed}/.hydra/overrides.yaml").read_text())
+        assert f"seed={seed}" in overrides and "trainer.max_steps=20" in overrides
 
 
 @pytest.mark.slow

@@ -203,6 +203,24 @@ def test_existing_run_dir_needs_resume(real_mnist_dir, tmp_path):
         experiment.run(compose_config(overrides), tmp_path)
 
 
+def test_a_refused_job_leaves_the_hydra_record_of_the_run_it_found(real_mnist_dir, tmp_path):
+    """Hydra would write .hydra/ before the job starts; the refused second job must not rewrite
+    the first run's record (max_steps is not part of the directory name, so both share it)."""
+    common = ["optimizer=sgd", f"data.dir={real_mnist_dir}", "logger.wandb.mode=disabled", f"hydra.run.dir={tmp_path}"]
+    assert train_cli(*common, "trainer.max_steps=5").returncode == 0
+    record = {p.name: p.read_text() for p in (tmp_path / ".hydra").iterdir()}
+    assert sorted(record) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert "trainer.max_steps=5" in yaml.safe_load(record["overrides.yaml"])
+    assert yaml.safe_load(record["hydra.yaml"])["hydra"]["runtime"]["output_dir"] == str(tmp_path)
+    for refused in (["trainer.max_steps=7"], ["trainer.max_steps=5", "trainer.batch_size=100"]):
+        proc = train_cli(*common, *refused)
+        assert proc.returncode == 2 and "holds" in proc.stderr, proc.stderr[-2000:]
+        assert {p.name: p.read_text() for p in (tmp_path / ".hydra").iterdir()} == record
+    resumed = train_cli(*common, "trainer.max_steps=7", "trainer.resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "trainer.max_steps=7" in yaml.safe_load((tmp_path / ".hydra" / "overrides.yaml").read_text())
+
+
 def test_figures_from_wandb_offline_files_match_local(real_mnist_dir, tmp_path):
     """Plot from the files W&B itself wrote: same numbers as from the local CSVs."""
     sys.path.insert(0, str(REPO / "scripts"))

@@ -106,7 +106,9 @@ def train_job(cfg: DictConfig) -> float | None:
         initialize_distributed()  # one task of a multi-task SLURM job step: before JAX starts its backends
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)
-        summary = experiment.run({str(k): v for k, v in container.items()}, run_dir)
+        summary = experiment.run(
+            {str(k): v for k, v in container.items()}, run_dir, on_accept=lambda d: save_hydra_record(d, cfg)
+        )
     except Exception as err:
         message = one_line(err)
         if debug() or (message is None and not multirun):
@@ -145,6 +147,34 @@ def train_job(cfg: DictConfig) -> float | None:
         sys.exit(128 + sig)
     value = summary.get("objective")
     return float(value) if value is not None else None
+
+
+#: Where :func:`save_hydra_record` writes Hydra's record of the invocation in a run directory.
+HYDRA_RECORD_DIR = ".hydra"
+
+
+def save_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
+    """Hydra's record of this invocation, ``.hydra/{config,hydra,overrides}.yaml``, written once
+    the run directory is this job's.
+
+    Hydra itself would write them before the job starts (``hydra.output_subdir``, null in
+    configs/config.yaml), so a job refused by a run directory (another configuration, no
+    resume, locked) would overwrite the record of the run it found. Written atomically.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from second_order.suite.tracking import runs
+
+    hydra_cfg = HydraConfig.instance().cfg  # the "hydra" node alone, as Hydra saves it
+    assert hydra_cfg is not None
+    where = run_dir / HYDRA_RECORD_DIR
+    where.mkdir(exist_ok=True)
+    for name, node in (
+        ("config.yaml", cfg),
+        ("hydra.yaml", hydra_cfg),
+        ("overrides.yaml", HydraConfig.get().overrides.task),
+    ):
+        runs.write_text(where / name, OmegaConf.to_yaml(node))
 
 
 def hand_over_preemption(sig: int) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +94,16 @@ def check_run_dir(run_dir: Path, cfg: Mapping[str, Any], resume: bool) -> None:
     )
 
 
-def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
+def run(cfg: Mapping[str, Any], run_dir: Path | str, on_accept: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Run one experiment into ``run_dir`` and return its summary (also in summary.json).
 
     Before any work: the config is validated, the run directory created and locked
     (a second run into it is refused while this one lives), checked against the run
     it may hold, and SIGINT/SIGTERM/pre-emption handlers installed (a signal from then
-    on ends in a clean ``interrupted`` record). A pre-empted run resumes by itself when
+    on ends in a clean ``interrupted`` record). ``on_accept(run_dir)`` runs once the
+    directory is this run's (locked and checked), before training: where a launcher
+    records its invocation (``scripts/train.py``: Hydra's ``.hydra/``), so that a refused
+    job never rewrites the record of the run it found. A pre-empted run resumes by itself when
     its job is requeued with the same command (see ``stop.resumes_by_itself``).
 
     The run uses ``trainer.devices`` devices of every process (:mod:`.training.devices`).
@@ -125,6 +128,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path | str) -> dict[str, Any]:
             resume = True  # without a checkpoint the trainer starts afresh and drops the old rows
         rc = _resuming(rc, placement.any_process(resume))
         check_run_dir(run_dir, cfg, rc.trainer.resume)
+        if on_accept is not None:
+            on_accept(run_dir)
         return _run_locked(cfg, rc, tx, run_dir, signals, placement)
 
 

@@ -12,6 +12,7 @@ A run directory holds::
                        seconds (its own cost), <matrix>_top1..., _bottom1..., _trace, _neg_mass,
                        _slq_node0..., _slq_weight0... (see second_order.suite.spectrum)
     summary.json       final numbers and status (see ``SUMMARY_KEYS``)
+    .hydra/            scripts/train.py: Hydra's record of the last command the directory accepted
 
 ``time_s`` is the cumulative optimizer wall-clock time (compilation, evaluation and
 logging excluded).  Everything a figure or table needs is in these files; nothing
