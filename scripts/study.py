@@ -9,7 +9,10 @@
 Phases: ``tune`` (Optuna through Hydra, may run trials in parallel), ``final`` (the
 timed runs, one at a time), ``report`` (results/study/). Every phase is resumable: run
 the same command again after an interruption. Extra Hydra overrides after the options
-go to every job (e.g. ``data.dir=...`` is not one of them: use MNIST_DIR / FASHION_MNIST_DIR).
+go to every job and are part of each folder's ``study_plan.yaml`` (but for logging and
+launcher keys: ``second_order.suite.study.runner.NOT_COMPARED``), so finished work made
+without them is refused. ``data.dir`` is not one of them (each workload names its dataset):
+use MNIST_DIR / FASHION_MNIST_DIR.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     if "tune" in phases or "final" in phases:
         try:
-            run_study(study, root, phases, run=lambda a: train_multirun([*a, *args.overrides]))
+            run_study(study, root, phases, run=train_multirun, extra=args.overrides)
         except StudyError as err:  # e.g. finished runs made with other settings (runner.check_plan)
             print(f"error: {err}", file=sys.stderr)
             return 2

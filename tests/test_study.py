@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from second_order.suite.study.profiles import performance_profile, performance_ratios
 from second_order.suite.study.targets import MISSED, median_and_spread, target_from_baselines, time_to_target
@@ -148,7 +149,8 @@ def test_study_end_to_end_tunes_times_and_reports(real_mnist_dir, tmp_path, monk
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     root, out = tmp_path / "runs", tmp_path / "results"
-    assert script.main(["--study", str(config), "--root", str(root), "--out", str(out)]) == 0
+    argv = ["--study", str(config), "--root", str(root), "--out", str(out), "trainer.checkpoint_every_s=600"]
+    assert script.main(argv) == 0
 
     # Tuning: the sweeper minimised what train.py returned, the final validation loss of each trial.
     tuned = yaml.safe_load((root / "tune" / "mnist_mlp" / "hessian_free" / "optimization_results.yaml").read_text())
@@ -171,6 +173,7 @@ def test_study_end_to_end_tunes_times_and_reports(real_mnist_dir, tmp_path, monk
         np.testing.assert_array_equal(evals["step"], [20, 40, 60])
         cfg = yaml.safe_load((final / f"seed{seed}" / runs.CONFIG_FILE).read_text())
         assert cfg["optimizer"]["damping"] == pytest.approx(tuned["best_params"]["optimizer.damping"])
+        assert cfg["trainer"]["checkpoint_every_s"] == 600  # the command line's extra override reached every job
 
     for name in ("tuning.md", "time_to_target.md", "time_to_target.csv", "summary.md",
                  "performance_profile.png", "loss_vs_time_mnist_mlp.png", "val_acc_vs_time_mnist_mlp.png"):  # fmt: skip
@@ -182,7 +185,8 @@ def test_study_end_to_end_tunes_times_and_reports(real_mnist_dir, tmp_path, monk
 
     # Resumable: a second invocation finds everything on disk and trains nothing.
     before = sorted(p.stat().st_mtime_ns for p in root.rglob("steps.csv"))
-    assert script.main(["--study", str(config), "--root", str(root), "--out", str(out)]) == 0
+    argv = ["--study", str(config), "--root", str(root), "--out", str(out), "trainer.checkpoint_every_s=600"]
+    assert script.main(argv) == 0
     assert sorted(p.stat().st_mtime_ns for p in root.rglob("steps.csv")) == before
 
 
@@ -380,6 +384,29 @@ def test_finished_work_made_with_other_settings_is_refused_not_reused(tmp_path):
     config.write_text(SMOKE.replace("spread: 4.0", "spread: 2.0"))
     with pytest.raises(StudyError, match="sgd was tuned with other settings"):
         tune(load_study(config), workload, "sgd", tmp_path, run=launched.append)
+
+
+def test_extra_command_line_overrides_are_part_of_the_plan_but_logging_ones(tmp_path):
+    """``scripts/study.py ... model.hidden=20``: finished work made without it is refused, while
+    logging and launcher overrides (how a job runs, not what it computes) may change."""
+    from second_order.suite.study.plan import StudyError, load_study
+    from second_order.suite.study.runner import PLAN_FILE, compared, final, final_dir
+
+    assert compared(["model.hidden=20", "logger.wandb.mode=offline", "+trainer.progress=true"]) == ["model.hidden=20"]
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE)
+    study = load_study(config)
+    workload = study.workloads[0]
+    launched: list[list[str]] = []
+    extra = ["model.hidden=20", "logger.wandb.mode=offline"]
+    final(study, workload, "sgd", {}, tmp_path, run=launched.append, extra=extra)
+    assert launched[0][-4:-2] == extra  # every job gets them (the last two: seeds and sweep directory)
+    where = final_dir(tmp_path, workload) / "sgd"
+    plan = yaml.safe_load((where / PLAN_FILE).read_text())["overrides"]
+    assert "model.hidden=20" in plan and not any(o.startswith("logger.wandb.mode=offline") for o in plan)
+    final(study, workload, "sgd", {}, tmp_path, run=launched.append, extra=["model.hidden=20"])  # logging changed: fine
+    with pytest.raises(StudyError, match=r"sgd was run with other settings \(then: model.hidden=20; now: -\)"):
+        final(study, workload, "sgd", {}, tmp_path, run=launched.append)
 
 
 def test_the_report_scores_only_the_studys_seeds_that_ended(tmp_path):

@@ -16,8 +16,9 @@ Phases (each resumable: finished work is found on disk and skipped):
 
 Finished work is reused only if it was made with the same settings: each tuning and
 each method's final directory keeps the overrides it was launched with
-(``study_plan.yaml``: every override but the sweep directory and the final seed list;
-the extra overrides given on ``scripts/study.py``'s command line are not compared).  A
+(``study_plan.yaml``: every override but the sweep directory and the final seed list,
+with the extra overrides given on ``scripts/study.py``'s command line; of those, the ones
+that only say how jobs run and log, :data:`NOT_COMPARED`, are left out).  A
 directory whose plan differs from the current study config is refused
 (:class:`.plan.StudyError`, naming the directory and the differences) instead of being
 silently reported as the result of the new settings.
@@ -50,6 +51,21 @@ TUNING_RESULTS = "optimization_results.yaml"  # written by hydra-optuna-sweeper 
 FAILED_FILE = "failed.yaml"  # {workload: {method: why}}: the pairs whose tuning or final runs failed
 PLAN_FILE = "study_plan.yaml"  # {overrides: [...]}: what a tuning or a method's final runs were launched with
 Runner = Callable[[Sequence[str]], None]
+#: Keys of extra overrides that say how a job runs and logs, not what it computes: not in study_plan.yaml.
+NOT_COMPARED = (
+    "logger.",
+    "trainer.progress",
+    "trainer.devices",
+    "trainer.chunk_steps",
+    "trainer.checkpoint_every_s",
+    "hydra.launcher",
+    "hydra/launcher",
+)
+
+
+def compared(extra: Sequence[str]) -> list[str]:
+    """The extra overrides that are part of a directory's plan (all but :data:`NOT_COMPARED` keys)."""
+    return [o for o in extra if not o.lstrip("+~").split("=", 1)[0].startswith(NOT_COMPARED)]
 
 
 def train_multirun(args: Sequence[str]) -> None:
@@ -67,7 +83,9 @@ def final_dir(root: Path, workload: Workload) -> Path:
     return root / "final" / workload.name
 
 
-def tune(study: Study, workload: Workload, method: str, root: Path, run: Runner = train_multirun) -> dict[str, Any]:
+def tune(
+    study: Study, workload: Workload, method: str, root: Path, run: Runner = train_multirun, extra: Sequence[str] = ()
+) -> dict[str, Any]:
     """Best parameters of ``method`` on ``workload`` (``{}``: nothing to tune), tuning first if needed."""
     space = search_space(method, study.tuning.get("keys", ()), float(study.tuning.get("spread", 10.0)))
     if not space:
@@ -82,9 +100,9 @@ def tune(study: Study, workload: Workload, method: str, root: Path, run: Runner 
         *optuna_overrides(space, study.tuning),
         "hydra.sweep.subdir=trial${hydra.job.num}",
     ]
-    check_plan(where, args, "tuned")
+    check_plan(where, [*args, *compared(extra)], "tuned")
     if not (where / TUNING_RESULTS).exists():
-        run([*args, f"hydra.sweep.dir={where}"])
+        run([*args, *extra, f"hydra.sweep.dir={where}"])
     return best_parameters(where)
 
 
@@ -113,7 +131,13 @@ def best_parameters(where: Path) -> dict[str, Any]:
 
 
 def final(
-    study: Study, workload: Workload, method: str, params: dict[str, Any], root: Path, run: Runner = train_multirun
+    study: Study,
+    workload: Workload,
+    method: str,
+    params: dict[str, Any],
+    root: Path,
+    run: Runner = train_multirun,
+    extra: Sequence[str] = (),
 ) -> None:
     """The timed runs: every seed not yet ended, one at a time, with the tuned parameters.
 
@@ -131,10 +155,10 @@ def final(
         f"hydra/launcher={SERIAL_LAUNCHER}",
         "hydra.sweep.subdir=seed${seed}",
     ]
-    check_plan(where, args, "run")
+    check_plan(where, [*args, *compared(extra)], "run")
     pending = [int(s) for s in study.final["seeds"] if not finished(where / f"seed{int(s)}")]
     if pending:
-        run([*args, f"seed={','.join(map(str, pending))}", f"hydra.sweep.dir={where}"])
+        run([*args, *extra, f"seed={','.join(map(str, pending))}", f"hydra.sweep.dir={where}"])
 
 
 def finished(run_dir: Path) -> bool:
@@ -143,9 +167,16 @@ def finished(run_dir: Path) -> bool:
 
 
 def run_study(
-    study: Study, root: Path, phases: Sequence[str] = ("tune", "final"), run: Runner = train_multirun
+    study: Study,
+    root: Path,
+    phases: Sequence[str] = ("tune", "final"),
+    run: Runner = train_multirun,
+    extra: Sequence[str] = (),
 ) -> dict:
     """Every phase for every workload and method; returns ``{workload: {method: best parameters}}``.
+
+    ``extra``: Hydra overrides for every job (``scripts/study.py``'s positional arguments), part
+    of each directory's plan but for the :data:`NOT_COMPARED` keys.
 
     A (workload, method) whose multirun fails (e.g. every trial refused: exact Newton on a
     model too large for it) is left out, named in ``<root>/failed.yaml`` and on stderr, and
@@ -158,13 +189,13 @@ def run_study(
         for method in study.methods:
             try:
                 if "tune" in phases:
-                    params = tune(study, workload, method, root, run)
+                    params = tune(study, workload, method, root, run, extra)
                 else:  # the parameters an earlier tuning found, if any
                     where = tune_dir(root, workload, method)
                     params = best_parameters(where) if (where / TUNING_RESULTS).exists() else {}
                 best[workload.name][method] = params
                 if "final" in phases:
-                    final(study, workload, method, params, root, run)
+                    final(study, workload, method, params, root, run, extra)
             except subprocess.CalledProcessError as err:
                 if err.returncode < 0 or err.returncode >= 128:
                     raise  # a signal (Ctrl-C, a pre-emption): stop the study, resumable as it is
