@@ -127,7 +127,8 @@ target_metric: val_acc
 target_baselines: [sgd]
 validation_examples: 5000
 batch_size: 64
-tuning: {trials: 2, epochs: 1, max_steps: 40, keys: [learning_rate, damping], spread: 4.0, sampler_seed: 0}
+tuning: {trials: 2, epochs: 1, max_steps: 40, keys: [learning_rate, damping], spread: 4.0, sampler_seed: 0,
+         startup_trials: 1}
 final: {epochs: 1, max_steps: 60, seeds: [0, 1], eval_every_steps: 20}
 families: {first-order: [sgd, adam], Hessian-free (Krylov): [hessian_free]}
 """
@@ -266,6 +267,8 @@ def test_bad_study_configs_are_one_line(tmp_path):
             "tuning.keys = None: list the optimizer keys to tune",
         "workloads: {w: {}}\nvalidation_examples: 1\ntuning: {trials: 1, keys: [lr], spread: 1}\nfinal: {seeds: [0]}":
             "tuning.spread = 1: a factor > 1",
+        "workloads: {w: {}}\nvalidation_examples: 1\ntuning: {trials: 1, keys: [lr], startup_trials: -1}\n"
+        "final: {seeds: [0]}": "tuning.startup_trials = -1: the number of random trials before TPE",
     }  # fmt: skip
     for text, message in cases.items():
         path = tmp_path / "bad.yaml"
@@ -484,10 +487,13 @@ def test_tuning_tries_the_configured_values_first_then_tpe():
     assert "hydra.sweeper.sampler._target_=second_order.suite.study.sampler.CentreFirstSampler" in sweeper_overrides(
         {}, {"trials": 4}
     )
+    # TPE's own start-up count unless tuning.startup_trials sets it (then the sampler gets it)
+    assert not any("n_startup_trials" in o for o in sweeper_overrides({}, {"trials": 4}))
+    assert "hydra.sweeper.sampler.n_startup_trials=2" in sweeper_overrides({}, {"trials": 4, "startup_trials": 2})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    def points(seed):
-        study = optuna.create_study(sampler=CentreFirstSampler(seed=seed, n_startup_trials=10))
+    def points(seed, startup=10):
+        study = optuna.create_study(sampler=CentreFirstSampler(seed=seed, n_startup_trials=startup))
         study.optimize(lambda t: (t.suggest_float("lr", 0.01, 1.0, log=True) - 0.3) ** 2
                        + t.suggest_float("m", 0.0, 1.0) + t.suggest_int("k", 1, 9), n_trials=4)  # fmt: skip
         return [(t.params["lr"], t.params["m"], t.params["k"]) for t in study.trials]
@@ -495,6 +501,8 @@ def test_tuning_tries_the_configured_values_first_then_tpe():
     first, *rest = points(0)
     assert first[0] == pytest.approx(0.1) and first[1] == 0.5 and first[2] == 5
     assert points(0)[1:] == rest and len(set(rest)) == 3  # seeded, and not the centre again
+    modelled = points(0, startup=2)  # trial 0 and one random trial, then TPE's model of them
+    assert modelled[:2] == [first, rest[0]] and modelled[2:] != rest[1:]
     assert centre(optuna.distributions.CategoricalDistribution(["a", "b"])) == "a"
 
 

@@ -88,6 +88,12 @@ def load_study(path: Path, config_dir: Path = CONFIGS) -> Study:
         raise StudyError(
             f"{path}: tuning.spread = {spread!r}: a factor > 1 (each key is tuned in [v / spread, v * spread])"
         )
+    startup = tuning.get("startup_trials", TPE_STARTUP_TRIALS)
+    if not isinstance(startup, int) or isinstance(startup, bool) or startup < 0:
+        raise StudyError(
+            f"{path}: tuning.startup_trials = {startup!r}: the number of random trials before TPE models "
+            f"the results, an integer >= 0 (default {TPE_STARTUP_TRIALS}, TPE's own)"
+        )
     if str(final.get("launcher", SERIAL_LAUNCHER)) != SERIAL_LAUNCHER:
         raise StudyError(
             f"{path}: final.launcher = {final['launcher']!r}: the timed final runs must run one at a time "
@@ -169,6 +175,13 @@ def sweeper_overrides(space: Mapping[str, tuple], tuning: Mapping[str, Any]) -> 
         "hydra/sweeper=optuna",
         "hydra/sweeper/sampler=tpe",
         f"hydra.sweeper.sampler.seed={int(tuning.get('sampler_seed', 0))}",
+        # TPE's random start-up trials (trial 0, the centre, counts among them): only when set, so that
+        # folders tuned before the key existed keep their study_plan.yaml
+        *(
+            [f"hydra.sweeper.sampler.n_startup_trials={int(tuning['startup_trials'])}"]
+            if "startup_trials" in tuning
+            else []
+        ),
         # trial 0 at the configured values (the centre of each range), then TPE (see .sampler)
         "hydra.sweeper.sampler._target_=second_order.suite.study.sampler.CentreFirstSampler",
         "hydra.sweeper.direction=minimize",
@@ -180,6 +193,9 @@ def sweeper_overrides(space: Mapping[str, tuple], tuning: Mapping[str, Any]) -> 
     out += [f"{key}=tag(log, interval({lo:.6g}, {hi:.6g}))" for key, (lo, hi) in space.items()]
     return out
 
+
+#: ``optuna.samplers.TPESampler``'s random start-up trials, the default of ``tuning.startup_trials``.
+TPE_STARTUP_TRIALS = 10
 
 #: The seed of every tuning trial (``tuning.seed``): outside ``final.seeds``, so that no final run
 #: replays, for its first epochs, the very trial its parameters were selected on.
