@@ -432,10 +432,20 @@ def test_curvature_figures_come_from_measured_runs_only(tmp_path: Path, monkeypa
 
 def test_every_method_has_its_own_colour_and_line_style() -> None:
     """17 methods share the overview figure: no two may look alike in colour or in greyscale."""
-    from matplotlib.lines import _get_dash_pattern  # type: ignore[attr-defined]
+    import matplotlib as mpl
+
+    named = {  # matplotlib's named styles, as its rcParams define them
+        "-": (),
+        "--": tuple(mpl.rcParams["lines.dashed_pattern"]),
+        "-.": tuple(mpl.rcParams["lines.dashdot_pattern"]),
+        ":": tuple(mpl.rcParams["lines.dotted_pattern"]),
+    }
+
+    def dash_sequence(linestyle) -> tuple[float, ...]:
+        return named[linestyle] if isinstance(linestyle, str) else tuple(float(d) for d in linestyle[1])
 
     table = {**style.STYLES, **style.EXTRA_STYLES}
     colours = [s.color.lower() for s in table.values()]
-    dashes = [repr(_get_dash_pattern(s.linestyle)) for s in table.values()]
+    dashes = [dash_sequence(s.linestyle) for s in table.values()]
     assert len(set(colours)) == len(table), sorted(c for c in colours if colours.count(c) > 1)
     assert len(set(dashes)) == len(table), [m for m, d in zip(table, dashes) if dashes.count(d) > 1]
