@@ -411,3 +411,22 @@ def test_the_overview_cuts_its_log_loss_axis_and_marks_an_end_above_it(tmp_path:
     ends = [line for line in ax.get_lines() if line.get_marker() == "^"]
     assert len(ends) == 1 and np.asarray(ends[0].get_ydata(), float)[0] == pytest.approx(3.0 * start)
     assert "end above the axis" in _legend_labels(fig)
+
+
+def test_ends_above_the_axis_at_one_place_are_set_side_by_side(tmp_path: Path) -> None:
+    """Two methods that diverge at the same step: their ^ on the top edge must not hide one another."""
+    from second_order.suite.report.ends import MARKER_SIZE
+
+    write_run(tmp_path, "sgd", 0, n_steps=200)
+    for method in ("newton", "newton_damped"):
+        for seed in (0, 1):  # the seeds of one method end at one place: one marker for them
+            write_run(tmp_path, method, seed, n_steps=200, status="diverged", diverge_at=100)
+    fig = plot_loss_vs_step(load_runs([tmp_path]), smooth=1, loss_cap=3.0)
+    fig.canvas.draw()  # after the layout, as saved
+    ax = fig.axes[0]
+    ends = [line for line in ax.get_lines() if line.get_marker() == "^"]
+    assert len(ends) == 2 and len({line.get_color() for line in ends}) == 2
+    (x0, y0), (x1, y1) = (line.get_transform().transform((line.get_xdata()[0], line.get_ydata()[0])) for line in ends)
+    assert y0 == pytest.approx(y1)  # both on the top edge
+    points = abs(x1 - x0) * 72.0 / fig.dpi
+    assert MARKER_SIZE < points < 3 * MARKER_SIZE  # apart, yet next to where the runs ended

@@ -35,7 +35,7 @@ from second_order.suite.report.curves import (
     loss_curve,
     moving_average,
 )
-from second_order.suite.report.ends import end_proxies, mark_ends
+from second_order.suite.report.ends import end_proxies, mark_ends, separate_edge_markers
 from second_order.suite.report.grouping import Group, group_runs, groups_of
 from second_order.suite.report.loading import ReportWarning
 from second_order.suite.report.runinfo import devices, mixed_devices
@@ -239,6 +239,7 @@ def plot_loss(
         _draw(ax, curve, stride=_stride(curve.x.size, smooth))
     ytop = _limit_loss_axis(ax, curves, log_loss, loss_cap)
     ends = set().union(*(mark_ends(ax, curve, ytop) for curve in curves))
+    separate_edge_markers(ax)
     # two lines on a log axis: one would be wider than a column-width figure and be clipped
     time_label = (
         "optimizer time (s, log scale;\ncompilation excluded)"
