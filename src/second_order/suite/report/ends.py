@@ -71,6 +71,6 @@ def end_proxies(kinds: set[str]) -> list[Line2D]:
     """Legend entries for the end markers drawn (grey: the colour is the method's)."""
     texts = dict(END_TEXT, **{OFF_SCALE: "end above the axis"})
     markers = dict(END_MARKERS, **{OFF_SCALE: "^"})
-    return [Line2D([], [], linestyle="none", marker=markers[k], markersize=MARKER_SIZE, markeredgewidth=1.3, color="0.35",
-                   markerfacecolor="0.35" if markers[k] == "x" else "white", label=texts[k])
+    return [Line2D([], [], linestyle="none", marker=markers[k], markersize=MARKER_SIZE, markeredgewidth=1.3,
+                   color="0.35", markerfacecolor="0.35" if markers[k] == "x" else "white", label=texts[k])
             for k in (*END_MARKERS, OFF_SCALE) if k in kinds]  # fmt: skip
