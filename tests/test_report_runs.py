@@ -426,7 +426,10 @@ def test_ends_above_the_axis_at_one_place_are_set_side_by_side(tmp_path: Path) -
     ax = fig.axes[0]
     ends = [line for line in ax.get_lines() if line.get_marker() == "^"]
     assert len(ends) == 2 and len({line.get_color() for line in ends}) == 2
-    (x0, y0), (x1, y1) = (line.get_transform().transform((line.get_xdata()[0], line.get_ydata()[0])) for line in ends)
+    (x0, y0), (x1, y1) = (
+        line.get_transform().transform((np.asarray(line.get_xdata(), float)[0], np.asarray(line.get_ydata(), float)[0]))
+        for line in ends
+    )
     assert y0 == pytest.approx(y1)  # both on the top edge
     points = abs(x1 - x0) * 72.0 / fig.dpi
     assert MARKER_SIZE < points < 3 * MARKER_SIZE  # apart, yet next to where the runs ended

@@ -11,6 +11,7 @@ are set side by side (:func:`separate_edge_markers`).
 
 from __future__ import annotations
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.transforms import ScaledTranslation
@@ -51,8 +52,8 @@ def separate_edge_markers(ax: Axes, gap: float = MARKER_SIZE + 2.0) -> None:
     drawn = []
     for line in ax.get_lines():
         if line.get_gid() == OFF_SCALE:
-            (x,), (y,) = line.get_xdata(), line.get_ydata()
-            drawn.append((float(ax.transData.transform((x, y))[0]) * points_per_unit, line))
+            xy = (float(np.asarray(line.get_xdata(), float)[0]), float(np.asarray(line.get_ydata(), float)[0]))
+            drawn.append((float(ax.transData.transform(xy)[0]) * points_per_unit, line))
     kept: dict[str, float] = {}  # colour -> where its last marker is
     previous = -float("inf")
     for at, line in sorted(drawn, key=lambda d: d[0]):
