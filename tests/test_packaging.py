@@ -16,3 +16,31 @@ def test_environment_yml_matches_pyproject():
     listed = {d for d in pip_section if not d.startswith("-e")}
     assert listed == declared
     assert "-e ." in pip_section
+
+
+def _shell_list(script: str, name: str) -> set[str]:
+    """The words of ``NAME="..."`` in a shell script (may span lines)."""
+    import re
+
+    match = re.search(rf'^{name}="([^"]*)"', script, re.M)
+    assert match, f"{name} not in .ci/gpu.sh"
+    return set(match.group(1).split())
+
+
+def test_the_offline_gpu_script_carries_every_suite_dependency():
+    """.ci/gpu.sh fetch: what a GPU image lacks goes as wheels, at the versions installed here."""
+    import importlib.metadata
+    import re
+    import subprocess
+
+    script = (REPO / ".ci" / "gpu.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(REPO / ".ci" / "gpu.sh")]).returncode == 0
+    needed, image = _shell_list(script, "NEEDED"), _shell_list(script, "IMAGE_HAS")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    suite = {
+        re.split(r"[<>=!\[ ]", d)[0].lower()
+        for d in project["dependencies"] + project["optional-dependencies"]["suite"]
+    }
+    assert suite - needed - image == set(), "add them to NEEDED (or IMAGE_HAS) in .ci/gpu.sh"
+    for name in needed:  # fetch pins each to the version installed here
+        assert importlib.metadata.version(name), name
