@@ -106,6 +106,10 @@ def test_sweep_survives_failing_and_diverging_jobs(real_mnist_dir, tmp_path):
     assert by_lr["0.1"]["status"] == "budget"
     assert by_lr["-1"]["status"] == "failed" and "optimizer.learning_rate" in by_lr["-1"]["error"]
     assert by_lr["1000"]["status"] == "diverged"
+    # every job directory says what was asked, the failed one too (written by the job, see cli.save_hydra_record)
+    for lr, job in by_lr.items():
+        overrides = (tmp_path / job["run_dir"] / ".hydra" / "overrides.yaml").read_text()
+        assert f"optimizer.learning_rate={lr}" in overrides, lr
 
 
 def test_wandb_online_failure_degrades_to_warning(real_mnist_dir, tmp_path):

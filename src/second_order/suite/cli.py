@@ -159,12 +159,15 @@ def save_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
 
     Hydra itself would write them before the job starts (``hydra.output_subdir``, null in
     configs/config.yaml), so a job refused by a run directory (another configuration, no
-    resume, locked) would overwrite the record of the run it found. Written atomically.
+    resume, locked) would overwrite the record of the run it found. Written atomically;
+    nothing outside a Hydra job.
     """
     from hydra.core.hydra_config import HydraConfig
 
     from second_order.suite.tracking import runs
 
+    if not HydraConfig.initialized():
+        return
     hydra_cfg = HydraConfig.instance().cfg  # the "hydra" node alone, as Hydra saves it
     assert hydra_cfg is not None
     where = run_dir / HYDRA_RECORD_DIR
@@ -203,7 +206,8 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
     """Mark a sweep job ``failed`` in its summary.json, keeping what it already had.
 
     Under the run directory's lock (a directory another process holds is left alone); a finished
-    record is never turned into a failed one, and the optimizer and seed it names are kept.
+    record is never turned into a failed one, and the optimizer and seed it names are kept. A
+    directory with no record before gets the job's ``.hydra/`` too (:func:`save_hydra_record`).
     """
     from second_order.suite.tracking import runs
     from second_order.suite.training.resources import RunDirBusy, RunDirLock
@@ -219,6 +223,8 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
             seed = OmegaConf.select(cfg, "seed", default=None)
             record = {"optimizer": name, "seed": seed, **base, "status": "failed", "error": message}
             runs.write_json(run_dir / runs.SUMMARY_FILE, record)
+            if not base:  # a directory of its own: what was asked, for whoever reads the failure
+                save_hydra_record(run_dir, cfg)
     except RunDirBusy:
         log.error("%s is in use by another run: its record is left as it is", run_dir)
 
