@@ -316,8 +316,13 @@ def test_rerunning_a_sweep_never_marks_a_finished_job_failed(tmp_path, status):
     cfg = OmegaConf.create({"optimizer": {"name": "sgd"}, "seed": 0})
     record_failure(tmp_path, cfg, "run directory already holds this run")
     assert json.loads((tmp_path / runs.SUMMARY_FILE).read_text())["status"] == status
+    # an interrupted run stays resumable: a job that fails before it starts (a bad value on the
+    # command line, missing data) is not that run's failure
     runs.write_json(tmp_path / runs.SUMMARY_FILE, {"optimizer": "sgd", "seed": 0, "status": "interrupted"})
     record_failure(tmp_path, cfg, "boom")
+    assert json.loads((tmp_path / runs.SUMMARY_FILE).read_text())["status"] == "interrupted"
+    runs.write_json(tmp_path / runs.SUMMARY_FILE, {"optimizer": "sgd", "seed": 0, "status": "running"})
+    record_failure(tmp_path, cfg, "boom")  # a stale "running" (its process was killed) is never left behind
     assert json.loads((tmp_path / runs.SUMMARY_FILE).read_text())["status"] == "failed"
 
 

@@ -205,8 +205,10 @@ def refused(err: BaseException) -> bool:
 def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
     """Mark a sweep job ``failed`` in its summary.json, keeping what it already had.
 
-    Under the run directory's lock (a directory another process holds is left alone); a finished
-    record is never turned into a failed one, and the optimizer and seed it names are kept. A
+    Only failures before the run could start come here (the run records its own later ones). Under
+    the run directory's lock (a directory another process holds is left alone); a finished or an
+    interrupted record (which a requeued job resumes by itself) is never turned into a failed one,
+    and the optimizer and seed it names are kept. A
     directory with no record before gets the job's ``.hydra/`` too (:func:`save_hydra_record`).
     """
     from second_order.suite.tracking import runs
@@ -216,9 +218,11 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
     try:
         with RunDirLock(run_dir):
             base = runs.read_summary(run_dir) or {}
-            if base.get("status") in ("completed", "budget", "diverged"):
-                log.error("%s keeps its finished record (status %s)", run_dir, base["status"])
-                return  # re-running a sweep never turns a finished job into a failed one
+            if base.get("status") in ("completed", "budget", "diverged", "interrupted"):
+                # re-running a sweep never turns a finished job into a failed one; an interrupted run
+                # stays resumable (a failure before this job could start is not that run's failure)
+                log.error("%s keeps its record (status %s)", run_dir, base["status"])
+                return
             name = OmegaConf.select(cfg, "optimizer.name", default=None)
             seed = OmegaConf.select(cfg, "seed", default=None)
             record = {"optimizer": name, "seed": seed, **base, "status": "failed", "error": message}
