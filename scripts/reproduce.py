@@ -16,7 +16,8 @@ figures.  A step budget, unlike a time budget, gives the same results on a busy
 machine (``--newton-budget-s`` gives a time budget instead).  Every job runs with
 ``trainer.resume=true``: re-running continues
 unfinished runs from their checkpoints (``--full`` after a CPU run extends the
-budget-limited Newton runs to the full protocol) and leaves finished ones alone.
+budget-limited Newton runs to the full protocol) and leaves finished ones, and those
+that ended on a budget this one does not extend, untouched.
 Writes ``<out>/manifest.json`` (machine, versions, commit, wall time, budgets).
 """
 

@@ -419,3 +419,27 @@ def test_a_resume_that_fails_after_checkpointing_is_recorded_failed(real_mnist_d
     assert summary["status"] == "failed" and summary["error"] == "OSError: disk failed"
     assert [(s["start_step"], s["end_step"]) for s in summary["segments"]] == [(0, 20), (20, 30)]
     assert "test_acc" not in summary and summary["max_steps"] == 60
+
+
+@pytest.mark.slow
+def test_a_resume_with_no_budget_left_leaves_the_run_untouched(real_mnist_dir, tmp_path):
+    """``make reproduce`` again over runs that ended on their step or time budget: every file
+    stays byte for byte (no empty segment in summary.json or environment.json); a larger
+    budget goes on."""
+    from second_order.suite.config import TrainerConfig
+    from second_order.suite.training.stop import budget_spent
+
+    overrides = SMALL + [f"data.dir={real_mnist_dir}", "trainer.resume=true"]
+    first = experiment.run(compose_config(overrides + ["trainer.max_steps=20"]), tmp_path)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert runs.ENV_FILE in files and runs.SUMMARY_FILE in files
+    again = experiment.run(compose_config(overrides + ["trainer.max_steps=20"]), tmp_path)
+    assert again == first and {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == files
+    longer = experiment.run(compose_config(overrides + ["trainer.max_steps=30"]), tmp_path)
+    assert longer["steps"] == 30 and [s["start_step"] for s in longer["segments"]] == [0, 20]
+
+    budget = {"status": "budget", "train_time_s": 2.0}
+    trainer = TrainerConfig(epochs=1, max_steps=None, max_time_s=2.0)
+    assert budget_spent(budget, trainer, start=10, per_epoch=100)  # its time budget is spent
+    assert not budget_spent(budget, TrainerConfig(epochs=1, max_time_s=3.0), start=10, per_epoch=100)
+    assert not budget_spent({**budget, "status": "interrupted"}, trainer, start=10, per_epoch=100)

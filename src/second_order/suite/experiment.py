@@ -26,7 +26,7 @@ from second_order.suite.tracking.run_logger import NullLogger, RunLogger
 from second_order.suite.training import checkpoint
 from second_order.suite.training.devices import Placement, describe, gpu_fallback_warning, select_devices
 from second_order.suite.training.resources import RunDirLock
-from second_order.suite.training.stop import StopSignals, resumes_by_itself
+from second_order.suite.training.stop import StopSignals, budget_spent, resumes_by_itself
 from second_order.suite.training.trainer import fit, mean_last_epoch_loss
 
 #: Keys that may differ when a run is resumed: budgets and bookkeeping, never the experiment.
@@ -193,6 +193,17 @@ def _run_locked(
     diag_names = list(collect_diagnostics(init_state_shapes(rc.optimizer, tx, abstract_params)))
     probe, curvature_names, wandb_curvature = curvature_probe(rc, model, abstract_params)
     previous = (runs.read_summary(run_dir) or {}) if resuming else {}
+    per_epoch = n_train // rc.trainer.batch_size
+    start = checkpoint.latest_step(run_dir) if resuming else 0
+    if placement.any_process(resuming and budget_spent(previous, rc.trainer, start, per_epoch)):
+        if primary:
+            logging.getLogger(__name__).info(
+                "%s ended on its budget at step %d and this one is no larger: left as it is "
+                "(a larger trainer.max_steps or trainer.max_time_s goes on)",
+                run_dir,
+                start,
+            )
+        return dict(previous) if primary else {}
     logged = _wandb_logged(rc, run_dir) if primary and resuming else None  # read before W&B adds a segment
     wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id")) if primary else None
     logger = (
@@ -200,7 +211,6 @@ def _run_locked(
         if primary
         else NullLogger()
     )
-    per_epoch = n_train // rc.trainer.batch_size
     base = {
         "optimizer": rc.optimizer.name,
         "experiment": rc.experiment_name,
@@ -222,7 +232,6 @@ def _run_locked(
         **describe(placement),
         "device_warning": device_warning,
     }
-    start = checkpoint.latest_step(run_dir) if resuming else 0
     train = functools.partial(
         fit,
         model=model,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from second_order.suite.config import ConfigError
+from second_order.suite.config import ConfigError, TrainerConfig
 
 #: Names the signal submitit sends a job before stopping it ("USR2" when unset), as submitit reads it.
 PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"
@@ -34,6 +34,19 @@ def resumes_by_itself(summary: Mapping[str, Any] | None) -> bool:
         return True
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
     return status in ("interrupted", "running") and restarts.isdigit() and int(restarts) > 0
+
+
+def budget_spent(previous: Mapping[str, Any], trainer: TrainerConfig, start: int, per_epoch: int) -> bool:
+    """Whether a run that ended on its budget (``previous``, its summary; checkpointed at step
+    ``start``) has no step left under ``trainer``'s budgets: then a resume (``make reproduce``
+    again) leaves it untouched instead of recording an empty segment."""
+    if previous.get("status") != "budget":
+        return False
+    last = trainer.epochs * per_epoch
+    if trainer.max_steps is not None:
+        last = min(last, trainer.max_steps)
+    spent = trainer.max_time_s is not None and float(previous.get("train_time_s") or 0.0) >= trainer.max_time_s
+    return start >= last or spent
 
 
 class StopSignals:
