@@ -469,6 +469,15 @@ def test_a_failed_method_is_left_out_and_the_study_goes_on(tmp_path, capsys):
     assert "hessian_free on mnist_mlp failed (exit status 1); left out" in capsys.readouterr().err
     assert "- hessian_free on mnist_mlp: exit status 1" in _failed_section(tmp_path)
 
+    def fixed(args):  # the failure is mended: a rerun runs every method, and failed.yaml goes
+        if "optimizer=hessian_free" in args:
+            (where,) = (Path(a.split("=", 1)[1]) for a in args if a.startswith("hydra.sweep.dir="))
+            where.mkdir(parents=True, exist_ok=True)
+            (where / "optimization_results.yaml").write_text("best_params: {optimizer.learning_rate: 0.1}\n")
+
+    run_study(study, tmp_path, phases=("tune",), run=fixed)
+    assert not (tmp_path / "failed.yaml").exists() and _failed_section(tmp_path) == ""
+
     def interrupted(args):
         raise subprocess.CalledProcessError(130, ["train.py"])
 

@@ -204,7 +204,9 @@ def run_study(
                 print(f"study: {method} on {workload.name} failed (exit status {err.returncode}); "
                       "left out, the study goes on", file=sys.stderr, flush=True)  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
-    (root / "best_parameters.yaml").write_text(yaml.safe_dump(best, sort_keys=True))
+    runs.write_text(root / "best_parameters.yaml", yaml.safe_dump(best, sort_keys=True))
     if failed:
-        (root / FAILED_FILE).write_text(yaml.safe_dump(failed, sort_keys=True))
+        runs.write_text(root / FAILED_FILE, yaml.safe_dump(failed, sort_keys=True))
+    else:  # what an earlier invocation left out has run now: the report must not name it
+        (root / FAILED_FILE).unlink(missing_ok=True)
     return best

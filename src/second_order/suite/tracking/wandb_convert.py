@@ -28,6 +28,7 @@ from second_order.suite.tracking.runs import (
     SUMMARY_KEYS,
     CsvLog,
     write_json,
+    write_text,
 )
 from second_order.suite.tracking.wandb_io import (
     EVAL_ACC,
@@ -152,7 +153,7 @@ def record_to_run_dir(record: WandbRecord, out_dir: Path | str, summary_keys: Se
         if key not in summary and record.summary.get(src) is not None:
             summary[key] = record.summary[src]
     write_json(out / SUMMARY_FILE, summary)
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(_yaml_safe(record.config), sort_keys=False))
+    write_text(out / CONFIG_FILE, yaml.safe_dump(_yaml_safe(record.config), sort_keys=False))
     return out
 
 
