@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.study.endswith((".yaml", ".yml"))
         else REPO / "configs" / "study" / f"{args.study}.yaml"
     )
+    if not path.exists():
+        names = ", ".join(sorted(p.stem for p in (REPO / "configs" / "study").glob("*.yaml")))
+        print(f"error: --study {args.study}: no such study config {shown(path)}; choose one of {names} "
+              "(configs/study/) or give a YAML path", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         study = load_study(path)
     except StudyError as err:

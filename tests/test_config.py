@@ -144,6 +144,17 @@ def test_range_error_says_what_is_allowed():
     assert "true or false" in config_error(["trainer.resume=maybe"])
 
 
+def test_a_misspelt_key_gets_the_closest_one():
+    from second_order.suite.cli import did_you_mean
+
+    assert "did you mean trainer.epochs?" in config_error(["trainer.epochz=3"])
+    assert "did you mean optimizer.damping?" in config_error(["optimizer=hessian_free", "optimizer.dampin=3"])
+    far = "Could not override 'trainer.zzzzzz'.; To append to your config use +trainer.zzzzzz=3"
+    assert did_you_mean(far) == far  # nothing close: Hydra's message as it was
+    other = "Could not override 'optimizer.damping'.; To append to your config use +optimizer.damping=3"
+    assert did_you_mean(other) == other  # SGD has no damping, other optimizers do: no self-suggestion
+
+
 @pytest.mark.parametrize(
     "override,key",
     [("optimizer=bogus", "bogus"), ("trainer.epochz=3", "epochz"), ("trainer.epochs=abc", "trainer.epochs")],

@@ -233,6 +233,16 @@ def test_report_without_runs_is_an_error_and_keeps_the_report(tmp_path, capsys):
     assert not fresh.exists()
 
 
+def test_an_unknown_study_names_the_configs_there_are(capsys):
+    script = load_study_script()
+    assert script.main(["--study", "nosuch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: --study nosuch: no such study config configs/study/nosuch.yaml; choose one of cpu, full "
+        "(configs/study/) or give a YAML path"
+    )
+
+
 def test_report_without_runs_names_make_study_for_the_default(monkeypatch, tmp_path):
     script = load_study_script()
     monkeypatch.setattr(script, "REPO", tmp_path)  # the default root runs/study/cpu below an empty checkout

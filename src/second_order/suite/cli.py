@@ -289,5 +289,31 @@ def one_line(err: BaseException) -> str | None:
     if isinstance(err, (HydraException, OmegaConfBaseException)):
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         lines = [line for line in lines if not line.startswith(("full_key", "object_type", "reference_type"))]
-        return "; ".join(lines) or type(err).__name__
+        return did_you_mean("; ".join(lines)) or type(err).__name__
     return None
+
+
+def did_you_mean(message: str) -> str:
+    """Hydra's ``Could not override 'trainer.epochz'`` with the closest key there is, if any
+    (the schema's keys and every parameter of the optimizers in :mod:`second_order.optim`)."""
+    import difflib
+    import inspect
+    import re
+
+    import second_order.optim as optim
+    from second_order.suite.config import schema_defaults
+
+    match = re.search(r"Could not override '([^']+)'\.?", message)
+    if match is None:
+        return message
+    keys = set(schema_defaults())
+    for name in optim.__all__:
+        fn = getattr(optim, name)
+        if inspect.isfunction(fn):
+            keys |= {f"optimizer.{p}" for p in inspect.signature(fn).parameters}
+    if match.group(1) in keys:  # a key of other optimizers: Hydra's own advice (+key=...) holds
+        return message
+    close = difflib.get_close_matches(match.group(1), sorted(keys), n=1, cutoff=0.8)
+    if not close:
+        return message
+    return message.replace(match.group(0), f"{match.group(0).rstrip('.')} (no such key; did you mean {close[0]}?)")
