@@ -24,6 +24,7 @@ Writes ``<out>/manifest.json`` (machine, versions, commit, wall time, budgets).
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -119,6 +120,13 @@ def newton_overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return [e for e in extra if not e.startswith("trainer.max_steps=")] + budget
 
 
+def seed_list(text: str) -> str:
+    """``--seeds``: comma-separated integers >= 0, as Hydra's sweep takes them."""
+    if not re.fullmatch(r"\d+(,\d+)*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers >= 0, e.g. 0,1,2")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="no budget: the paper's full protocol for Newton too")
@@ -144,7 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(
             f"--{e.runs_flag}", type=Path, default=REPO / "runs" / e.experiment, help=f"run directories of --{e.flag}"
         )
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "paper", help="where run directories go")
     parser.add_argument("--out", type=Path, default=REPO / "results", help="figures, tables and manifest")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke tests)")
@@ -160,6 +168,23 @@ def make_command(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return reproduce(args)
+    except subprocess.CalledProcessError as err:  # the job printed its own error above
+        rc = err.returncode if err.returncode > 0 else 128 - err.returncode
+        stopped = rc >= 128
+        what = "stopped by a signal" if stopped else f"failed with exit status {rc}"
+        again = "run the same command again to go on" if stopped else "fix it and run the same command again"
+        print(f"error: a training sweep {what} (its own message is above); {again}: finished runs are kept",
+              file=sys.stderr)  # fmt: skip
+        return rc
+    except KeyboardInterrupt:
+        print("error: stopped by SIGINT; run the same command again to go on: finished runs are kept", file=sys.stderr)
+        return 130
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    """Every sweep the flags ask for, then the figures, tables and manifest."""
 
     start = time.time()
     extra = list(args.overrides) + ([f"trainer.max_steps={args.max_steps}"] if args.max_steps else [])

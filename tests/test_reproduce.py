@@ -64,3 +64,24 @@ def test_the_manifest_names_a_make_command_a_user_can_paste():
     assert rep.make_command(rep.parse_args(["--full"])) == "make reproduce FULL=1"
     both = rep.parse_args(["--paper-precision", "--baselines", "--curvature"])
     assert rep.make_command(both) == 'make reproduce ARGS="--paper-precision --baselines --curvature"'
+
+
+def test_a_failed_sweep_is_one_line_and_its_status(monkeypatch, capsys):
+    """The job prints its own error; reproduce adds one line, no traceback, and the job's status."""
+    import subprocess
+
+    import pytest
+
+    rep = _reproduce()
+    for returncode, status, words in ((2, 2, "failed with exit status 2"), (-15, 143, "stopped by a signal")):
+
+        def failing(*args, code=returncode, **kwargs):
+            raise subprocess.CalledProcessError(code, ["train.py"])
+
+        monkeypatch.setattr(rep, "sweep", failing)
+        assert rep.main([]) == status
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: a training sweep " + words), err
+    with pytest.raises(SystemExit):
+        rep.parse_args(["--seeds", "0,x"])
+    assert "comma-separated integers" in capsys.readouterr().err

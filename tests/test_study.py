@@ -243,6 +243,22 @@ def test_an_unknown_study_names_the_configs_there_are(capsys):
     )
 
 
+def test_a_stopped_study_is_one_line_and_the_signal_status(monkeypatch, tmp_path, capsys):
+    import subprocess
+
+    from second_order.suite.study import runner
+
+    def stopped(*args, **kwargs):
+        raise subprocess.CalledProcessError(130, ["train.py"])
+
+    monkeypatch.setattr(runner, "run_study", stopped)
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE)
+    assert load_study_script().main(["--study", str(config), "--root", str(tmp_path / "runs")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the study was stopped (exit status 130); run the same command again to go on"]
+
+
 def test_report_without_runs_names_make_study_for_the_default(monkeypatch, tmp_path):
     script = load_study_script()
     monkeypatch.setattr(script, "REPO", tmp_path)  # the default root runs/study/cpu below an empty checkout
