@@ -99,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_enable_x64", bool(base["x64"]))  # the configs' x64 (float64 solves), as the suite
     methods = load_methods()
     t_start = now()
-    data = load_mnist(args.mnist_dir)
+    from second_order.suite.data import DataError
+
+    try:
+        data = load_mnist(args.mnist_dir)
+    except DataError as err:  # one line naming the directory and the fix, as scripts/train.py prints it
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     s = make_settings(args, base, int(data.train_images.shape[0]))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

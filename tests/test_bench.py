@@ -204,3 +204,12 @@ def test_the_paired_gradients_summary():
     got = gradient_summary(runs, settings)  # type: ignore[arg-type]
     assert got["median_s"] == got["per_step_s"] == 2e-4 and got["pairs"] == 3 and got["steps"] == 100
     assert (got["min_s"], got["max_s"]) == (1e-4, 3e-4)
+
+
+def test_a_missing_mnist_directory_is_one_line(tmp_path, capsys):
+    from benchmarks.cli import main
+
+    assert main(["--quick", "--out", str(tmp_path), "--mnist-dir", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: MNIST directory {tmp_path / 'absent'}"), err
+    assert not list(tmp_path.iterdir())  # nothing written
