@@ -15,6 +15,8 @@
 #                                       # writes the figures and tables into OUT/gpu-results.tgz
 #
 # .whl/ and .data/ are git-ignored; both must travel with the checkout (about 45 MB together).
+# A dry run of check/reproduce on a CPU here (tests/test_packaging.py): PYTHON=.venv/bin/python
+# GPU_SH_DRY=1 (no wheels installed, the CPU allowed) BENCH_ARGS=--quick TESTS=<files> REPRODUCE_ARGS=...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # What such a machine's image has (tests/test_packaging.py: with NEEDED, every suite dependency)
@@ -47,23 +49,34 @@ fetch() {
   echo "carry: .whl .data"
 }
 
+PYTHON="${PYTHON:-python3}"
+DRY="${GPU_SH_DRY:-}"
+
 setup_there() {
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  if [ -z "$DRY" ]; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  fi
   export PYTHONPATH="/tmp/site:$PWD/src:$PWD" MNIST_DIR="$PWD/.data/mnist" WANDB_SILENT=true PYTHONUNBUFFERED=1
   export XLA_PYTHON_CLIENT_PREALLOCATE=false  # parallel test workers share the GPU
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  python3 -c "import jax, flax, optax, orbax.checkpoint, hydra, wandb; print('jax', jax.__version__, 'flax',
+  "$PYTHON" -c "import jax, flax, optax, orbax.checkpoint, hydra, wandb; print('jax', jax.__version__, 'flax',
 flax.__version__, 'optax', optax.__version__, 'hydra', hydra.__version__, 'wandb', wandb.__version__); print(jax.devices())"
-  python3 -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 'error: JAX is not on the GPU')"
+  if [ -z "$DRY" ]; then
+    "$PYTHON" -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 'error: JAX is not on the GPU')"
+  fi
 }
 
 check() {
   local out="$1"
   setup_there
-  python3 -m benchmarks --skip-slow --no-scaling --out "$out" 2>&1 | tail -40
   set +e
-  python3 -m pytest -n 8 --dist loadfile -q -p no:cacheprovider --ignore=tests/test_notebook.py \
-    --maxfail=10 --timeout 900 >"$out/tests.log" 2>&1
+  # shellcheck disable=SC2086
+  "$PYTHON" -m benchmarks ${BENCH_ARGS:---skip-slow --no-scaling} --out "$out" >"$out/bench.log" 2>&1
+  echo "bench: exit status $?"
+  tail -40 "$out/bench.log"
+  # shellcheck disable=SC2086
+  "$PYTHON" -m pytest -n 8 --dist loadfile -q -p no:cacheprovider --ignore=tests/test_notebook.py \
+    --maxfail=10 ${TESTS:-} >"$out/tests.log" 2>&1
   local rc=$?
   set -e
   tail -30 "$out/tests.log"
@@ -71,19 +84,24 @@ check() {
 }
 
 reproduce() {
-  local out="$1" seconds="$2" runs=/tmp/gpu-runs
+  local out="$1" seconds="$2" runs="${GPU_SH_RUNS:-/tmp/gpu-runs}"
   setup_there
   mkdir -p "$runs"
   if [ -f .data/gpu-runs.tgz ]; then tar -xzf .data/gpu-runs.tgz -C "$runs"; fi
   set +e
   # timeout signals its whole process group: each training job checkpoints and stops cleanly
-  timeout -s TERM "$seconds" python3 scripts/reproduce.py --full --runs "$runs/paper" --out "$runs/results" \
-    logger.wandb.mode=disabled
+  # shellcheck disable=SC2086
+  timeout -s TERM "$seconds" "$PYTHON" scripts/reproduce.py --full --runs "$runs/paper" --out "$runs/results" \
+    ${REPRODUCE_ARGS:-} logger.wandb.mode=disabled
   local rc=$?
   set -e
   tar -czf "$out/gpu-runs.tgz" -C "$runs" paper
   if [ "$rc" = 0 ]; then tar -czf "$out/gpu-results.tgz" -C "$runs" results; fi
-  echo "reproduce: exit status $rc (124 or 143: stopped at $seconds s, carry OUT/gpu-runs.tgz back as .data/ to go on)"
+  if [ "$rc" = 0 ]; then
+    echo "reproduce: done (manifest.json's wall time is this slice's only: add the earlier slices')"
+  else
+    echo "reproduce: exit status $rc (124 or 143: stopped at $seconds s; carry OUT/gpu-runs.tgz back as .data/ to go on)"
+  fi
 }
 
 case "${1:-}" in
