@@ -15,8 +15,8 @@
 #                                       # writes the figures and tables into OUT/gpu-results.tgz
 #
 # .whl/ and .data/ are git-ignored; both must travel with the checkout (about 45 MB together).
-# A dry run of check/reproduce on a CPU here (tests/test_packaging.py): PYTHON=.venv/bin/python
-# GPU_SH_DRY=1 (no wheels installed, the CPU allowed) BENCH_ARGS=--quick TESTS=<files> REPRODUCE_ARGS=...
+# A dry run of check/reproduce on a CPU (tests/test_packaging.py runs check so): PYTHON=.venv/bin/python
+# GPU_SH_DRY=1 (no wheels installed, the CPU allowed) GPU_SH_MNIST=<dir> BENCH_ARGS=... TESTS=... REPRODUCE_ARGS=...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # What such a machine's image has (tests/test_packaging.py: with NEEDED, every suite dependency)
@@ -56,7 +56,7 @@ setup_there() {
   if [ -z "$DRY" ]; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   fi
-  export PYTHONPATH="/tmp/site:$PWD/src:$PWD" MNIST_DIR="$PWD/.data/mnist" WANDB_SILENT=true PYTHONUNBUFFERED=1
+  export PYTHONPATH="/tmp/site:$PWD/src:$PWD" MNIST_DIR="${GPU_SH_MNIST:-$PWD/.data/mnist}" WANDB_SILENT=true PYTHONUNBUFFERED=1
   export XLA_PYTHON_CLIENT_PREALLOCATE=false  # parallel test workers share the GPU
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   "$PYTHON" -c "import jax, flax, optax, orbax.checkpoint, hydra, wandb; print('jax', jax.__version__, 'flax',

@@ -1,7 +1,9 @@
-"""environment.yml (conda) and pyproject.toml (pip) list the same dependencies."""
+"""Packaging: environment.yml (conda) and pyproject.toml (pip) agree; .ci/gpu.sh carries what a GPU image lacks."""
 
+import os
 import tomllib
 
+import pytest
 import yaml
 from conftest import REPO
 
@@ -44,3 +46,26 @@ def test_the_offline_gpu_script_carries_every_suite_dependency():
     assert suite - needed - image == set(), "add them to NEEDED (or IMAGE_HAS) in .ci/gpu.sh"
     for name in needed:  # fetch pins each to the version installed here
         assert importlib.metadata.version(name), name
+
+
+@pytest.mark.slow
+def test_the_offline_gpu_check_runs_its_steps_in_a_dry_run(tmp_path, real_mnist_dir):
+    """.ci/gpu.sh check on this CPU (no wheels, the CPU allowed): versions, the benchmark's
+    command, the tests' command, each with its log in OUT."""
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "GPU_SH_DRY": "1",
+        "GPU_SH_MNIST": str(real_mnist_dir),
+        "BENCH_ARGS": "--help",
+        "TESTS": "tests/test_packaging.py -k environment_yml",
+    }
+    proc = subprocess.run(["bash", ".ci/gpu.sh", "check", str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "jax " in proc.stdout and "bench: exit status 0" in proc.stdout and "tests: exit status 0" in proc.stdout
+    assert "usage: python -m benchmarks" in (tmp_path / "bench.log").read_text()
+    assert "1 passed" in (tmp_path / "tests.log").read_text()
