@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -171,16 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return reproduce(args)
     except subprocess.CalledProcessError as err:  # the job printed its own error above
-        rc = err.returncode if err.returncode > 0 else 128 - err.returncode
-        stopped = rc >= 128
-        what = "stopped by a signal" if stopped else f"failed with exit status {rc}"
-        again = "run the same command again to go on" if stopped else "fix it and run the same command again"
-        print(f"error: a training sweep {what} (its own message is above); {again}: finished runs are kept",
-              file=sys.stderr)  # fmt: skip
-        return rc
+        from second_order.suite.cli import child_failed
+
+        return child_failed(err.returncode, "a training sweep")
     except KeyboardInterrupt:
-        print("error: stopped by SIGINT; run the same command again to go on: finished runs are kept", file=sys.stderr)
-        return 130
+        from second_order.suite.cli import child_failed
+
+        return child_failed(-signal.SIGINT, "make reproduce")
 
 
 def reproduce(args: argparse.Namespace) -> int:

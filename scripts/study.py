@@ -18,6 +18,7 @@ use MNIST_DIR / FASHION_MNIST_DIR.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -89,14 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         except StudyError as err:  # e.g. finished runs made with other settings (runner.check_plan)
             print(f"error: {err}", file=sys.stderr)
             return 2
-        except subprocess.CalledProcessError as err:  # a signal stopped a job (failures are left out)
-            rc = err.returncode if err.returncode > 0 else 128 - err.returncode
-            print(f"error: the study was stopped (exit status {rc}); run the same command again to go on",
-                  file=sys.stderr)  # fmt: skip
-            return rc
-        except KeyboardInterrupt:
-            print("error: the study was stopped by SIGINT; run the same command again to go on", file=sys.stderr)
-            return 130
+        except (subprocess.CalledProcessError, KeyboardInterrupt) as err:  # a signal (failures are left out)
+            from second_order.suite.cli import child_failed
+
+            code = err.returncode if isinstance(err, subprocess.CalledProcessError) else -signal.SIGINT
+            return child_failed(code, "the study")
     if "report" in phases:
         try:
             written = write_report(study, root, args.out)

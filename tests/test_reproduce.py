@@ -73,7 +73,7 @@ def test_a_failed_sweep_is_one_line_and_its_status(monkeypatch, capsys):
     import pytest
 
     rep = _reproduce()
-    for returncode, status, words in ((2, 2, "failed with exit status 2"), (-15, 143, "stopped by a signal")):
+    for returncode, status, words in ((2, 2, "failed with exit status 2"), (-15, 143, "was stopped by a signal")):
 
         def failing(*args, code=returncode, **kwargs):
             raise subprocess.CalledProcessError(code, ["train.py"])

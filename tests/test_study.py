@@ -256,7 +256,10 @@ def test_a_stopped_study_is_one_line_and_the_signal_status(monkeypatch, tmp_path
     config.write_text(SMOKE)
     assert load_study_script().main(["--study", str(config), "--root", str(tmp_path / "runs")]) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: the study was stopped (exit status 130); run the same command again to go on"]
+    assert err == [
+        "error: the study was stopped by a signal (exit status 130); run the same command again to go on "
+        "(finished runs are kept)"
+    ]
 
 
 def test_report_without_runs_names_make_study_for_the_default(monkeypatch, tmp_path):

@@ -293,6 +293,25 @@ def one_line(err: BaseException) -> str | None:
     return None
 
 
+def exit_status(returncode: int) -> int:
+    """A child process's exit status as a shell reports it (``subprocess`` gives ``-N`` for a
+    child killed by signal N: 128 + N)."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def child_failed(returncode: int, what: str) -> int:
+    """One line for a child job that failed or was stopped (it printed its own error above); returns
+    its exit status (:func:`exit_status`) for the parent to exit with (scripts/reproduce.py, study.py)."""
+    rc = exit_status(returncode)
+    how, again = (
+        (f"was stopped by a signal (exit status {rc})", "run the same command again to go on")
+        if rc >= 128
+        else (f"failed with exit status {rc} (its message is above)", "fix it and run the same command again")
+    )
+    print(f"error: {what} {how}; {again} (finished runs are kept)", file=sys.stderr)
+    return rc
+
+
 def did_you_mean(message: str) -> str:
     """Hydra's ``Could not override 'trainer.epochz'`` with the closest key there is, if any
     (the schema's keys and every parameter of the optimizers in :mod:`second_order.optim`)."""
