@@ -17,7 +17,9 @@ machine (``--newton-budget-s`` gives a time budget instead).  Every job runs wit
 ``trainer.resume=true``: re-running continues
 unfinished runs from their checkpoints (``--full`` after a CPU run extends the
 budget-limited Newton runs to the full protocol) and leaves finished ones, and those
-that ended on a budget this one does not extend, untouched.
+that ended on a budget this one does not extend, untouched.  A sweep goes on past a
+failed job; if any run failed (e.g. no data), reproduce names it and stops before the
+figures, leaving ``--out`` as it is (exit status 1).
 Writes ``<out>/manifest.json`` (machine, versions, commit, wall time, budgets).
 """
 
@@ -198,6 +200,13 @@ def reproduce(args: argparse.Namespace) -> int:
             every = [f"diagnostics.every_steps={e.newton_every}"] if not args.full else []
             sweep(root, NEWTON_METHODS, seeds, newton_extra + every, experiment=e.experiment)
     train_wall = time.time() - start
+    failed = failed_runs(run_roots(args))
+    if failed:  # a sweep goes on past a failed job: never draw over the committed results with them
+        first, why = failed[0]
+        print(f"error: {len(failed)} run(s) failed, e.g. {first}: {why}; {shown(args.out)} left as it is. Fix the "
+              "cause and run the same command again (finished runs are kept), or draw what there is with "
+              "make figures", file=sys.stderr)  # fmt: skip
+        return 1
 
     args.out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -207,6 +216,25 @@ def reproduce(args: argparse.Namespace) -> int:
     )
     write_manifest(args, train_wall, time.time() - start)
     return 0
+
+
+def failed_runs(roots: list[Path]) -> list[tuple[str, str]]:
+    """``(run directory, error)`` of every run under ``roots`` whose summary.json says ``failed``."""
+    from second_order.suite.tracking import runs
+
+    out = []
+    for root in roots:
+        for path in sorted(root.rglob(runs.SUMMARY_FILE)) if root.is_dir() else []:
+            summary = runs.read_summary(path.parent) or {}
+            if summary.get("status") == "failed":
+                out.append((shown(path.parent), str(summary.get("error") or "no error recorded")))
+    return out
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the checkout when inside it (as a user would type it)."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def run_roots(args: argparse.Namespace) -> list[Path]:

@@ -85,3 +85,27 @@ def test_a_failed_sweep_is_one_line_and_its_status(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         rep.parse_args(["--seeds", "0,x"])
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_failed_runs_never_draw_over_the_results(monkeypatch, tmp_path, capsys):
+    """A sweep goes on past a failed job (e.g. no data): reproduce then stops before the figures,
+    leaving --out as it is, and names a failed run and its error (exit status 1)."""
+    from second_order.suite.tracking import runs
+
+    rep = _reproduce()
+    roots = tmp_path / "runs"
+
+    def sweep(root, methods, seeds, extra, experiment="paper"):
+        for method in methods.split(","):
+            (root / method / "seed0").mkdir(parents=True)
+            runs.write_json(root / method / "seed0" / runs.SUMMARY_FILE,
+                            {"optimizer": method, "seed": 0, "status": "failed", "error": "no data"})  # fmt: skip
+
+    drawn = []
+    monkeypatch.setattr(rep, "sweep", sweep)
+    monkeypatch.setattr(rep.subprocess, "run", lambda *a, **k: drawn.append(a))
+    out = tmp_path / "results"
+    assert rep.main(["--runs", str(roots), "--out", str(out)]) == 1
+    assert not drawn and not out.exists()
+    err = capsys.readouterr().err
+    assert "5 run(s) failed, e.g. " in err and "gauss_newton/seed0: no data" in err and "left as it is" in err
