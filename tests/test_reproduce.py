@@ -51,7 +51,8 @@ def test_curvature_sweeps_measure_exact_newton_more_often(monkeypatch, tmp_path)
         (root.name, methods, seeds, list(extra), experiment)))  # fmt: skip
     monkeypatch.setattr(rep.subprocess, "run", lambda *a, **k: None)
     monkeypatch.setattr(rep, "write_manifest", lambda *a, **k: None)
-    assert rep.main(["--curvature", "--out", str(tmp_path)]) == 0
+    roots = ["--runs", str(tmp_path / "paper"), "--curvature-runs", str(tmp_path / "curvature")]
+    assert rep.main(["--curvature", "--out", str(tmp_path), *roots]) == 0
     curvature = [c for c in calls if c[4] == "curvature"]
     assert [c[1] for c in curvature] == [rep.CURVATURE, rep.NEWTON_METHODS] and all(c[2] == "0" for c in curvature)
     assert "diagnostics.every_steps=10" in curvature[1][3] and "trainer.max_steps=100" in curvature[1][3]
