@@ -202,10 +202,12 @@ def reproduce(args: argparse.Namespace) -> int:
     train_wall = time.time() - start
     failed = failed_runs(run_roots(args))
     if failed:  # a sweep goes on past a failed job: never draw over the committed results with them
+        from second_order.suite.cli import shown_path
+
         first, why = failed[0]
-        print(f"error: {len(failed)} run(s) failed, e.g. {first}: {why}; {shown(args.out)} left as it is. Fix the "
-              "cause and run the same command again (finished runs are kept), or draw what there is with "
-              "make figures", file=sys.stderr)  # fmt: skip
+        print(f"error: {len(failed)} run(s) failed, e.g. {first}: {why}; {shown_path(args.out, REPO)} left as it "
+              "is. Fix the cause and run the same command again (finished runs are kept), or draw what there is "
+              "with make figures", file=sys.stderr)  # fmt: skip
         return 1
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -219,22 +221,17 @@ def reproduce(args: argparse.Namespace) -> int:
 
 
 def failed_runs(roots: list[Path]) -> list[tuple[str, str]]:
-    """``(run directory, error)`` of every run under ``roots`` whose summary.json says ``failed``."""
-    from second_order.suite.tracking import runs
+    """``(run directory, error)`` of every run under ``roots`` (sweep directories) that says ``failed``."""
+    from second_order.suite.cli import shown_path
+    from second_order.suite.sweep import sweep_status
 
-    out = []
-    for root in roots:
-        for path in sorted(root.rglob(runs.SUMMARY_FILE)) if root.is_dir() else []:
-            summary = runs.read_summary(path.parent) or {}
-            if summary.get("status") == "failed":
-                out.append((shown(path.parent), str(summary.get("error") or "no error recorded")))
-    return out
-
-
-def shown(path: Path) -> str:
-    """``path`` relative to the checkout when inside it (as a user would type it)."""
-    path = path.resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+    return [
+        (shown_path(root / row["run_dir"], REPO), str(row.get("error") or "no error recorded"))
+        for root in roots
+        if root.is_dir()
+        for row in sweep_status(root)
+        if row["status"] == "failed"
+    ]
 
 
 def run_roots(args: argparse.Namespace) -> list[Path]:

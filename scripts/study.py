@@ -40,8 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def shown(path: Path) -> str:
     """``path`` relative to the checkout when it is inside it (as the user would type it)."""
-    path = path.resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+    from second_order.suite.cli import shown_path
+
+    return shown_path(path, REPO)
 
 
 def no_runs_message(args: argparse.Namespace, root: Path) -> str:

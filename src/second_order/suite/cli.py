@@ -293,6 +293,12 @@ def one_line(err: BaseException) -> str | None:
     return None
 
 
+def shown_path(path: Path, checkout: Path) -> str:
+    """``path`` relative to ``checkout`` when it is inside it (as a user would type it), for messages."""
+    path = path.resolve()
+    return str(path.relative_to(checkout)) if path.is_relative_to(checkout) else str(path)
+
+
 def exit_status(returncode: int) -> int:
     """A child process's exit status as a shell reports it (``subprocess`` gives ``-N`` for a
     child killed by signal N: 128 + N)."""
