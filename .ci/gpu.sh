@@ -96,8 +96,8 @@ reproduce() {
   local rc=$?
   set -e
   tar -czf "$out/gpu-runs.tgz" -C "$runs" paper
-  if [ "$rc" = 0 ]; then tar -czf "$out/gpu-results.tgz" -C "$runs" results; fi
   if [ "$rc" = 0 ]; then
+    tar -czf "$out/gpu-results.tgz" -C "$runs" results
     echo "reproduce: done (manifest.json's wall time is this slice's only: add the earlier slices')"
   else
     echo "reproduce: exit status $rc (124 or 143: stopped at $seconds s; carry OUT/gpu-runs.tgz back as .data/ to go on)"

@@ -171,15 +171,13 @@ def make_command(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from second_order.suite.cli import child_failed
+
     try:
         return reproduce(args)
     except subprocess.CalledProcessError as err:  # the job printed its own error above
-        from second_order.suite.cli import child_failed
-
         return child_failed(err.returncode, "a training sweep")
     except KeyboardInterrupt:
-        from second_order.suite.cli import child_failed
-
         return child_failed(-signal.SIGINT, "make reproduce")
 
 

@@ -208,8 +208,8 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
     Only failures before the run could start come here (the run records its own later ones). Under
     the run directory's lock (a directory another process holds is left alone); a finished or an
     interrupted record (which a requeued job resumes by itself) is never turned into a failed one,
-    and the optimizer and seed it names are kept. A
-    directory with no record before gets the job's ``.hydra/`` too (:func:`save_hydra_record`).
+    and the optimizer and seed it names are kept. A directory with no record before gets the
+    job's ``.hydra/`` too (:func:`save_hydra_record`).
     """
     from second_order.suite.tracking import runs
     from second_order.suite.training.resources import RunDirBusy, RunDirLock

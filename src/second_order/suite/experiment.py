@@ -181,17 +181,6 @@ def _run_locked(
     data, validation = hold_out(data, rc.data.validation_examples)
     n_train, n_test = len(data.train_labels), len(data.test_labels)
     resuming = rc.trainer.resume and checkpoint.exists(run_dir)
-    if primary and not (run_dir / runs.CONFIG_FILE).exists():
-        runs.write_text(run_dir / runs.CONFIG_FILE, yaml.safe_dump(_plain(cfg), sort_keys=False))
-
-    image_shape = image_shape_of(data)
-    model = build_model(rc.model, image_shape)
-    abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_images[:1])["params"]
-    abstract_params = jax.tree_util.tree_map(
-        lambda p: jax.ShapeDtypeStruct(p.shape, rc.model.param_dtype), abstract_params
-    )
-    diag_names = list(collect_diagnostics(init_state_shapes(rc.optimizer, tx, abstract_params)))
-    probe, curvature_names, wandb_curvature = curvature_probe(rc, model, abstract_params)
     previous = (runs.read_summary(run_dir) or {}) if resuming else {}
     per_epoch = n_train // rc.trainer.batch_size
     start = checkpoint.latest_step(run_dir) if resuming else 0
@@ -204,6 +193,17 @@ def _run_locked(
                 start,
             )
         return dict(previous) if primary else {}
+    if primary and not (run_dir / runs.CONFIG_FILE).exists():
+        runs.write_text(run_dir / runs.CONFIG_FILE, yaml.safe_dump(_plain(cfg), sort_keys=False))
+
+    image_shape = image_shape_of(data)
+    model = build_model(rc.model, image_shape)
+    abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_images[:1])["params"]
+    abstract_params = jax.tree_util.tree_map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, rc.model.param_dtype), abstract_params
+    )
+    diag_names = list(collect_diagnostics(init_state_shapes(rc.optimizer, tx, abstract_params)))
+    probe, curvature_names, wandb_curvature = curvature_probe(rc, model, abstract_params)
     logged = _wandb_logged(rc, run_dir) if primary and resuming else None  # read before W&B adds a segment
     wandb = _wandb_logger(rc, run_dir, cfg, previous.get("wandb_run_id")) if primary else None
     logger = (
