@@ -8,7 +8,8 @@ it never trains.  Runs are grouped by optimizer and config (seeds of one experim
 per group; see second_order.suite.report.grouping).  Prints each file it wrote and
 one warning line per problem: a paper method without runs (its figures are
 skipped), an unreadable run or torn CSV row (skipped, the rest is drawn), a run
-trained on several devices (left out of time axes).
+trained on several devices (left out of time axes), runs that ran at once on one
+machine (their seconds are not comparable; second_order.suite.report.overlaps).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from second_order.suite.report.figures import BANDS, make_all_figures
 from second_order.suite.report.grouping import group_runs
 from second_order.suite.report.loading import ReportWarning, load_runs
+from second_order.suite.report.overlaps import overlaps
 from second_order.suite.report.runinfo import status_counts
 from second_order.suite.report.spectra import split_measured
 from second_order.suite.report.style import METHODS
@@ -115,6 +117,9 @@ def load(roots: Sequence[Path], experiment: str | None) -> list[Run]:
     return runs
 
 
+SHOWN_OVERLAPS = 5  # pairs of runs that ran at once named one by one; the rest counted
+
+
 def describe(runs: Sequence[Run]) -> None:
     """One line per group of runs found, and one warning line per paper method missing."""
     groups = group_runs(runs)
@@ -126,6 +131,12 @@ def describe(runs: Sequence[Run]) -> None:
     for method in METHODS:
         if method not in present:
             print(f"warning: no runs for method '{method}'; its figures are skipped", file=sys.stderr)
+    shared = overlaps(runs)
+    for o in shared[:SHOWN_OVERLAPS]:
+        print(f"warning: {o.describe()}: their times (per optimizer-second, per step) are not comparable",
+              file=sys.stderr)  # fmt: skip
+    if len(shared) > SHOWN_OVERLAPS:
+        print(f"warning: and {len(shared) - SHOWN_OVERLAPS} more pair(s) of runs ran at once", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

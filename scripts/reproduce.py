@@ -182,8 +182,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def reproduce(args: argparse.Namespace) -> int:
-    """Every sweep the flags ask for, then the figures, tables and manifest."""
+    """Every sweep the flags ask for, then the figures, tables and manifest (never timed at once)."""
+    from second_order.suite.launchers import chosen_launcher, jobs_at_once_message, runs_jobs_at_once
 
+    launcher = chosen_launcher(args.overrides)
+    if launcher is not None and runs_jobs_at_once(launcher):
+        print(f"error: {jobs_at_once_message(launcher, 'the timed runs (the figures per optimizer-second)')}; run "
+              "without a launcher override (one job after another) or as SLURM jobs (hydra/launcher=slurm_gpu)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     start = time.time()
     extra = list(args.overrides) + ([f"trainer.max_steps={args.max_steps}"] if args.max_steps else [])
     sweep(args.runs, FAST_METHODS, args.seeds, extra)

@@ -7,7 +7,8 @@
                                                   # (none under the root: an error, exit 1, nothing written)
 
 Phases: ``tune`` (Optuna through Hydra, may run trials in parallel), ``final`` (the
-timed runs, one at a time), ``report`` (results/study/). Every phase is resumable: run
+timed runs, one at a time or each as a SLURM job: a launcher that runs jobs at once on
+this machine is refused), ``report`` (results/study/). Every phase is resumable: run
 the same command again after an interruption. Extra Hydra overrides after the options
 go to every job and are part of each folder's ``study_plan.yaml`` (but for logging and
 launcher keys: ``second_order.suite.study.runner.NOT_COMPARED``), so finished work made

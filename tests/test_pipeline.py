@@ -109,6 +109,16 @@ def test_short_run_decreases_loss_and_writes_logs(name, short_runs):
     assert record.group == "default" and name in record.tags
 
 
+def test_jobs_of_the_basic_launcher_ran_one_after_another(short_runs):
+    """Their records show it (summary segments' started_at / ended_at), so a report can check it."""
+    from second_order.suite.report.loading import load_runs
+    from second_order.suite.report.overlaps import overlaps, timed
+
+    found = load_runs([short_runs])
+    assert len(found) == len(OTHERS) and all(timed(r) for r in found)
+    assert overlaps(found) == []
+
+
 @pytest.mark.parametrize("name", EXACT_NEWTON)
 def test_exact_newton_runs(name, real_mnist_dir, tmp_path):
     run_dir = tmp_path / name

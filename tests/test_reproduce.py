@@ -110,3 +110,20 @@ def test_failed_runs_never_draw_over_the_results(monkeypatch, tmp_path, capsys):
     assert not drawn and not out.exists()
     err = capsys.readouterr().err
     assert "5 run(s) failed, e.g. " in err and "gauss_newton/seed0: no data" in err and "left as it is" in err
+
+
+def test_a_launcher_that_runs_jobs_at_once_is_refused_before_any_sweep(monkeypatch, tmp_path, capsys):
+    """Parallel jobs on one machine would distort the figures per optimizer-second: exit 2, nothing run."""
+    rep = _reproduce()
+    launched = []
+    monkeypatch.setattr(rep, "sweep", lambda *a, **k: launched.append(a))
+    out = tmp_path / "results"
+    for launcher in ("parallel", "local_processes"):
+        assert rep.main(["--runs", str(tmp_path / "runs"), "--out", str(out), f"hydra/launcher={launcher}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: hydra/launcher={launcher} runs a sweep's jobs at once")
+        assert "hydra/launcher=slurm_gpu" in err[0]
+    assert not launched and not out.exists()
+    monkeypatch.setattr(rep, "failed_runs", lambda roots: [("x", "stop here")])
+    assert rep.main(["--runs", str(tmp_path / "runs"), "--out", str(out), "hydra/launcher=slurm_gpu"]) == 1
+    assert len(launched) == 2  # a SLURM launcher goes on to the sweeps

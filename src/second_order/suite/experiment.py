@@ -259,12 +259,7 @@ def _run_locked(
         for s in previous.get("segments") or []
         if int(s.get("start_step", 0)) < start
     ]
-    this_segment: dict[str, Any] = {
-        "start_step": start,
-        "end_step": None,  # until this segment ends
-        **describe(placement),
-        "host": record["host"],
-    }
+    this_segment = environment.new_segment(start, record, describe(placement))
     segments.append(this_segment)
     # While running, the record holds no results: the last segment's would disagree with the files.
     runs.write_json(run_dir / runs.SUMMARY_FILE, {**base, "status": "running", "segments": segments})
@@ -279,7 +274,7 @@ def _run_locked(
         reached = start
         with contextlib.suppress(OSError):
             reached = checkpoint.latest_step(run_dir)
-        this_segment["end_step"] = reached
+        environment.end_segment(this_segment, reached)
         failed = {"status": "failed", "error": f"{type(err).__name__}: {message}", "segments": segments}
         kept = previous if previous and reached <= start else {**base, **failed}
         with contextlib.suppress(OSError):  # e.g. a full disk: the original error is what matters
@@ -287,7 +282,7 @@ def _run_locked(
         raise
     finally:
         logger.close()
-    this_segment["end_step"] = outcome.steps
+    environment.end_segment(this_segment, outcome.steps)
     steps = runs.read_table(run_dir / runs.STEPS_FILE)
     summary = {
         **base,

@@ -24,6 +24,7 @@ import yaml
 
 from second_order.suite.report.figures import plot_loss_vs_time
 from second_order.suite.report.loading import load_runs, warn
+from second_order.suite.report.overlaps import Overlap, overlaps, timed
 from second_order.suite.report.runinfo import run_status
 from second_order.suite.report.style import save_figure
 from second_order.suite.study.plan import Study, search_space
@@ -185,6 +186,40 @@ def _failed_section(root: Path) -> str:
     return "\n## Left out (their tuning or final runs failed)\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
+def timed_overlaps(runs: Mapping[str, Mapping[str, Sequence[Run]]]) -> list[Overlap]:
+    """The scored final runs that shared a machine at once (:mod:`..report.overlaps`), each warned about."""
+    found = overlaps([r for per in runs.values() for rs in per.values() for r in rs])
+    for o in found:
+        warn(f"{o.describe()}: their optimizer seconds are not comparable (the final runs must run one at a time)")
+    return found
+
+
+def serial_note(runs: Mapping[str, Mapping[str, Sequence[Run]]], found: Sequence[Overlap]) -> str:
+    """How the final runs ran, for the summary: checked when every run has its segments' times."""
+    if found:
+        return f"meant to run one at a time, but {len(found)} pair(s) shared a machine at once (named at the end)"
+    if all(timed(r) for per in runs.values() for rs in per.values() for r in rs):
+        return "one at a time (checked from their records: no two shared a machine at once)"
+    return "one at a time"
+
+
+def _overlap_section(found: Sequence[Overlap], root: Path) -> str:
+    """The final runs that ran at once on one machine, as a summary section (empty when none did)."""
+    if not found:
+        return ""
+
+    def shown(path: Path) -> str:
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    lines = [f"- {o.describe(shown)}" for o in found]
+    return (
+        "\n## Timed runs that ran at once on one machine\n\n"
+        "They shared its cores, so their optimizer seconds, and the times to target above, are not "
+        "comparable. Delete their folders and run the final phase again without a parallel launcher "
+        "(`scripts/study.py --phase final,report`).\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def write_report(study: Study, root: Path, out_dir: Path) -> list[Path]:
     """Every file of the report into ``out_dir``; returns their paths.
 
@@ -227,5 +262,7 @@ def write_report(study: Study, root: Path, out_dir: Path) -> list[Path]:
             written += save_figure(fig, out_dir, f"{study.target_metric}_vs_time_{w}")
     from second_order.suite.study.summary import summary_markdown
 
-    text("summary.md", summary_markdown(study, runs, ttt, goal) + _failed_section(root))
+    shared = timed_overlaps(runs)
+    text("summary.md", summary_markdown(study, runs, ttt, goal, serial_note(runs, shared)) + _failed_section(root)
+         + _overlap_section(shared, root))  # fmt: skip
     return written

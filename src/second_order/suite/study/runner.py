@@ -11,8 +11,10 @@ Phases (each resumable: finished work is found on disk and skipped):
 2. **final** — per workload and method, the best parameters with every seed of
    ``final.seeds``, ``final.epochs`` epochs, validation evaluations every
    ``final.eval_every_steps`` steps, into ``<root>/final/<workload>/<method>/seed<k>``;
-   always one job at a time (Hydra's basic launcher), since parallel jobs on one
-   machine distort the time axis.
+   one job at a time (Hydra's basic launcher), since parallel jobs on one machine distort
+   the time axis; a SLURM launcher on the command line runs each in an allocation of its
+   own (:func:`check_final_launcher` refuses the others). The report checks it from the
+   runs' records (:mod:`second_order.suite.report.overlaps`).
 
 Finished work is reused only if it was made with the same settings: each tuning and
 each method's final directory keeps the overrides it was launched with
@@ -34,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from second_order.suite.launchers import chosen_launcher, jobs_at_once_message, runs_jobs_at_once
 from second_order.suite.study.plan import (
     REPO,
     SERIAL_LAUNCHER,
@@ -61,6 +64,22 @@ NOT_COMPARED = (
     "hydra.launcher",
     "hydra/launcher",
 )
+
+
+def check_final_launcher(extra: Sequence[str]) -> None:
+    """Refuse an extra ``hydra/launcher=`` that would run the timed final runs at once on one machine.
+
+    The final phase runs with Hydra's basic launcher (one job after another) unless the
+    command line names another; a SLURM launcher is fine (each job its own allocation),
+    joblib or submitit's local executor are not (the jobs would share the machine's cores).
+    """
+    launcher = chosen_launcher(extra)
+    if launcher is not None and runs_jobs_at_once(launcher):
+        raise StudyError(
+            jobs_at_once_message(launcher, "the timed final runs") + f". Tune in parallel with `--phase tune "
+            f"hydra/launcher={launcher}` (or tuning.launcher in the study config), then run `--phase final,report` "
+            "without it; a SLURM launcher (hydra/launcher=slurm_gpu) is fine for both"
+        )
 
 
 def compared(extra: Sequence[str]) -> list[str]:
@@ -180,8 +199,12 @@ def run_study(
 
     A (workload, method) whose multirun fails (e.g. every trial refused: exact Newton on a
     model too large for it) is left out, named in ``<root>/failed.yaml`` and on stderr, and
-    the study goes on; one stopped by a signal stops the study (each phase resumes).
+    the study goes on; one stopped by a signal stops the study (each phase resumes). A
+    launcher in ``extra`` that runs jobs at once on this machine is refused for the final
+    phase (:func:`check_final_launcher`).
     """
+    if "final" in phases:
+        check_final_launcher(extra)  # before any tuning: a refusal after it would waste it
     best: dict[str, dict[str, dict[str, Any]]] = {}
     failed: dict[str, dict[str, str]] = {}
     for workload in study.workloads:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -51,8 +52,41 @@ def record() -> dict[str, Any]:
         "device_kind": devices[0].device_kind,
         "x64": bool(jax.config.read("jax_enable_x64")),
         "git_commit": git_commit(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started_at": timestamp(),
     }
+
+
+#: The format of ``started_at`` / ``ended_at`` (local time with its UTC offset, to the second).
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
+
+def timestamp() -> str:
+    """Now, as :data:`TIME_FORMAT`."""
+    return time.strftime(TIME_FORMAT)
+
+
+def new_segment(start_step: int, record_now: dict[str, Any], placement: dict[str, Any]) -> dict[str, Any]:
+    """The summary's entry for this (re)start, open until :func:`end_segment`.
+
+    ``started_at`` / ``ended_at`` and ``slurm_job`` (``$SLURM_JOB_ID``, one per job and per
+    array task; None outside SLURM) let a report find timed runs that shared a machine at
+    once (:mod:`second_order.suite.report.overlaps`).
+    """
+    return {
+        "start_step": int(start_step),
+        "end_step": None,  # until this segment ends
+        **placement,
+        "host": record_now["host"],
+        "slurm_job": os.environ.get("SLURM_JOB_ID") or None,
+        "started_at": record_now["started_at"],
+        "ended_at": None,
+    }
+
+
+def end_segment(segment: dict[str, Any], end_step: int) -> None:
+    """Close ``segment`` at ``end_step``, now."""
+    segment["end_step"] = int(end_step)
+    segment["ended_at"] = timestamp()
 
 
 def append_segment(path: Path, record_now: dict[str, Any], start_step: int) -> None:

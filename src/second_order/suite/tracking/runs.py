@@ -86,7 +86,7 @@ SUMMARY_KEYS = (
     "max_steps",  # the budgets of the last segment (trainer.max_steps / max_time_s; a resume may change them)
     "max_time_s",
     "x64",
-    "segments",  # one entry per (re)start: start_step, end_step, backend, device_kind, host
+    "segments",  # one per (re)start: start_step, end_step, backend, device_kind, host, slurm_job, started_at, ended_at
 )
 
 
