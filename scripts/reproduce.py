@@ -183,13 +183,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def reproduce(args: argparse.Namespace) -> int:
     """Every sweep the flags ask for, then the figures, tables and manifest (never timed at once)."""
-    from second_order.suite.launchers import chosen_launcher, jobs_at_once_message, runs_jobs_at_once
+    from second_order.suite.launchers import LauncherError, jobs_at_once
 
-    launcher = chosen_launcher(args.overrides)
-    if launcher is not None and runs_jobs_at_once(launcher):
-        print(f"error: {jobs_at_once_message(launcher, 'the timed runs (the figures per optimizer-second)')}; run "
-              "without a launcher override (one job after another) or as SLURM jobs (hydra/launcher=slurm_gpu)",
-              file=sys.stderr)  # fmt: skip
+    try:
+        at_once = jobs_at_once(args.overrides)
+    except LauncherError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if at_once:
+        print(f"error: {at_once}: the timed runs (the figures per optimizer-second) would share its cores and "
+              "distort each other's seconds; run with hydra/launcher=basic (one job after another) or as SLURM "
+              "jobs (hydra/launcher=slurm_gpu)", file=sys.stderr)  # fmt: skip
         return 2
     start = time.time()
     extra = list(args.overrides) + ([f"trainer.max_steps={args.max_steps}"] if args.max_steps else [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -59,43 +60,80 @@ def test_runs_without_both_times_are_not_checked(tmp_path):
     assert [timed(r) for r in (old, killed, whole)] == [False, False, True]
 
 
-@pytest.mark.parametrize("launcher", ["parallel", "joblib", "local_processes", "submitit_local", "mine"])
-def test_the_final_phase_refuses_launchers_that_run_jobs_at_once(tmp_path, launcher, monkeypatch):
-    from second_order.suite import launchers
-    from second_order.suite.study import runner
-    from second_order.suite.study.plan import StudyError, load_study
+@pytest.fixture
+def configs(tmp_path, monkeypatch) -> Path:
+    """A copy of the repository's configs that the launcher check reads (to add a user's files to)."""
+    from conftest import REPO
 
-    configs = tmp_path / "launchers"  # a user's own preset extending the repository's local one
-    configs.mkdir()
-    (configs / "mine.yaml").write_text("defaults:\n  - local_processes\n  - _self_\ntimeout_min: 60\n")
-    for name in ("parallel", "local_processes", "slurm_gpu"):
-        (configs / f"{name}.yaml").write_text((launchers.LAUNCHER_CONFIGS / f"{name}.yaml").read_text())
-    monkeypatch.setattr(launchers, "LAUNCHER_CONFIGS", configs)
+    from second_order.suite import launchers
+
+    copy = tmp_path / "configs"
+    shutil.copytree(REPO / "configs", copy, ignore=shutil.ignore_patterns("default.yaml"))
+    monkeypatch.setattr(launchers, "CONFIGS", copy)
+    return copy
+
+
+def smoke_study(tmp_path: Path):
+    from second_order.suite.study.plan import load_study
+
     config = tmp_path / "smoke.yaml"
     config.write_text(SMOKE)
-    study = load_study(config)
-    launched: list[list[str]] = []
+    return load_study(config)
+
+
+@pytest.mark.parametrize("launcher", ["parallel", "joblib", "local_processes", "submitit_local", "mine"])
+def test_the_final_phase_refuses_launchers_that_run_jobs_at_once(tmp_path, configs, launcher):
+    from second_order.suite.study.plan import StudyError
+    from second_order.suite.study.runner import run_study
+
+    # a user's own preset, judged by the plugin it extends
+    (configs / "hydra" / "launcher" / "mine.yaml").write_text("defaults:\n  - local_processes\n  - _self_\n")
+    study, launched = smoke_study(tmp_path), []
     extra = [f"hydra/launcher={launcher}"]
-    with pytest.raises(StudyError, match=rf"hydra/launcher={launcher} runs a sweep's jobs at once on this machine.*"
-                                         rf"`--phase tune hydra/launcher={launcher}`"):  # fmt: skip
-        runner.run_study(study, tmp_path / "root", phases=("tune", "final"), run=launched.append, extra=extra)
+    with pytest.raises(StudyError, match=rf"hydra/launcher={launcher} \(.*\) runs a sweep's jobs at once on this "
+                                         r"machine: the timed final runs would share its cores"):  # fmt: skip
+        run_study(study, tmp_path / "root", phases=("tune", "final"), run=launched.append, extra=extra)
     assert launched == []  # refused before any tuning
 
     def tune_only(args):  # tuning in parallel is fine
         launched.append(list(args))
         raise subprocess.CalledProcessError(1, ["train.py"])
 
-    runner.run_study(study, tmp_path / "root", phases=("tune",), run=tune_only, extra=extra)
+    run_study(study, tmp_path / "root", phases=("tune",), run=tune_only, extra=extra)
     assert launched and all(extra[0] in a for a in launched)
+
+
+def test_the_machine_local_config_picks_the_studys_launcher(tmp_path, configs):
+    """configs/local/default.yaml's launcher (SLURM on a cluster) is used, not overridden by basic;
+    one that runs jobs at once is refused for the final runs, naming that file."""
+    from second_order.suite.study.plan import StudyError
+    from second_order.suite.study.runner import check_final_launcher, run_study
+
+    local = configs / "local" / "default.yaml"
+    local.write_text((configs / "local" / "example.yaml").read_text())  # SLURM, with an account key
+    study, launched = smoke_study(tmp_path), []
+
+    def record(args):
+        launched.append(list(args))
+        raise subprocess.CalledProcessError(1, ["train.py"])
+
+    run_study(study, tmp_path / "root", phases=("tune", "final"), run=record)
+    assert launched and not any(a.startswith("hydra/launcher=") for args in launched for a in args)
+    with pytest.raises(StudyError, match=r"final runs: the launcher does not compose: .*account.*`~local`"):
+        check_final_launcher(["hydra/launcher=basic"])  # the example's SLURM keys on the basic launcher
+    local.write_text("# @package _global_\ndefaults:\n  - override /hydra/launcher: local_processes\n")
+    with pytest.raises(StudyError, match=r"the launcher configs/local/default.yaml picks \(submitit's local"):
+        check_final_launcher([])
+    check_final_launcher(["hydra/launcher=basic"])  # the command line wins
 
 
 @pytest.mark.parametrize("launcher", ["slurm_gpu", "submitit_slurm", "basic"])
 def test_the_final_phase_takes_slurm_or_the_basic_launcher(launcher):
-    from second_order.suite.launchers import runs_jobs_at_once
+    from second_order.suite.launchers import jobs_at_once
     from second_order.suite.study.runner import check_final_launcher
 
     check_final_launcher(["model.hidden=20", f"hydra/launcher={launcher}"])
-    assert not runs_jobs_at_once(launcher)
+    assert jobs_at_once([f"hydra/launcher={launcher}", "~local"]) is None
 
 
 def test_the_study_report_names_final_runs_that_ran_at_once(tmp_path):
@@ -149,3 +187,16 @@ def test_jobs_of_a_parallel_launcher_are_found_to_overlap(real_mnist_dir, tmp_pa
     figures = subprocess.run([*command, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert figures.returncode == 0, figures.stderr[-2000:]
     assert "ran at once on" in figures.stderr and "are not comparable" in figures.stderr
+
+
+def test_the_summary_says_how_the_final_runs_ran_only_as_far_as_their_records_show(tmp_path):
+    from second_order.suite.study.report import serial_note
+
+    one, two = (run_with(tmp_path, f"r{i}", segment(f"0{i}:00", f"0{i}:30")) for i in (1, 2))
+    assert serial_note({"w": {"sgd": [one, two]}}, []) == (
+        "one at a time (checked from their records: no two shared a machine at once)"
+    )
+    old = run_with(tmp_path, "old", {"start_step": 0, "end_step": 10, "host": "box"})
+    assert serial_note({"w": {"sgd": [one, old]}}, []) == "one at a time"  # not checked: not claimed
+    jobs = [run_with(tmp_path, f"j{i}", segment("00:00", "00:30", slurm_job=str(i))) for i in (1, 2)]
+    assert serial_note({"w": {"sgd": jobs}}, []).startswith("as SLURM jobs (checked")

@@ -121,7 +121,8 @@ def test_a_launcher_that_runs_jobs_at_once_is_refused_before_any_sweep(monkeypat
     for launcher in ("parallel", "local_processes"):
         assert rep.main(["--runs", str(tmp_path / "runs"), "--out", str(out), f"hydra/launcher={launcher}"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"error: hydra/launcher={launcher} runs a sweep's jobs at once")
+        assert len(err) == 1 and err[0].startswith(f"error: hydra/launcher={launcher} (")
+        assert "runs a sweep's jobs at once on this machine: the timed runs" in err[0]
         assert "hydra/launcher=slurm_gpu" in err[0]
     assert not launched and not out.exists()
     monkeypatch.setattr(rep, "failed_runs", lambda roots: [("x", "stop here")])

@@ -1,11 +1,14 @@
-"""Which Hydra launchers run a sweep's jobs at once on this machine (never for timed runs).
+"""Which Hydra launcher a sweep would use, and whether it runs jobs at once on this machine.
 
 Timed runs that share a machine's cores slow each other down, so their optimizer seconds
 are not comparable. joblib (``hydra/launcher=parallel``) and submitit's local executor
 (``local_processes``: it starts every job of a sweep at once) do that; Hydra's basic
 launcher runs one job after another, and a SLURM launcher gives each job an allocation of
-its own. The study's final phase and ``scripts/reproduce.py`` refuse the first kind; the
-reports check what really happened from the runs' records (:mod:`.report.overlaps`).
+its own. The launcher is found by composing the config as ``scripts/train.py`` would (the
+command line's launcher keys and the machine's ``configs/local/default.yaml``), so a
+user's own preset is judged by the plugin it extends. The study's final phase and
+``scripts/reproduce.py`` refuse the first kind; the reports check what really happened
+from the runs' records (:mod:`.report.overlaps`).
 """
 
 from __future__ import annotations
@@ -13,39 +16,50 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
-#: The plugins' launcher configs that run a sweep's jobs at once on this machine.
-JOBS_AT_ONCE = ("joblib", "submitit_local")
-#: The repository's launcher presets (configs/hydra/launcher/), each extending a plugin's config.
-LAUNCHER_CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "hydra" / "launcher"
+#: Launcher classes (the end of ``hydra.launcher._target_``) that run a sweep's jobs at once here.
+AT_ONCE = {"JoblibLauncher": "joblib", "LocalLauncher": "submitit's local executor"}
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
-def chosen_launcher(overrides: Sequence[str]) -> str | None:
-    """The launcher a command line picks (``hydra/launcher=<name>``, the last one wins), or None."""
-    chosen = [o.split("=", 1)[1] for o in overrides if "=" in o and o.lstrip("+").split("=", 1)[0] == "hydra/launcher"]
-    return chosen[-1] if chosen else None
+class LauncherError(ValueError):
+    """The launcher keys do not compose (e.g. a local config's SLURM keys on another launcher)."""
 
 
-def runs_jobs_at_once(launcher: str, configs: Path | None = None) -> bool:
-    """Whether ``hydra/launcher=<launcher>`` is, or extends through its defaults, one of :data:`JOBS_AT_ONCE`.
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
 
-    ``configs``: the launcher config folder (default :data:`LAUNCHER_CONFIGS`).
+
+def launcher_target(overrides: Sequence[str], configs: Path | None = None) -> str:
+    """``hydra.launcher._target_`` of a sweep with these overrides (only their launcher keys are used).
+
+    ``configs``: the config folder (default :data:`CONFIGS`, the repository's).
     """
-    if launcher in JOBS_AT_ONCE:
-        return True
-    configs = configs or LAUNCHER_CONFIGS
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from second_order.suite.config import register
+
+    register()
+    # the overrides that choose or configure the launcher (the others cannot change it)
+    picked = [o for o in overrides if _key(o) == "local" or _key(o).startswith(("hydra/launcher", "hydra.launcher"))]
     try:
-        defaults = (yaml.safe_load((configs / f"{launcher}.yaml").read_text()) or {}).get("defaults") or []
-    except (OSError, yaml.YAMLError, AttributeError):
-        return False  # a plugin's own config (basic, submitit_slurm, ...): Hydra reports a bad name itself
-    parents = [d for d in defaults if isinstance(d, str) and d not in ("_self_", launcher)]
-    return any(runs_jobs_at_once(d, configs) for d in parents)
+        with initialize_config_dir(config_dir=str(configs or CONFIGS), version_base="1.3"):
+            cfg = compose("config", overrides=picked, return_hydra_config=True)
+    except HydraException as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        why = " ".join(lines[:2]) or type(err).__name__  # Hydra's where, then OmegaConf's what
+        raise LauncherError(
+            f"the launcher does not compose: {why} (`~local` leaves out configs/local/default.yaml)"
+        ) from err
+    return str(cfg.hydra.launcher._target_)
 
 
-def jobs_at_once_message(launcher: str, what: str) -> str:
-    """The refusal: ``hydra/launcher=<launcher>`` runs jobs at once, which distorts ``what``."""
-    return (
-        f"hydra/launcher={launcher} runs a sweep's jobs at once on this machine: {what} would share its cores "
-        "and distort each other's seconds"
-    )
+def jobs_at_once(overrides: Sequence[str], configs: Path | None = None) -> str | None:
+    """A message naming the launcher when it would run jobs at once on this machine, else None."""
+    target = launcher_target(overrides, configs)
+    kind = AT_ONCE.get(target.rsplit(".", 1)[-1])
+    if kind is None:
+        return None
+    chosen = [o.split("=", 1)[1] for o in overrides if _key(o) == "hydra/launcher" and "=" in o]
+    where = f"hydra/launcher={chosen[-1]}" if chosen else "the launcher configs/local/default.yaml picks"
+    return f"{where} ({kind}) runs a sweep's jobs at once on this machine"

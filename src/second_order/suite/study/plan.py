@@ -187,7 +187,7 @@ def sweeper_overrides(space: Mapping[str, tuple], tuning: Mapping[str, Any]) -> 
         "hydra.sweeper.direction=minimize",
         f"hydra.sweeper.n_trials={int(tuning['trials'])}",
         f"hydra.sweeper.n_jobs={int(tuning.get('n_jobs', 1))}",
-        f"hydra/launcher={tuning.get('launcher', SERIAL_LAUNCHER)}",
+        *launcher_overrides(tuning),
     ]
     # A sweep override on the command line is the sweeper's search space (hydra-optuna-sweeper syntax).
     out += [f"{key}=tag(log, interval({lo:.6g}, {hi:.6g}))" for key, (lo, hi) in space.items()]
@@ -200,6 +200,15 @@ TPE_STARTUP_TRIALS = 10
 #: The seed of every tuning trial (``tuning.seed``): outside ``final.seeds``, so that no final run
 #: replays, for its first epochs, the very trial its parameters were selected on.
 TUNING_SEED = 1000
+
+
+def launcher_overrides(phase: Mapping[str, Any]) -> list[str]:
+    """``hydra/launcher=<phase.launcher>`` when the study config names one; else the machine's default.
+
+    The default is Hydra's basic launcher, or what ``configs/local/default.yaml`` picks (e.g.
+    SLURM on a cluster): forcing basic there would not even compose with its SLURM keys.
+    """
+    return [f"hydra/launcher={phase['launcher']}"] if phase.get("launcher") else []
 
 
 def common_overrides(study: Study, workload: Workload, phase: Mapping[str, Any]) -> list[str]:

@@ -25,7 +25,7 @@ import yaml
 from second_order.suite.report.figures import plot_loss_vs_time
 from second_order.suite.report.loading import load_runs, warn
 from second_order.suite.report.overlaps import Overlap, overlaps, timed
-from second_order.suite.report.runinfo import run_status
+from second_order.suite.report.runinfo import run_status, segments
 from second_order.suite.report.style import save_figure
 from second_order.suite.study.plan import Study, search_space
 from second_order.suite.study.plots import plot_metric_vs_time, plot_profiles
@@ -198,9 +198,12 @@ def serial_note(runs: Mapping[str, Mapping[str, Sequence[Run]]], found: Sequence
     """How the final runs ran, for the summary: checked when every run has its segments' times."""
     if found:
         return f"meant to run one at a time, but {len(found)} pair(s) shared a machine at once (named at the end)"
-    if all(timed(r) for per in runs.values() for rs in per.values() for r in rs):
-        return "one at a time (checked from their records: no two shared a machine at once)"
-    return "one at a time"
+    scored = [r for per in runs.values() for rs in per.values() for r in rs]
+    if not all(timed(r) for r in scored):
+        return "one at a time"
+    if any(s.get("slurm_job") for r in scored for s in segments(r)):
+        return "as SLURM jobs (checked from their records: none shared an allocation with another at once)"
+    return "one at a time (checked from their records: no two shared a machine at once)"
 
 
 def _overlap_section(found: Sequence[Overlap], root: Path) -> str:

@@ -12,9 +12,10 @@ Phases (each resumable: finished work is found on disk and skipped):
    ``final.seeds``, ``final.epochs`` epochs, validation evaluations every
    ``final.eval_every_steps`` steps, into ``<root>/final/<workload>/<method>/seed<k>``;
    one job at a time (Hydra's basic launcher), since parallel jobs on one machine distort
-   the time axis; a SLURM launcher on the command line runs each in an allocation of its
-   own (:func:`check_final_launcher` refuses the others). The report checks it from the
-   runs' records (:mod:`second_order.suite.report.overlaps`).
+   the time axis; a SLURM launcher (on the command line or in the machine's local config)
+   runs each in an allocation of its own (:func:`check_final_launcher` refuses launchers
+   that run jobs at once here). The report checks it from the runs' records
+   (:mod:`second_order.suite.report.overlaps`).
 
 Finished work is reused only if it was made with the same settings: each tuning and
 each method's final directory keeps the overrides it was launched with
@@ -36,15 +37,15 @@ from typing import Any
 
 import yaml
 
-from second_order.suite.launchers import chosen_launcher, jobs_at_once_message, runs_jobs_at_once
+from second_order.suite.launchers import LauncherError, jobs_at_once
 from second_order.suite.study.plan import (
     REPO,
-    SERIAL_LAUNCHER,
     TUNING_SEED,
     Study,
     StudyError,
     Workload,
     common_overrides,
+    launcher_overrides,
     search_space,
 )
 from second_order.suite.study.plan import sweeper_overrides as optuna_overrides
@@ -67,18 +68,23 @@ NOT_COMPARED = (
 
 
 def check_final_launcher(extra: Sequence[str]) -> None:
-    """Refuse an extra ``hydra/launcher=`` that would run the timed final runs at once on one machine.
+    """Refuse a launcher that would run the timed final runs at once on one machine.
 
-    The final phase runs with Hydra's basic launcher (one job after another) unless the
-    command line names another; a SLURM launcher is fine (each job its own allocation),
-    joblib or submitit's local executor are not (the jobs would share the machine's cores).
+    The final phase uses the launcher a sweep with ``extra`` would (Hydra's basic one, one
+    job after another, unless the command line or ``configs/local/default.yaml`` picks
+    another): SLURM is fine (each job its own allocation), joblib or submitit's local
+    executor are not (the jobs would share the machine's cores). See :mod:`..launchers`.
     """
-    launcher = chosen_launcher(extra)
-    if launcher is not None and runs_jobs_at_once(launcher):
+    try:
+        at_once = jobs_at_once(extra)
+    except LauncherError as err:
+        raise StudyError(f"final runs: {err}") from err
+    if at_once:
         raise StudyError(
-            jobs_at_once_message(launcher, "the timed final runs") + f". Tune in parallel with `--phase tune "
-            f"hydra/launcher={launcher}` (or tuning.launcher in the study config), then run `--phase final,report` "
-            "without it; a SLURM launcher (hydra/launcher=slurm_gpu) is fine for both"
+            f"{at_once}: the timed final runs would share its cores and distort each other's seconds. Tune in "
+            "parallel with `--phase tune hydra/launcher=parallel` (or tuning.launcher in the study config), then "
+            "run `--phase final,report` with hydra/launcher=basic (one job after another) or "
+            "hydra/launcher=slurm_gpu (each job its own allocation)"
         )
 
 
@@ -132,8 +138,10 @@ def check_plan(where: Path, overrides: Sequence[str], what: str) -> None:
         where.mkdir(parents=True, exist_ok=True)
         runs.write_text(path, yaml.safe_dump({"overrides": list(overrides)}, sort_keys=False))
         return
-    before = list((yaml.safe_load(path.read_text()) or {}).get("overrides") or [])
-    if before == list(overrides):
+    # How jobs were launched and logged (NOT_COMPARED keys) may differ (older plans named the basic launcher).
+    before = compared((yaml.safe_load(path.read_text()) or {}).get("overrides") or [])
+    overrides = compared(overrides)
+    if before == overrides:
         return
     then = [o for o in before if o not in overrides] or ["(the same overrides in another order)"]
     now = [o for o in overrides if o not in before]
@@ -171,7 +179,7 @@ def final(
         f"experiment_name=study_{study.name}",
         f"trainer.eval_every_steps={int(study.final.get('eval_every_steps', 100))}",
         "trainer.resume=true",
-        f"hydra/launcher={SERIAL_LAUNCHER}",
+        *launcher_overrides(study.final),
         "hydra.sweep.subdir=seed${seed}",
     ]
     check_plan(where, [*args, *compared(extra)], "run")
@@ -203,8 +211,8 @@ def run_study(
     launcher in ``extra`` that runs jobs at once on this machine is refused for the final
     phase (:func:`check_final_launcher`).
     """
-    if "final" in phases:
-        check_final_launcher(extra)  # before any tuning: a refusal after it would waste it
+    if "final" in phases:  # before any tuning: a refusal after it would waste it
+        check_final_launcher([*launcher_overrides(study.final), *extra])
     best: dict[str, dict[str, dict[str, Any]]] = {}
     failed: dict[str, dict[str, str]] = {}
     for workload in study.workloads:
