@@ -563,3 +563,28 @@ def test_a_diverged_baseline_seed_counts_as_worst_and_no_target_is_a_warning(tmp
     assert goal["mnist_mlp"][0] == pytest.approx(0.97)
     with pytest.warns(ReportWarning, match="mnist_mlp: no target"):
         assert targets(study, {"mnist_mlp": {"sgd": [run(float("nan"))]}}) == {}
+
+
+def test_the_final_phase_alone_leaves_out_methods_not_tuned_yet(tmp_path, capsys):
+    """``--phase final`` before a method's tuning finished: left out and named, never timed with its
+    defaults (which the report would show as tuned, and which its finished tuning would then refuse)."""
+    from second_order.suite.study.plan import load_study
+    from second_order.suite.study.runner import FAILED_FILE, TUNING_RESULTS, run_study, tune_dir
+
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE)
+    study = load_study(config)
+    workload = study.workloads[0]
+    tuned = tune_dir(tmp_path, workload, "sgd")
+    tuned.mkdir(parents=True)
+    (tuned / TUNING_RESULTS).write_text("best_params: {optimizer.learning_rate: 0.3}\n")
+    tune_dir(tmp_path, workload, "hessian_free").mkdir(parents=True)  # an interrupted tuning: no results
+    launched: list[list[str]] = []
+    best = run_study(study, tmp_path, phases=("final",), run=launched.append)
+    assert [a[0] for a in launched] == ["optimizer=sgd"] and "optimizer.learning_rate=0.3" in launched[0]
+    assert best == {"mnist_mlp": {"sgd": {"optimizer.learning_rate": 0.3}}}
+    failed = yaml.safe_load((tmp_path / FAILED_FILE).read_text())
+    assert list(failed) == ["mnist_mlp"] and list(failed["mnist_mlp"]) == ["hessian_free"]
+    assert failed["mnist_mlp"]["hessian_free"].startswith("not tuned (") and "run --phase tune first" in (
+        capsys.readouterr().err
+    )

@@ -108,11 +108,16 @@ def final_dir(root: Path, workload: Workload) -> Path:
     return root / "final" / workload.name
 
 
+def tuning_space(study: Study, method: str) -> dict[str, tuple[float, float]]:
+    """The keys the study tunes for ``method`` and their ranges (empty: nothing to tune)."""
+    return search_space(method, study.tuning.get("keys", ()), float(study.tuning.get("spread", 10.0)))
+
+
 def tune(
     study: Study, workload: Workload, method: str, root: Path, run: Runner = train_multirun, extra: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Best parameters of ``method`` on ``workload`` (``{}``: nothing to tune), tuning first if needed."""
-    space = search_space(method, study.tuning.get("keys", ()), float(study.tuning.get("spread", 10.0)))
+    space = tuning_space(study, method)
     if not space:
         return {}
     where = tune_dir(root, workload, method)
@@ -209,7 +214,8 @@ def run_study(
     model too large for it) is left out, named in ``<root>/failed.yaml`` and on stderr, and
     the study goes on; one stopped by a signal stops the study (each phase resumes). A
     launcher in ``extra`` that runs jobs at once on this machine is refused for the final
-    phase (:func:`check_final_launcher`).
+    phase (:func:`check_final_launcher`). With ``final`` but not ``tune`` in ``phases``, a
+    method whose tuning has not finished is left out the same way (not timed with defaults).
     """
     if "final" in phases:  # before any tuning: a refusal after it would waste it
         check_final_launcher([*launcher_overrides(study.final), *extra])
@@ -221,9 +227,16 @@ def run_study(
             try:
                 if "tune" in phases:
                     params = tune(study, workload, method, root, run, extra)
-                else:  # the parameters an earlier tuning found, if any
+                else:  # the parameters an earlier tuning found
                     where = tune_dir(root, workload, method)
-                    params = best_parameters(where) if (where / TUNING_RESULTS).exists() else {}
+                    tuned = (where / TUNING_RESULTS).exists()
+                    if "final" in phases and not tuned and tuning_space(study, method):
+                        # timed with its defaults, it would be reported as tuned (and refused once tuned)
+                        why = f"not tuned ({where} has no {TUNING_RESULTS}: run --phase tune first)"
+                        failed.setdefault(workload.name, {})[method] = why
+                        print(f"study: {method} on {workload.name} {why}; left out", file=sys.stderr, flush=True)
+                        continue
+                    params = best_parameters(where) if tuned else {}
                 best[workload.name][method] = params
                 if "final" in phases:
                     final(study, workload, method, params, root, run, extra)
