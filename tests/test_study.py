@@ -183,7 +183,8 @@ def test_study_end_to_end_tunes_times_and_reports(real_mnist_dir, tmp_path, monk
     assert "**Verdict.**" in summary and "median final val_acc of tuned sgd" in summary
     assert "`val_acc_vs_time_<workload>.png` (the target drawn)" in summary
     # the basic launcher ran the final runs one after another, and their records show it
-    assert "seeds 0, 1, one at a time (checked from their records: no two shared a machine at once)" in summary
+    checked = "one at a time (checked from their records: no two shared a machine at once), timed on "
+    assert f"seeds 0, 1, {checked}" in summary
     assert "hessian_free" in (out / "time_to_target.md").read_text()
 
     # Resumable: a second invocation finds everything on disk and trains nothing.

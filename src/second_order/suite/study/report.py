@@ -25,7 +25,7 @@ import yaml
 from second_order.suite.report.figures import plot_loss_vs_time
 from second_order.suite.report.loading import load_runs, warn
 from second_order.suite.report.overlaps import Overlap, overlaps, timed
-from second_order.suite.report.runinfo import run_status, segments
+from second_order.suite.report.runinfo import devices, run_status, segments
 from second_order.suite.report.style import save_figure
 from second_order.suite.study.plan import Study, search_space
 from second_order.suite.study.plots import plot_metric_vs_time, plot_profiles
@@ -206,6 +206,46 @@ def serial_note(runs: Mapping[str, Mapping[str, Sequence[Run]]], found: Sequence
     return "one at a time (checked from their records: no two shared a machine at once)"
 
 
+def timed_on(runs: Mapping[str, Mapping[str, Sequence[Run]]]) -> dict[str, list[str]]:
+    """``{device: ["<method> on <workload> seed <s>", ...]}`` of the scored final runs.
+
+    A run resumed on another device counts under its devices joined by ``+``; runs without a
+    device record (older runs) are left out.
+    """
+    found: dict[str, list[str]] = {}
+    for w, per in runs.items():
+        for m, rs in per.items():
+            for r in rs:
+                if devices(r):
+                    found.setdefault(" + ".join(devices(r)), []).append(f"{m} on {w} seed {r.seed}")
+    if len(found) > 1:
+        warn(f"the final runs were timed on {len(found)} devices ({'; '.join(sorted(found))}): their seconds are "
+             "not comparable across them (summary.md names which ran where)")  # fmt: skip
+    return found
+
+
+def _device_phrase(found: Mapping[str, Sequence[str]]) -> str:
+    """Where the final runs were timed, for the summary's protocol sentence."""
+    if not found:
+        return ""
+    if len(found) == 1:
+        return f", timed on {next(iter(found))}"
+    return f", timed on {len(found)} different devices (named at the end: their seconds are not comparable)"
+
+
+def _device_section(found: Mapping[str, Sequence[str]]) -> str:
+    """The final runs per device, as a summary section, when they ran on more than one."""
+    if len(found) < 2:
+        return ""
+    lines = [f"- {device}: {', '.join(names)}" for device, names in sorted(found.items())]
+    return (
+        "\n## Final runs timed on different devices\n\n"
+        "Seconds on one device say nothing about another: compare methods only within one device, or "
+        "rerun the final phase where every run gets the same kind (e.g. one SLURM partition, "
+        "`hydra.launcher.partition=...`).\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def _overlap_section(found: Sequence[Overlap], root: Path) -> str:
     """The final runs that ran at once on one machine, as a summary section (empty when none did)."""
     if not found:
@@ -265,7 +305,8 @@ def write_report(study: Study, root: Path, out_dir: Path) -> list[Path]:
             written += save_figure(fig, out_dir, f"{study.target_metric}_vs_time_{w}")
     from second_order.suite.study.summary import summary_markdown
 
-    shared = timed_overlaps(runs)
-    text("summary.md", summary_markdown(study, runs, ttt, goal, serial_note(runs, shared)) + _failed_section(root)
-         + _overlap_section(shared, root))  # fmt: skip
+    shared, where = timed_overlaps(runs), timed_on(runs)
+    how = serial_note(runs, shared) + _device_phrase(where)
+    text("summary.md", summary_markdown(study, runs, ttt, goal, how) + _failed_section(root)
+         + _overlap_section(shared, root) + _device_section(where))  # fmt: skip
     return written

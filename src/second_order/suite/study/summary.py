@@ -124,9 +124,9 @@ def summary_markdown(
     runs: Mapping[str, Mapping[str, Sequence[Run]]],
     ttt: Mapping[str, Mapping[str, Sequence[TimeToTarget]]],
     goal: Mapping[str, tuple[float, str]],
-    serial: str = "one at a time",
+    how: str = "one at a time",
 ) -> str:
-    """``serial``: how the final runs ran (the report checks it: :func:`.report.serial_note`)."""
+    """``how``: how and where the final runs ran, from their records (:func:`.report.serial_note`)."""
     seeds = ", ".join(map(str, study.final["seeds"]))
     excluded = "; ".join(f"{m} ({why})" for m, why in study.excluded.items()) or "none"
     lines = [
@@ -138,7 +138,7 @@ def summary_markdown(
         "per method and workload, "
         f"{study.tuning.get('epochs', 1)} epoch(s) each, minimising the final validation loss on "
         f"{study.validation_examples} examples held out of the training set. Final runs: the best "
-        f"parameters, {study.final.get('epochs')} epoch(s), seeds {seeds}, {serial}; validation "
+        f"parameters, {study.final.get('epochs')} epoch(s), seeds {seeds}, {how}; validation "
         f"every {study.final.get('eval_every_steps')} steps of each epoch.",
         "Time to target is the optimizer time (compilation, evaluation and logging excluded) until the "
         "validation metric first reaches the target; medians over seeds; a missed target counts as ∞.",

@@ -1,4 +1,5 @@
-"""Timed runs that shared a machine at once: found from the run files, refused and reported by the study."""
+"""Timed runs stay comparable: runs that shared a machine at once, or ran on other devices, are refused
+up front where that can be known, and found from the run files and reported where it cannot."""
 
 from __future__ import annotations
 
@@ -200,3 +201,24 @@ def test_the_summary_says_how_the_final_runs_ran_only_as_far_as_their_records_sh
     assert serial_note({"w": {"sgd": [one, old]}}, []) == "one at a time"  # not checked: not claimed
     jobs = [run_with(tmp_path, f"j{i}", segment("00:00", "00:30", slurm_job=str(i))) for i in (1, 2)]
     assert serial_note({"w": {"sgd": jobs}}, []).startswith("as SLURM jobs (checked")
+
+
+def test_the_study_summary_says_where_the_final_runs_were_timed(tmp_path):
+    from second_order.suite.study.report import _device_phrase, _device_section, timed_on
+
+    def on(name: str, *kinds: str) -> runs.Run:
+        segs = [{**segment("00:00", "00:10"), "device_kind": k, "backend": "gpu", "num_devices": 1} for k in kinds]
+        return run_with(tmp_path, name, *segs)
+
+    h100 = [on(f"h{i}", "NVIDIA H100") for i in range(2)]
+    assert timed_on({"w": {"sgd": h100}}) == {"NVIDIA H100 (gpu)": ["sgd on w seed 0", "sgd on w seed 0"]}
+    assert _device_phrase(timed_on({"w": {"sgd": h100}})) == ", timed on NVIDIA H100 (gpu)"
+    assert _device_section(timed_on({"w": {"sgd": h100}})) == ""
+    mixed = {"w": {"sgd": h100, "adam": [on("v", "Tesla V100")], "kfac": [on("both", "NVIDIA H100", "Tesla V100")]}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReportWarning)
+        found = timed_on(mixed)
+    assert sorted(found) == ["NVIDIA H100 (gpu)", "NVIDIA H100 (gpu) + Tesla V100 (gpu)", "Tesla V100 (gpu)"]
+    assert any("timed on 3 devices" in str(w.message) for w in caught)
+    assert _device_phrase(found).startswith(", timed on 3 different devices (named at the end")
+    assert "- Tesla V100 (gpu): adam on w seed 0" in _device_section(found)
