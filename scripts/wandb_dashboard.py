@@ -39,11 +39,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def known_experiments(configs: Path = REPO / "configs") -> list[str]:
+    """The experiment names the suite's configs give runs: ``configs/experiment/``, ``default``, the studies'."""
+    import yaml
+
+    names = {"default"}
+    for path in (configs / "experiment").glob("*.yaml"):
+        names.add(str((yaml.safe_load(path.read_text()) or {}).get("experiment_name") or path.stem))
+    for path in (configs / "study").glob("*.yaml"):
+        study = str((yaml.safe_load(path.read_text()) or {}).get("name") or path.stem)
+        names |= {f"study_{study}", f"study_{study}_tune"}
+    return sorted(names)
+
+
+def unknown_experiment_note(name: str, known: Sequence[str]) -> str | None:
+    """A note for an ``--experiment`` none of the configs give (a name of one's own is fine, a typo is not)."""
+    import difflib
+
+    if name in known:
+        return None
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (
+        f"note: --experiment {name}: no config gives runs that experiment_name ({hint}the suite's: "
+        f"{', '.join(known)}); the workspace shows the runs named {name} as given"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.experiment is not None and not all(e.strip() for e in args.experiment):
         parser.error("--experiment needs an experiment name")
+    known = known_experiments()
+    for name in args.experiment or []:
+        note = unknown_experiment_note(name, known)
+        if note:
+            print(note, file=sys.stderr)
     workspace = build_workspace(args.entity, args.project, args.experiment, args.name)
     if args.out or not args.save:
         text = json.dumps(workspace_spec(workspace), indent=2, ensure_ascii=False) + "\n"

@@ -192,3 +192,17 @@ def test_script_save_publishes_to_entity_and_project(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.startswith("saved https://wandb.example/team/proj?nw=")
     assert '"panelBankConfig"' not in out  # --save alone prints no spec
+
+
+def test_an_experiment_no_config_gives_gets_a_note_not_an_error(tmp_path, capsys):
+    """A name of one's own is legal (runs may set any experiment_name); a typo gets the closest name."""
+    script = load_script()
+    known = script.known_experiments()
+    assert {"paper", "default", "fig09_11_gauss_newton", "study_cpu", "study_cpu_tune"} <= set(known)
+    assert script.unknown_experiment_note("paper", known) is None
+    out = tmp_path / "spec.json"
+    assert script.main(["--entity", "team", "--experiment", "papr", "--experiment", "mine", "--out", str(out)]) == 0
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 2 and notes[0].startswith("note: --experiment papr: ") and "did you mean paper?" in notes[0]
+    assert "did you mean" not in notes[1] and notes[1].endswith("the workspace shows the runs named mine as given")
+    assert json.loads(out.read_text())["entity"] == "team"  # built all the same
