@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ class Overlap:
     start: datetime
     end: datetime
 
-    def describe(self, shown=str) -> str:
+    def describe(self, shown: Callable[[Path], str] = str) -> str:
         """One line: the two run directories (``shown`` formats a path), the host and the shared time."""
         a, b = sorted((shown(self.first.path), shown(self.second.path)))
         seconds = (self.end - self.start).total_seconds()

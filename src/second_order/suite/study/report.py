@@ -258,8 +258,8 @@ def _overlap_section(found: Sequence[Overlap], root: Path) -> str:
     return (
         "\n## Timed runs that ran at once on one machine\n\n"
         "They shared its cores, so their optimizer seconds, and the times to target above, are not "
-        "comparable. Delete their folders and run the final phase again without a parallel launcher "
-        "(`scripts/study.py --phase final,report`).\n\n" + "\n".join(lines) + "\n"
+        "comparable. Delete their folders and run the final phase again, one job after another and with "
+        "no other run on the machine (`scripts/study.py --phase final,report`).\n\n" + "\n".join(lines) + "\n"
     )
 
 
