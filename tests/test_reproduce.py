@@ -124,6 +124,10 @@ def test_a_launcher_that_runs_jobs_at_once_is_refused_before_any_sweep(monkeypat
         assert len(err) == 1 and err[0].startswith(f"error: hydra/launcher={launcher} (")
         assert "runs a sweep's jobs at once on this machine: the timed runs" in err[0]
         assert "hydra/launcher=slurm_gpu" in err[0]
+    assert rep.main(["--runs", str(tmp_path / "runs"), "--out", str(out), "hydra/launcher=paralel"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()  # a misspelt launcher: one line with the choices
+    assert "Could not find 'hydra/launcher/paralel'" in line and "parallel slurm_gpu" in line
+    assert "Config search path" not in line
     assert not launched and not out.exists()
     monkeypatch.setattr(rep, "failed_runs", lambda roots: [("x", "stop here")])
     assert rep.main(["--runs", str(tmp_path / "runs"), "--out", str(out), "hydra/launcher=slurm_gpu"]) == 1

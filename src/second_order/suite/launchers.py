@@ -47,10 +47,10 @@ def launcher_target(overrides: Sequence[str], configs: Path | None = None) -> st
             cfg = compose("config", overrides=picked, return_hydra_config=True)
     except HydraException as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        why = " ".join(lines[:2]) or type(err).__name__  # Hydra's where, then OmegaConf's what
-        raise LauncherError(
-            f"the launcher does not compose: {why} (`~local` leaves out configs/local/default.yaml)"
-        ) from err
+        lines = [line for line in lines if not line.startswith(("full_key:", "object_type="))]
+        why = " ".join(lines).split(" Config search path:")[0] or type(err).__name__  # where, what, the choices
+        hint = " (`~local` leaves out configs/local/default.yaml)" if "local/" in why else ""
+        raise LauncherError(f"the launcher does not compose: {why}{hint}") from err
     return str(cfg.hydra.launcher._target_)
 
 
