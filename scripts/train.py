@@ -7,7 +7,8 @@
 
 User errors (a bad config value, an unknown option, bad data, an unusable
 checkpoint) print one line and exit with status 2; set SECOND_ORDER_DEBUG=1 for
-the full traceback.  In a sweep, a failing job is recorded (status "failed" in its
+the full traceback.  SECOND_ORDER_NO_LOCAL_CONFIG=1 runs without configs/local/default.yaml
+(as ``~local`` does).  In a sweep, a failing job is recorded (status "failed" in its
 summary.json) and the other jobs go on.
 """
 
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 
 from second_order.suite import cli
 from second_order.suite.config import register
+from second_order.suite.local_config import without_local_config
 
 register()  # the schemas of configs/config.yaml
 
@@ -32,4 +34,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # composition errors reach cli.exit_on_user_error
+    sys.argv += without_local_config(sys.argv[1:])  # SECOND_ORDER_NO_LOCAL_CONFIG=1: as if ~local
     sys.exit(cli.exit_on_user_error(main))

@@ -8,6 +8,9 @@ from pathlib import Path
 # On a GPU, every test process (xdist workers, the runs they launch) takes memory as it needs it,
 # instead of 75 % of the GPU each at start-up (set before JAX starts a backend; inherited by subprocesses).
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Never this machine's configs/local/default.yaml (a SLURM launcher, a cluster's paths): every run the
+# tests launch, and every config they compose, leaves it out (second_order.suite.local_config).
+os.environ["SECOND_ORDER_NO_LOCAL_CONFIG"] = "1"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -75,8 +78,11 @@ def compose_config(overrides: list[str] | None = None) -> dict:
 
     register()
 
+    from second_order.suite.local_config import without_local_config
+
+    overrides = list(overrides or [])
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides or []))
+        cfg = compose("config", overrides=overrides + without_local_config(overrides))
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     return {str(k): v for k, v in container.items()}

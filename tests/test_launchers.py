@@ -32,9 +32,9 @@ PREEMPTIBLE = [
 ]
 
 
-def launcher_config(*overrides: str) -> dict:
+def launcher_config(*overrides: str, env: dict | None = None) -> dict:
     """``hydra.launcher`` as ``scripts/train.py --cfg hydra`` prints it."""
-    proc = train_cli("--cfg", "hydra", *overrides, timeout=60)
+    proc = train_cli("--cfg", "hydra", *overrides, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)["hydra"]["launcher"]
 
@@ -102,6 +102,20 @@ def test_local_config_example_composes_and_default_is_untracked():
     assert cfg["hydra"]["launcher"]["_target_"].endswith("SlurmLauncher")
     ignored = subprocess.run(["git", "check-ignore", "-q", "configs/local/default.yaml"], cwd=REPO)
     assert ignored.returncode == 0, "configs/local/default.yaml must be ignored by git"
+
+
+def test_second_order_no_local_config_leaves_the_machine_local_config_out(tmp_path):
+    """A local/default.yaml on the config search path (here through --config-dir) is loaded by every
+    run, unless SECOND_ORDER_NO_LOCAL_CONFIG=1 (which the tests set) or the command line says otherwise."""
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "default.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/launcher: slurm_gpu\n"
+    )
+    with_it = {"SECOND_ORDER_NO_LOCAL_CONFIG": "0"}
+    extra = ("--config-dir", str(tmp_path))
+    assert launcher_config(*extra, env=with_it)["_target_"].endswith("SlurmLauncher")
+    assert launcher_config(*extra)["_target_"].endswith("BasicLauncher")  # conftest set it
+    assert launcher_config(*extra, "local=default")["_target_"].endswith("SlurmLauncher")  # chosen: kept
 
 
 def test_preemption_signal_and_who_resumes_by_itself(monkeypatch):

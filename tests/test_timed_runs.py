@@ -104,11 +104,14 @@ def test_the_final_phase_refuses_launchers_that_run_jobs_at_once(tmp_path, confi
     assert launched and all(extra[0] in a for a in launched)
 
 
-def test_the_machine_local_config_picks_the_studys_launcher(tmp_path, configs):
+def test_the_machine_local_config_picks_the_studys_launcher(tmp_path, configs, monkeypatch):
     """configs/local/default.yaml's launcher (SLURM on a cluster) is used, not overridden by basic;
     one that runs jobs at once is refused for the final runs, naming that file."""
+    from second_order.suite.local_config import NO_LOCAL_CONFIG_ENV
     from second_order.suite.study.plan import StudyError
     from second_order.suite.study.runner import check_final_launcher, run_study
+
+    monkeypatch.delenv(NO_LOCAL_CONFIG_ENV)  # conftest keeps the other tests off the local config
 
     local = configs / "local" / "default.yaml"
     local.write_text((configs / "local" / "example.yaml").read_text())  # SLURM, with an account key
@@ -126,6 +129,8 @@ def test_the_machine_local_config_picks_the_studys_launcher(tmp_path, configs):
     with pytest.raises(StudyError, match=r"the launcher configs/local/default.yaml picks \(submitit's local"):
         check_final_launcher([])
     check_final_launcher(["hydra/launcher=basic"])  # the command line wins
+    monkeypatch.setenv(NO_LOCAL_CONFIG_ENV, "1")
+    check_final_launcher([])  # without the local config: Hydra's basic launcher
 
 
 @pytest.mark.parametrize("launcher", ["slurm_gpu", "submitit_slurm", "basic"])

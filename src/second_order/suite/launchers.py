@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from second_order.suite.local_config import without_local_config
+
 #: Launcher classes (the end of ``hydra.launcher._target_``) that run a sweep's jobs at once here.
 AT_ONCE = {"JoblibLauncher": "joblib", "LocalLauncher": "submitit's local executor"}
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -42,6 +44,7 @@ def launcher_target(overrides: Sequence[str], configs: Path | None = None) -> st
     register()
     # the overrides that choose or configure the launcher (the others cannot change it)
     picked = [o for o in overrides if _key(o) == "local" or _key(o).startswith(("hydra/launcher", "hydra.launcher"))]
+    picked += without_local_config(picked)  # as scripts/train.py would
     try:
         with initialize_config_dir(config_dir=str(configs or CONFIGS), version_base="1.3"):
             cfg = compose("config", overrides=picked, return_hydra_config=True)

@@ -1,0 +1,27 @@
+"""The machine-local config (``configs/local/default.yaml``) and the switch that leaves it out.
+
+Every run loads ``configs/local/default.yaml`` when it exists (cluster account, a SLURM
+launcher, W&B entity: see ``configs/local/example.yaml``); ``~local`` on the command line
+leaves it out for one command. ``SECOND_ORDER_NO_LOCAL_CONFIG=1`` does that for every
+command of a shell (``scripts/train.py``, and the launcher check of the study and
+reproduce): a quick run on a cluster's login node, or the test suite (its conftest sets it,
+so ``make test`` never submits SLURM jobs or reads another machine's paths).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+NO_LOCAL_CONFIG_ENV = "SECOND_ORDER_NO_LOCAL_CONFIG"
+
+
+def switched_off() -> bool:
+    """Whether ``$SECOND_ORDER_NO_LOCAL_CONFIG`` asks to leave the local config out (set, not "" or "0")."""
+    return os.environ.get(NO_LOCAL_CONFIG_ENV, "") not in ("", "0")
+
+
+def without_local_config(overrides: Sequence[str]) -> list[str]:
+    """``["~local"]`` when :func:`switched_off` and ``overrides`` do not choose ``local`` themselves, else ``[]``."""
+    chooses = any(o.lstrip("+~").split("=", 1)[0] == "local" for o in overrides)
+    return ["~local"] if switched_off() and not chooses else []
