@@ -51,6 +51,7 @@ def check_run_files(run_dir: Path) -> dict:
         assert key in summary, key
     env = json.loads((run_dir / runs.ENV_FILE).read_text())
     assert env["packages"]["jax"] and env["device_kind"] and "git_commit" in env
+    assert env["cpu_cores"] >= 1 and "cpu_model" in env  # CPU timings mean little without them
     # where it ran, in every run: all local devices by default (trainer.devices)
     assert summary["backend"] == env["backend"] and summary["device_kind"] == env["device_kind"]
     assert summary["num_devices"] == len(env["devices"]) and summary["num_processes"] == 1

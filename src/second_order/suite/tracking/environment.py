@@ -33,6 +33,19 @@ def git_commit(cwd: Path | None = None) -> str | None:
         return None
 
 
+def cpu() -> dict[str, Any]:
+    """``cpu_model`` (``/proc/cpuinfo``'s model name; None where there is none) and ``cpu_cores``
+    (the cores this process may run on): CPU timings mean little without them."""
+    model = None
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu_model": model, "cpu_cores": cores}
+
+
 def record() -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -46,6 +59,7 @@ def record() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        **cpu(),
         "host": socket.gethostname(),
         "backend": jax.default_backend(),
         "devices": [str(d) for d in devices],
