@@ -227,3 +227,24 @@ def test_the_study_summary_says_where_the_final_runs_were_timed(tmp_path):
     assert any("timed on 3 devices" in str(w.message) for w in caught)
     assert _device_phrase(found).startswith(", timed on 3 different devices (named at the end")
     assert "- Tesla V100 (gpu): adam on w seed 0" in _device_section(found)
+
+
+def test_cpu_runs_are_told_apart_by_their_cpu_model_and_cores(tmp_path):
+    """On a CPU the device kind is just "cpu": the study names the CPU model and cores the runs
+    recorded (environment.json), so runs on two kinds of CPU node count as two devices."""
+    from second_order.suite.study.report import _device_phrase, timed_on
+
+    def on(name: str, model: str, cores: int) -> runs.Run:
+        run = run_with(tmp_path, name, {**segment("00:00", "00:10"), "device_kind": "cpu", "backend": "cpu"})
+        segment_record = {"start_step": 0, "device_kind": "cpu", "cpu_model": model, "cpu_cores": cores}
+        runs.write_json(run.path / runs.ENV_FILE, {**segment_record, "segments": [segment_record]})
+        return run
+
+    same = {"w": {"sgd": [on("a", "AMD EPYC", 2)], "adam": [on("b", "AMD EPYC", 2)]}}
+    assert _device_phrase(timed_on(same)) == ", timed on cpu (AMD EPYC, 2 cores)"
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", ReportWarning)
+        mixed = timed_on({"w": {"sgd": [on("c", "AMD EPYC", 2)], "adam": [on("d", "Intel Xeon", 32)]}})
+    assert sorted(mixed) == ["cpu (AMD EPYC, 2 cores)", "cpu (Intel Xeon, 32 cores)"]
+    old = run_with(tmp_path, "old", {**segment("00:00", "00:10"), "device_kind": "cpu", "backend": "cpu"})
+    assert list(timed_on({"w": {"sgd": [old]}})) == ["cpu"]  # recorded before the CPU was: as before

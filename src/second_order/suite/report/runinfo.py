@@ -213,6 +213,18 @@ def devices(run: Run) -> list[str]:
     return []
 
 
+def cpus(run: Run) -> list[str]:
+    """The CPUs the run's segments ran on, ``"<model>, <n> cores"`` (environment.json; [] for older runs)."""
+    try:
+        env = json.loads((run.path / ENV_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    found = env.get("segments") if isinstance(env, dict) else None
+    records = [r for r in found if isinstance(r, dict)] if isinstance(found, list) else []
+    names = [f"{r['cpu_model']}, {r.get('cpu_cores')} cores" for r in records if r.get("cpu_model")]
+    return list(dict.fromkeys(names))
+
+
 def mixed_devices(run: Run) -> bool:
     """Whether the run's segments ran on different devices (backend, device kind or number of devices)."""
     return len({(str(s.get("backend")), str(s.get("device_kind")), s.get("num_devices", 1)) for s in segments(run)}) > 1

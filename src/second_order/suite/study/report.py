@@ -25,7 +25,7 @@ import yaml
 from second_order.suite.report.figures import plot_loss_vs_time
 from second_order.suite.report.loading import load_runs, warn
 from second_order.suite.report.overlaps import Overlap, overlaps, timed
-from second_order.suite.report.runinfo import devices, run_status, segments
+from second_order.suite.report.runinfo import cpus, devices, run_status, segments
 from second_order.suite.report.style import save_figure
 from second_order.suite.study.plan import Study, search_space
 from second_order.suite.study.plots import plot_metric_vs_time, plot_profiles
@@ -209,7 +209,8 @@ def serial_note(runs: Mapping[str, Mapping[str, Sequence[Run]]], found: Sequence
 def timed_on(runs: Mapping[str, Mapping[str, Sequence[Run]]]) -> dict[str, list[str]]:
     """``{device: ["<method> on <workload> seed <s>", ...]}`` of the scored final runs.
 
-    A run resumed on another device counts under its devices joined by ``+``; runs without a
+    A run resumed on another device counts under its devices joined by ``+``; a CPU run
+    under its CPU model and cores too (two CPU models are two devices); runs without a
     device record (older runs) are left out.
     """
     found: dict[str, list[str]] = {}
@@ -217,11 +218,17 @@ def timed_on(runs: Mapping[str, Mapping[str, Sequence[Run]]]) -> dict[str, list[
         for m, rs in per.items():
             for r in rs:
                 if devices(r):
-                    found.setdefault(" + ".join(devices(r)), []).append(f"{m} on {w} seed {r.seed}")
+                    found.setdefault(_device_label(r), []).append(f"{m} on {w} seed {r.seed}")
     if len(found) > 1:
         warn(f"the final runs were timed on {len(found)} devices ({'; '.join(sorted(found))}): their seconds are "
              "not comparable across them (summary.md names which ran where)")  # fmt: skip
     return found
+
+
+def _device_label(run: Run) -> str:
+    """The run's devices; on the CPU with the CPU model and cores where the run recorded them."""
+    label = " + ".join(devices(run))
+    return f"{label} ({' + '.join(cpus(run))})" if label == "cpu" and cpus(run) else label
 
 
 def _device_phrase(found: Mapping[str, Sequence[str]]) -> str:
