@@ -16,19 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from second_order.suite.local_config import without_local_config
+from second_order.suite.local_config import override_key, without_local_config
 
 #: Launcher classes (the end of ``hydra.launcher._target_``) that run a sweep's jobs at once here.
 AT_ONCE = {"JoblibLauncher": "joblib", "LocalLauncher": "submitit's local executor"}
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+LAUNCHER_KEYS = ("hydra/launcher", "hydra.launcher")  # with ``local``: what can change the launcher
 
 
 class LauncherError(ValueError):
     """The launcher keys do not compose (e.g. a local config's SLURM keys on another launcher)."""
-
-
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
 
 
 def launcher_target(overrides: Sequence[str], configs: Path | None = None) -> str:
@@ -43,7 +40,7 @@ def launcher_target(overrides: Sequence[str], configs: Path | None = None) -> st
 
     register()
     # the overrides that choose or configure the launcher (the others cannot change it)
-    picked = [o for o in overrides if _key(o) == "local" or _key(o).startswith(("hydra/launcher", "hydra.launcher"))]
+    picked = [o for o in overrides if override_key(o) == "local" or override_key(o).startswith(LAUNCHER_KEYS)]
     picked += without_local_config(picked)  # as scripts/train.py would
     try:
         with initialize_config_dir(config_dir=str(configs or CONFIGS), version_base="1.3"):
@@ -63,6 +60,6 @@ def jobs_at_once(overrides: Sequence[str], configs: Path | None = None) -> str |
     kind = AT_ONCE.get(target.rsplit(".", 1)[-1])
     if kind is None:
         return None
-    chosen = [o.split("=", 1)[1] for o in overrides if _key(o) == "hydra/launcher" and "=" in o]
+    chosen = [o.split("=", 1)[1] for o in overrides if override_key(o) == "hydra/launcher" and "=" in o]
     where = f"hydra/launcher={chosen[-1]}" if chosen else "the launcher configs/local/default.yaml picks"
     return f"{where} ({kind}) runs a sweep's jobs at once on this machine"

@@ -16,6 +16,11 @@ from collections.abc import Sequence
 NO_LOCAL_CONFIG_ENV = "SECOND_ORDER_NO_LOCAL_CONFIG"
 
 
+def override_key(override: str) -> str:
+    """The key or group a Hydra override sets, adds or deletes (``+a.b=1``, ``~local``: ``a.b``, ``local``)."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def switched_off() -> bool:
     """Whether ``$SECOND_ORDER_NO_LOCAL_CONFIG`` asks to leave the local config out (set, not "" or "0")."""
     return os.environ.get(NO_LOCAL_CONFIG_ENV, "") not in ("", "0")
@@ -23,5 +28,5 @@ def switched_off() -> bool:
 
 def without_local_config(overrides: Sequence[str]) -> list[str]:
     """``["~local"]`` when :func:`switched_off` and ``overrides`` do not choose ``local`` themselves, else ``[]``."""
-    chooses = any(o.lstrip("+~").split("=", 1)[0] == "local" for o in overrides)
+    chooses = any(override_key(o) == "local" for o in overrides)
     return ["~local"] if switched_off() and not chooses else []

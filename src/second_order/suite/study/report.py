@@ -186,9 +186,13 @@ def _failed_section(root: Path) -> str:
     return "\n## Left out (their tuning or final runs failed)\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
+def _every_run(runs: Mapping[str, Mapping[str, Sequence[Run]]]) -> list[Run]:
+    return [r for per in runs.values() for rs in per.values() for r in rs]
+
+
 def timed_overlaps(runs: Mapping[str, Mapping[str, Sequence[Run]]]) -> list[Overlap]:
     """The scored final runs that shared a machine at once (:mod:`..report.overlaps`), each warned about."""
-    found = overlaps([r for per in runs.values() for rs in per.values() for r in rs])
+    found = overlaps(_every_run(runs))
     for o in found:
         warn(f"{o.describe()}: their optimizer seconds are not comparable (the final runs must run one at a time)")
     return found
@@ -198,7 +202,7 @@ def serial_note(runs: Mapping[str, Mapping[str, Sequence[Run]]], found: Sequence
     """How the final runs ran, for the summary: checked when every run has its segments' times."""
     if found:
         return f"meant to run one at a time, but {len(found)} pair(s) shared a machine at once (named at the end)"
-    scored = [r for per in runs.values() for rs in per.values() for r in rs]
+    scored = _every_run(runs)
     if not all(timed(r) for r in scored):
         return "one at a time"
     if any(s.get("slurm_job") for r in scored for s in segments(r)):
@@ -217,8 +221,9 @@ def timed_on(runs: Mapping[str, Mapping[str, Sequence[Run]]]) -> dict[str, list[
     for w, per in runs.items():
         for m, rs in per.items():
             for r in rs:
-                if devices(r):
-                    found.setdefault(_device_label(r), []).append(f"{m} on {w} seed {r.seed}")
+                label = _device_label(r)
+                if label:
+                    found.setdefault(label, []).append(f"{m} on {w} seed {r.seed}")
     if len(found) > 1:
         warn(f"the final runs were timed on {len(found)} devices ({'; '.join(sorted(found))}): their seconds are "
              "not comparable across them (summary.md names which ran where)")  # fmt: skip
@@ -227,8 +232,8 @@ def timed_on(runs: Mapping[str, Mapping[str, Sequence[Run]]]) -> dict[str, list[
 
 def _device_label(run: Run) -> str:
     """The run's devices; on the CPU with the CPU model and cores where the run recorded them."""
-    label = " + ".join(devices(run))
-    return f"{label} ({' + '.join(cpus(run))})" if label == "cpu" and cpus(run) else label
+    label, on_cpus = " + ".join(devices(run)), cpus(run)
+    return f"{label} ({' + '.join(on_cpus)})" if label == "cpu" and on_cpus else label
 
 
 def _device_phrase(found: Mapping[str, Sequence[str]]) -> str:

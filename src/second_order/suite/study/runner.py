@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from second_order.suite.launchers import LauncherError, jobs_at_once
+from second_order.suite.local_config import override_key
 from second_order.suite.study.plan import (
     REPO,
     TUNING_SEED,
@@ -90,7 +91,7 @@ def check_final_launcher(extra: Sequence[str]) -> None:
 
 def compared(extra: Sequence[str]) -> list[str]:
     """The extra overrides that are part of a directory's plan (all but :data:`NOT_COMPARED` keys)."""
-    return [o for o in extra if not o.lstrip("+~").split("=", 1)[0].startswith(NOT_COMPARED)]
+    return [o for o in extra if not override_key(o).startswith(NOT_COMPARED)]
 
 
 def train_multirun(args: Sequence[str]) -> None:
