@@ -35,4 +35,8 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # composition errors reach cli.exit_on_user_error
     sys.argv += without_local_config(sys.argv[1:])  # SECOND_ORDER_NO_LOCAL_CONFIG=1: as if ~local
+    refused = cli.refused_override(sys.argv[1:])
+    if refused:
+        print(refused, file=sys.stderr)
+        sys.exit(2)
     sys.exit(cli.exit_on_user_error(main))

@@ -188,6 +188,15 @@ def test_bad_value_is_one_line_no_traceback(tmp_path):
     assert not (tmp_path / "steps.csv").exists()
 
 
+def test_hydra_output_subdir_is_refused_before_hydra_writes_anything(tmp_path):
+    """Hydra would write its record there before the job, also into a directory that then refuses it."""
+    proc = train_cli("hydra.output_subdir=.hydra", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: hydra.output_subdir cannot be set: scripts/train.py writes Hydra's record")
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_optimizer_names_the_choices(tmp_path):
     proc = train_cli("optimizer=no_such_method", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,24 @@ def train_job(cfg: DictConfig) -> float | None:
 
 #: Where :func:`save_hydra_record` writes Hydra's record of the invocation in a run directory.
 HYDRA_RECORD_DIR = ".hydra"
+
+
+def refused_override(argv: Sequence[str]) -> str | None:
+    """The error line for an override ``scripts/train.py`` refuses, else None.
+
+    ``hydra.output_subdir``: Hydra would write its record there before the job starts, also
+    into a run directory that then refuses the job (see :func:`save_hydra_record`, which
+    writes ``.hydra/`` once the directory is the job's).
+    """
+    from second_order.suite.local_config import override_key
+
+    if any(override_key(o) == "hydra.output_subdir" for o in argv):
+        return (
+            "error: hydra.output_subdir cannot be set: scripts/train.py writes Hydra's record to "
+            f"<run dir>/{HYDRA_RECORD_DIR}/ itself, once the run directory accepts the job (Hydra would "
+            "write it before, also over the record of a run that then refuses the job)"
+        )
+    return None
 
 
 def save_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
