@@ -145,3 +145,20 @@ def test_missing_value_fn_is_a_clear_error():
 def test_bad_hyperparameters_rejected(args, kwargs, message):
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         saddle_free_newton(*args, **kwargs)
+
+
+@pytest.mark.parametrize("smallest, counted", [(-1e-15, 0), (-0.5, 1)])
+def test_negative_ritz_counts_only_curvature_negative_beyond_rounding(smallest, counted):
+    """H = diag(1, 2, 3, smallest): a Ritz value of rounding size below 0 is not negative curvature."""
+    curvature = {"a": jnp.array([1.0, 2.0]), "b": {"c": jnp.array([3.0, smallest])}}
+    at = {"a": jnp.array([1.0, 1.0]), "b": {"c": jnp.array([1.0, 0.1 / abs(smallest)])}}  # g = (1, 2, 3, −0.1)
+
+    def value_fn(p):
+        return 0.5 * sum(
+            jnp.sum(h * w**2) for h, w in zip(jax.tree_util.tree_leaves(curvature), jax.tree_util.tree_leaves(p))
+        )
+
+    _, diag = run(saddle_free_newton(LR, 0.1, krylov_dim=4), value_fn, at)
+    assert int(diag["krylov_size"]) == 4
+    np.testing.assert_allclose(float(diag["min_eigenvalue"]), smallest, atol=1e-14)
+    assert int(diag["negative_ritz"]) == counted

@@ -142,6 +142,18 @@ def ritz(lz: Lanczos) -> tuple[jax.Array, jax.Array, jax.Array]:
     return theta, q, jnp.arange(theta.shape[0]) < lz.size
 
 
+def negative_ritz(theta: jax.Array, active: jax.Array) -> jax.Array:
+    """Which active Ritz values are negative beyond rounding: ``θ < −10·k·eps·max|θ|``.
+
+    ``k`` is the length of ``theta``.  A positive semi-definite matrix with null
+    directions (e.g. the softmax shift of a network's Hessian) can give Ritz values of
+    rounding size either side of 0; those do not count as negative curvature.
+    """
+    scale = jnp.max(jnp.where(active, jnp.abs(theta), 0.0))
+    tolerance = 10.0 * theta.shape[0] * float(jnp.finfo(theta.dtype).eps) * scale
+    return active & (theta < -tolerance)
+
+
 class TrustRegionSolution(NamedTuple):
     """Exact trust-region step: ``x``, ``on_boundary`` (‖x‖ = Δ), ``multiplier`` μ ≥ 0."""
 
@@ -281,8 +293,7 @@ def gltr(matvec: MatVec, g: jax.Array, radius: jax.Array | float, k: int) -> Kry
     last = sol.x[jnp.maximum(lz.size - 1, 0)]
     residual = jnp.where(gnorm > 0, lz.residual * jnp.abs(last) / jnp.where(gnorm > 0, gnorm, 1.0), 0.0)
     theta, _, active = ritz(lz)
-    scale = jnp.max(jnp.where(active, jnp.abs(theta), 0.0))
-    negative = jnp.any(active & (theta < -10.0 * k * float(jnp.finfo(g.dtype).eps) * scale))
+    negative = jnp.any(negative_ritz(theta, active))
     return KrylovStep(x, model, lz.size, sol.on_boundary, negative, residual)
 
 

@@ -10,7 +10,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from second_order.curvature import tree_cast
-from second_order.krylov import lanczos, ritz
+from second_order.krylov import lanczos, negative_ritz, ritz
 from second_order.optim.base import (
     SecondOrderState,
     check_hyperparameters,
@@ -51,9 +51,9 @@ def saddle_free_newton(
     (``optax.inject_hyperparams(saddle_free_newton, static_args=("krylov_dim",))``).
 
     Diagnostics: ``min_eigenvalue`` (smallest Ritz value, NaN when ``g = 0``),
-    ``max_eigenvalue`` (largest Ritz value), ``negative_ritz`` (number of negative
-    Ritz values), ``krylov_size`` (Lanczos vectors built, < k after a breakdown),
-    ``grad_norm``, ``step_norm`` (‖d‖).
+    ``max_eigenvalue`` (largest Ritz value), ``negative_ritz`` (number of Ritz values
+    negative beyond rounding, :func:`second_order.krylov.negative_ritz`), ``krylov_size``
+    (Lanczos vectors built, < k after a breakdown), ``grad_norm``, ``step_norm`` (‖d‖).
     """
     name = "saddle_free_newton"
     check_hyperparameters(name, learning_rate, damping)
@@ -101,7 +101,7 @@ def saddle_free_newton(
         diagnostics = {
             "min_eigenvalue": jnp.where(some, theta[0], jnp.nan).astype(dtype),
             "max_eigenvalue": jnp.where(some, jnp.max(jnp.where(active, theta, -jnp.inf)), jnp.nan).astype(dtype),
-            "negative_ritz": jnp.sum(active & (theta < 0)).astype(jnp.int32),
+            "negative_ritz": jnp.sum(negative_ritz(theta, active)).astype(jnp.int32),
             "krylov_size": lz.size,
             "grad_norm": gnorm,
             "step_norm": jnp.linalg.norm(d),
