@@ -132,6 +132,8 @@ def sophia(
     not), which only matters while ``m̂ / (γh)`` is not clipped; (iii) optax's
     Hutchinson probes are Rademacher, the paper's Gaussian.  Decoupled weight decay
     ``−η λ w`` as in the paper.  Effective ``b2`` per step is ``1 − (1 − b2) / update_interval``.
+    The defaults are optax's (b1 0.965, ε 1e-8, weight decay 1e-4); the paper's GPT-2 runs
+    used b1 0.96, b2 0.99, ε 1e-12, weight decay 0.2 and k = 10.
 
     Cost: one Hessian-vector product (``jax.jvp`` of ``jax.grad(value_fn)``) every
     ``update_interval`` steps, under ``lax.cond``, by :func:`hutchinson_diagonal` (optax's

@@ -20,6 +20,14 @@ step ``k`` (§5); the damped inverses are recomputed every ``inverse_every`` ste
 parameters (not in a Dense or conv layer) get the plain gradient.  The update is
 ``−η v`` with heavy-ball momentum ``v ← μ v + Δ`` (``μ = 0``: none).
 
+Where this departs from Martens & Grosse: λ, η and μ are fixed hyperparameters here (the
+paper adapts λ by a Levenberg–Marquardt rule, §6.5, and chooses η and μ each step by
+minimising the quadratic model, §7; kfac-jax's ``Optimizer`` offers these as
+``use_adaptive_damping``, ``use_adaptive_learning_rate``, ``use_adaptive_momentum``), one λ
+damps the factors (no separate γ, §6.6), and the default ``inverse_every`` is 5 (the
+paper's T₃ is 20).  A fixed η and λ make K-FAC tunable on the same footing as the other
+methods of the study.
+
 Convolutions (KFC; Grosse & Martens 2016, "A Kronecker-factored approximate Fisher
 matrix for convolution layers", §3).  A conv layer with Flax kernel ``(*window, in,
 out)`` (HWIO in 2-D) is a Dense layer applied at each of the ``T`` output locations
