@@ -203,6 +203,9 @@ def check_resumed(run_dir: Path, stopped_at: int, reference: list[str]) -> None:
 
 @pytest.mark.slow
 def test_two_job_sweep_through_submitit_local(real_mnist_dir, tmp_path):
+    older = tmp_path / "sgd" / "seed7"  # an earlier run in the same folder: not a job of this sweep
+    older.mkdir(parents=True)
+    (older / "summary.json").write_text('{"status": "completed", "optimizer": "sgd", "seed": 7}')
     proc = train_cli(
         "-m",
         "hydra/launcher=local_processes",
@@ -216,7 +219,7 @@ def test_two_job_sweep_through_submitit_local(real_mnist_dir, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = json.loads((tmp_path / "sweep_summary.json").read_text())["jobs"]
-    assert sorted(j["seed"] for j in jobs) == [0, 1]
+    assert sorted(j["seed"] for j in jobs) == [0, 1], jobs  # noted by the jobs in their own processes
     assert all(j["status"] == "budget" and j["steps"] == 20 for j in jobs), jobs
     assert list(tmp_path.glob(".submitit/*/*_result.pkl")), "the jobs did not run through submitit"
     # each job records its own invocation (written by the job, not by Hydra before it starts)

@@ -90,6 +90,9 @@ def test_resume_of_a_finished_run_changes_nothing(real_mnist_dir, tmp_path):
 
 
 def test_sweep_survives_failing_and_diverging_jobs(real_mnist_dir, tmp_path):
+    older = tmp_path / "adam" / "seed0"  # an earlier run in the same folder: not a job of this sweep
+    older.mkdir(parents=True)
+    (older / "summary.json").write_text('{"status": "failed", "optimizer": "adam", "seed": 0}')
     proc = train_cli(
         "-m",
         "optimizer=sgd",
@@ -102,7 +105,9 @@ def test_sweep_survives_failing_and_diverging_jobs(real_mnist_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     jobs = json.loads((tmp_path / "sweep_summary.json").read_text())["jobs"]
     by_lr = {j["run_dir"].rsplit("=", 1)[-1]: j for j in jobs}
-    assert set(by_lr) == {"0.1", "-1", "1000"}
+    assert set(by_lr) == {"0.1", "-1", "1000"} and len(jobs) == 3, jobs
+    assert "sweep: 3 jobs, 2 not completed" in proc.stdout  # the failed and the diverged one
+    assert not (tmp_path / ".sweep_jobs").exists()
     assert by_lr["0.1"]["status"] == "budget"
     assert by_lr["-1"]["status"] == "failed" and "optimizer.learning_rate" in by_lr["-1"]["error"]
     assert by_lr["1000"]["status"] == "diverged"
