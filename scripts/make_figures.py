@@ -95,8 +95,32 @@ def warning_lines() -> Iterator[None]:
             _PRINTED.add(message)
 
 
+def drop_wandb_copies(runs: Sequence[Run]) -> list[Run]:
+    """The runs without a second copy of one W&B run (same ``wandb_run_id``): the first read is kept.
+
+    The run roots are read before the W&B sources, so a run given both as run files and
+    through ``--wandb`` / ``--wandb-offline`` is drawn once, from its run files.
+    """
+    kept: dict[str, Run] = {}
+    unique: list[Run] = []
+    for run in runs:
+        run_id = run.summary.get("wandb_run_id")
+        if run_id and run_id in kept:
+            continue
+        if run_id:
+            kept[run_id] = run
+        unique.append(run)
+    if len(unique) < len(runs):
+        print(
+            f"warning: {len(runs) - len(unique)} run(s) were read twice (run files and W&B, same wandb_run_id); "
+            "each is drawn once, from its run files",
+            file=sys.stderr,
+        )
+    return unique
+
+
 def load(roots: Sequence[Path], experiment: str | None) -> list[Run]:
-    """Find runs below ``roots``, warning about empty roots, bad runs and mixed experiments."""
+    """Find runs below ``roots``, warning about empty roots, bad runs, copies and mixed experiments."""
     runs: list[Run] = []
     with warning_lines():
         for root in roots:
@@ -104,6 +128,7 @@ def load(roots: Sequence[Path], experiment: str | None) -> list[Run]:
             if not found:
                 print(f"warning: no usable run directories (summary.json) under {root}", file=sys.stderr)
             runs += found
+    runs = drop_wandb_copies(runs)
     if experiment is not None:
         return [r for r in runs if r.experiment == experiment]
     for group in group_runs(runs):  # seeds of one configuration from different experiments: say so

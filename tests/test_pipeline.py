@@ -241,7 +241,7 @@ def test_a_refused_job_leaves_the_hydra_record_of_the_run_it_found(real_mnist_di
     assert "trainer.max_steps=7" in yaml.safe_load((tmp_path / ".hydra" / "overrides.yaml").read_text())
 
 
-def test_figures_from_wandb_offline_files_match_local(real_mnist_dir, tmp_path):
+def test_figures_from_wandb_offline_files_match_local(real_mnist_dir, tmp_path, capsys):
     """Plot from the files W&B itself wrote: same numbers as from the local CSVs."""
     sys.path.insert(0, str(REPO / "scripts"))
     import make_figures
@@ -263,8 +263,12 @@ def test_figures_from_wandb_offline_files_match_local(real_mnist_dir, tmp_path):
         )
     assert make_figures.main([str(root), "--out", str(tmp_path / "local")]) == 0
     assert make_figures.main(["--wandb-offline", str(root), "--out", str(tmp_path / "wb")]) == 0
+    # both at once (the run files and their W&B copies): each run is drawn once
+    assert make_figures.main([str(root), "--wandb-offline", str(root), "--out", str(tmp_path / "both")]) == 0
+    assert "2 run(s) were read twice" in capsys.readouterr().err
     for table in ("table2_train_loss.csv", "table3_test_accuracy.csv"):
         assert (tmp_path / "wb" / table).read_text() == (tmp_path / "local" / table).read_text()
+        assert (tmp_path / "both" / table).read_text() == (tmp_path / "local" / table).read_text()
     assert (tmp_path / "wb" / "fig11_acc_vs_epoch_gauss_newton.png").stat().st_size > 0
     converted = runs.load_run(tmp_path / "wb" / "runs" / "wandb" / "offline" / "gauss_newton")
     np.testing.assert_array_equal(

@@ -214,7 +214,8 @@ def test_record_to_run_dir_loads(offline_run, tmp_path):
         "test_acc": "eval/acc",
     }.items():
         np.testing.assert_array_equal(run.evals[col], np.array([r[key] for r in evals], dtype=float))
-    assert run.summary == {k: v for k, v in SUMMARY.items()}
+    assert run.summary == {**SUMMARY, "wandb_run_id": rec.run_id}  # the id: to tell a copy from its run files
+    assert rec.run_id
     assert run.config == CONFIG
     assert (run.optimizer, run.experiment, run.seed) == ("hf_gauss_newton", "unit", 3)
 

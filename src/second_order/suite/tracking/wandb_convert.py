@@ -131,7 +131,9 @@ def record_to_run_dir(record: WandbRecord, out_dir: Path | str, summary_keys: Se
     are written as ``nan``.  ``summary.json`` keeps the ``summary_keys`` (default
     :data:`~second_order.suite.tracking.runs.SUMMARY_KEYS`) present in the W&B summary (``train_loss``,
     ``test_loss``, ``test_acc`` fall back to W&B's last ``train/loss``,
-    ``eval/loss``, ``eval/acc``).  Existing files in ``out_dir`` are replaced.
+    ``eval/loss``, ``eval/acc``; ``wandb_run_id`` to the record's run id, so that a report
+    reading both the run files and this copy can tell they are one run).  Existing files in
+    ``out_dir`` are replaced.
     """
     import yaml
 
@@ -152,6 +154,8 @@ def record_to_run_dir(record: WandbRecord, out_dir: Path | str, summary_keys: Se
     for key, src in (("train_loss", TRAIN_LOSS), ("test_loss", EVAL_LOSS), ("test_acc", EVAL_ACC)):
         if key not in summary and record.summary.get(src) is not None:
             summary[key] = record.summary[src]
+    if record.run_id and "wandb_run_id" in summary_keys:
+        summary.setdefault("wandb_run_id", record.run_id)  # the run files' own record names it too
     write_json(out / SUMMARY_FILE, summary)
     write_text(out / CONFIG_FILE, yaml.safe_dump(_yaml_safe(record.config), sort_keys=False))
     return out
