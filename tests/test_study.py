@@ -589,3 +589,23 @@ def test_the_final_phase_alone_leaves_out_methods_not_tuned_yet(tmp_path, capsys
     assert failed["mnist_mlp"]["hessian_free"].startswith("not tuned (") and "run --phase tune first" in (
         capsys.readouterr().err
     )
+
+
+def test_a_family_that_missed_is_named_by_its_method_with_the_most_seeds_at_target():
+    from types import SimpleNamespace
+
+    from second_order.suite.study.summary import fastest_by_family, headline
+    from second_order.suite.study.targets import TimeToTarget
+
+    families = {"first-order": ("sgd",), "diagonal curvature": ("adahessian", "online_parabola")}
+    study = SimpleNamespace(families=families, family=lambda m: next(f for f, ms in families.items() if m in ms))
+    hit = TimeToTarget(100, 2.0, 3.0)
+    per = {  # every median is ∞; online_parabola reached the target on 1 seed, adahessian on none
+        "sgd": [hit, hit, MISSED],
+        "adahessian": [MISSED, MISSED, MISSED],
+        "online_parabola": [MISSED, hit, MISSED],
+    }
+    assert fastest_by_family(study, per)["diagonal curvature"] == ("online_parabola", math.inf)
+    table = headline(study, {"w": per})
+    assert table[2] == "| first-order | sgd: 2.00 s (1.00×) |"
+    assert table[3] == "| diagonal curvature | online_parabola: missed (reached on 1 of 3 seeds) |"

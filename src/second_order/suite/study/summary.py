@@ -21,13 +21,19 @@ def _median_seconds(ts: Sequence[TimeToTarget]) -> float:
     return median_and_spread([t.seconds for t in ts])[0]
 
 
+def _rank(method: str, ts: Sequence[TimeToTarget]) -> tuple[float, int, str]:
+    """Faster first; among equal times (all ∞: missed) the one that reached the target on more seeds."""
+    return (_median_seconds(ts), -sum(t.reached for t in ts), method)
+
+
 def fastest_by_family(study: Study, per: Mapping[str, Sequence[TimeToTarget]]) -> dict[str, tuple[str, float]]:
-    """``{family: (method, median seconds)}``: each family's fastest method (``inf``: none reached the target)."""
+    """``{family: (method, median seconds)}``: each family's fastest method (``inf``: none reached the target).
+
+    When every method of a family missed, the one that reached the target on the most seeds.
+    """
     best: dict[str, tuple[str, float]] = {}
-    for method, ts in per.items():
-        family, t = study.family(method), _median_seconds(ts)
-        if family not in best or t < best[family][1]:
-            best[family] = (method, t)
+    for method, ts in sorted(per.items(), key=lambda item: _rank(*item)):
+        best.setdefault(study.family(method), (method, _median_seconds(ts)))
     return best
 
 
@@ -56,8 +62,11 @@ def headline(study: Study, ttt: Mapping[str, Mapping[str, Sequence[TimeToTarget]
                 continue
             method, t = by_w[w][family]
             ref = by_w[w].get(FIRST_ORDER, ("", math.nan))[1]
-            shown = f"{t:.2f} s" if math.isfinite(t) else "missed"
-            cells.append(f"{method}: {shown} ({_ratio(t, ref)})")
+            if math.isfinite(t):
+                cells.append(f"{method}: {t:.2f} s ({_ratio(t, ref)})")
+            else:
+                ts = ttt[w][method]
+                cells.append(f"{method}: missed (reached on {sum(x.reached for x in ts)} of {len(ts)} seeds)")
         lines.append(f"| {family} | " + " | ".join(cells) + " |")
     return lines
 
