@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from second_order.suite import cli
 from second_order.suite.config import register
-from second_order.suite.local_config import without_local_config
+from second_order.suite.local_config import with_local_config_switch
 
 register()  # the schemas of configs/config.yaml
 
@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # composition errors reach cli.exit_on_user_error
-    sys.argv += without_local_config(sys.argv[1:])  # SECOND_ORDER_NO_LOCAL_CONFIG=1: as if ~local
+    sys.argv[1:] = with_local_config_switch(sys.argv[1:])  # SECOND_ORDER_NO_LOCAL_CONFIG=1: as if ~local
     refused = cli.refused_override(sys.argv[1:])
     if refused:
         print(refused, file=sys.stderr)

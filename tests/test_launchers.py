@@ -118,6 +118,22 @@ def test_second_order_no_local_config_leaves_the_machine_local_config_out(tmp_pa
     assert launcher_config(*extra, "local=default")["_target_"].endswith("SlurmLauncher")  # chosen: kept
 
 
+def test_the_local_config_switch_joins_the_overrides_wherever_the_flags_are(monkeypatch):
+    """Hydra's argparse takes one run of overrides: ``~local`` goes just before the first."""
+    from second_order.suite.local_config import with_local_config_switch
+
+    monkeypatch.setenv("SECOND_ORDER_NO_LOCAL_CONFIG", "1")
+    assert with_local_config_switch(["a=1", "--cfg", "job"]) == ["~local", "a=1", "--cfg", "job"]
+    assert with_local_config_switch(["-m", "--config-dir", "d", "a=1,2", "b=3"]) == [
+        "-m", "--config-dir", "d", "~local", "a=1,2", "b=3"
+    ]  # fmt: skip
+    assert with_local_config_switch(["--info", "defaults"]) == ["~local", "--info", "defaults"]
+    assert with_local_config_switch(["--cfg", "hydra"]) == ["~local", "--cfg", "hydra"]
+    assert with_local_config_switch(["local=default", "--cfg", "job"]) == ["local=default", "--cfg", "job"]
+    monkeypatch.setenv("SECOND_ORDER_NO_LOCAL_CONFIG", "0")
+    assert with_local_config_switch(["a=1", "--cfg", "job"]) == ["a=1", "--cfg", "job"]
+
+
 def test_preemption_signal_and_who_resumes_by_itself(monkeypatch):
     monkeypatch.delenv(PREEMPT_SIGNAL_ENV, raising=False)
     assert preemption_signal() == signal.SIGUSR2

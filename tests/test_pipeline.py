@@ -197,6 +197,19 @@ def test_hydra_output_subdir_is_refused_before_hydra_writes_anything(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_cfg_with_multirun_is_one_line_that_says_to_drop_m():
+    proc = train_cli("-m", "hydra/launcher=slurm_gpu", "--cfg", "hydra")
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: --cfg and -m cannot be combined") and "drop -m" in line, line
+    # what the line says to run, verbatim (conftest's SECOND_ORDER_NO_LOCAL_CONFIG adds ~local among the overrides)
+    shown = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), "hydra/launcher=slurm_gpu", "--cfg", "hydra"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0 and "signal_delay_s" in shown.stdout, shown.stderr[-2000:]
+
+
 def test_unknown_optimizer_names_the_choices(tmp_path):
     proc = train_cli("optimizer=no_such_method", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2

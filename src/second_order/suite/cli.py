@@ -158,10 +158,17 @@ def refused_override(argv: Sequence[str]) -> str | None:
 
     ``hydra.output_subdir``: Hydra would write its record there before the job starts, also
     into a run directory that then refuses the job (see :func:`save_hydra_record`, which
-    writes ``.hydra/`` once the directory is the job's).
+    writes ``.hydra/`` once the directory is the job's).  ``-m`` with ``--cfg`` / ``--info``:
+    Hydra allows one mode and would end in a traceback; the line says to drop ``-m``.
     """
     from second_order.suite.local_config import override_key
 
+    shown = [o for o in argv if o in ("--cfg", "-c", "--info", "-i") or o.startswith(("--cfg=", "--info="))]
+    if shown and any(o in ("-m", "--multirun") for o in argv):
+        return (
+            f"error: {shown[0].split('=')[0]} and -m cannot be combined (Hydra prints one job's config): "
+            "drop -m, e.g. python scripts/train.py hydra/launcher=slurm_gpu --cfg hydra"
+        )
     if any(override_key(o) == "hydra.output_subdir" for o in argv):
         return (
             "error: hydra.output_subdir cannot be set: scripts/train.py writes Hydra's record to "

@@ -30,3 +30,36 @@ def without_local_config(overrides: Sequence[str]) -> list[str]:
     """``["~local"]`` when :func:`switched_off` and ``overrides`` do not choose ``local`` themselves, else ``[]``."""
     chooses = any(override_key(o) == "local" for o in overrides)
     return ["~local"] if switched_off() and not chooses else []
+
+
+#: Hydra's command-line flags that take a value (``--info`` takes one of ``INFO_CHOICES`` or none).
+VALUE_FLAGS = frozenset(
+    {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+     "--experimental-rerun"}
+)  # fmt: skip
+INFO_CHOICES = frozenset({"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"})
+
+
+def with_local_config_switch(argv: Sequence[str]) -> list[str]:
+    """``argv`` (a Hydra app's arguments) with :func:`without_local_config`'s ``~local`` among its overrides.
+
+    Put just before the first override, so that the overrides stay one run of arguments:
+    Hydra's argparse takes only the first run of positional arguments (``a=1 --cfg job
+    ~local`` would be refused as an unrecognized argument).
+    """
+    argv = list(argv)
+    positions, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in VALUE_FLAGS:
+            i += 2
+            continue
+        if arg in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in INFO_CHOICES:
+            i += 2
+            continue
+        if not arg.startswith("-"):
+            positions.append(i)
+        i += 1
+    overrides = [argv[k] for k in positions]
+    at = positions[0] if positions else 0
+    return argv[:at] + without_local_config(overrides) + argv[at:]
