@@ -11,7 +11,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-JAX_VARIANT ?= cpu
+# The JAX variant of .venv: the one installed last (make setup JAX_VARIANT=cuda12 once, and later
+# targets keep it instead of reinstalling for the CPU), else cpu.
+INSTALLED_VARIANT := $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*)))
+JAX_VARIANT ?= $(or $(INSTALLED_VARIANT),cpu)
 STAMP := $(VENV)/.installed-$(JAX_VARIANT)
 PYTEST_ARGS ?=
 # Test files run in parallel worker processes (pytest-xdist), each file in one worker so that
