@@ -202,7 +202,7 @@ def test_env_var_is_honoured(small_dir, monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_no_dir_and_no_tfds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MNIST_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import now fails
-    with pytest.raises(DataError, match=r"pip install 'second-order\[tfds\]'") as info:
+    with pytest.raises(DataError, match=r"pip install 'tensorflow-datasets>=4.9'") as info:
         load_mnist()
     assert "MNIST_DIR" in str(info.value)
 

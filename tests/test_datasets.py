@@ -161,7 +161,7 @@ def test_fashion_mnist_without_tfds(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "absent")
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
-    with pytest.raises(DataError, match=r"pip install 'second-order\[tfds\]'") as info:
+    with pytest.raises(DataError, match=r"pip install 'tensorflow-datasets>=4.9'") as info:
         load_fashion_mnist()
     _one_line(info, "Fashion-MNIST", "FASHION_MNIST_DIR", tmp_path / "absent")
 
@@ -266,7 +266,7 @@ def test_cifar_class_balance_of_canonical_files(tmp_path: Path) -> None:
 def test_cifar_without_tfds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CIFAR10_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
-    with pytest.raises(DataError, match=r"pip install 'second-order\[tfds\]'") as info:
+    with pytest.raises(DataError, match=r"pip install 'tensorflow-datasets>=4.9'") as info:
         load_cifar10()
     _one_line(info, "CIFAR-10", "CIFAR10_DIR", "test_batch.bin")
 

@@ -4,9 +4,9 @@
 (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``), verifying the SHA-256 that TFDS
 registers for the URL (``tensorflow_datasets/url_checksums/<builder>.txt``). Only
 ``tensorflow-datasets`` is needed (its extractor would need TensorFlow, so archives
-are unpacked by the dataset's own module) (``pip install 'second-order[tfds]'``). Files already in the cache are used
-without touching the network; otherwise the mirror's host is probed first (a few
-seconds at most) so that an offline run fails at once instead of after minutes of
+are unpacked by the dataset's own module) (``pip install '.[tfds]'`` from a checkout).
+Files already in the cache are used without touching the network; otherwise the
+mirror's host is probed first (a few seconds at most) so that an offline run fails at once instead of after minutes of
 download retries, and TFDS retries each file at most ``_TFDS_MAX_RETRIES`` times.
 """
 
@@ -56,7 +56,8 @@ def import_tfds(hints: Hints) -> Any:
     except ImportError as e:
         raise DataError(
             f"No {hints.title} directory was given ({hints.unset}) and tensorflow-datasets cannot be "
-            f"imported ({e}). Run pip install 'second-order[tfds]' to download {hints.title} through "
+            f"imported ({e}). Run pip install 'tensorflow-datasets>=4.9' (from a checkout: pip install '.[tfds]') "
+            f"to download {hints.title} through "
             f"TensorFlow Datasets, or {hints.set_dir}."
         ) from e
     return tfds
