@@ -88,9 +88,9 @@ def newton(
     (default 10,000; ``None``: no limit) in one line naming the limit and the
     alternatives.  Both paths may form ``n × n`` matrices (the dense one always, the
     low-rank one whenever its check fails) whose eigendecomposition costs O(n³):
-    (n / 7,960)³ times the paper's model's dense step (54 s on a 2-core CPU), e.g.
-    17× at n = 20,490, even where the memory (checked after compilation by the suite)
-    would suffice.  Krylov methods (:func:`hessian_free`, :func:`trust_region`) have
+    (n / 7,960)³ times the paper's model's dense step (about 50 s on a 2-core CPU,
+    ``make bench``), e.g. 17× at n = 20,490, even where the memory (checked after
+    compilation by the suite) would suffice.  Krylov methods (:func:`hessian_free`, :func:`trust_region`) have
     no such limit.
 
     ``learning_rate`` and ``damping`` may be traced (``optax.inject_hyperparams``);
@@ -191,6 +191,6 @@ def check_size(n: int, max_params: float | None) -> None:
     raise ValueError(
         f"newton: max_params must be at least the model's {n:,} parameters (or null: no limit) to run exact Newton "
         f"on it: its {n:,} × {n:,} Hessian ({8 * n * n / 1e9:.1f} GB in float64) and O(n³) eigendecomposition "
-        f"cost {(n / PAPER_PARAMS) ** 3:,.0f}× the paper's {PAPER_PARAMS:,}-parameter model's per step (54 s there "
-        f"on a 2-core CPU); or use a Krylov method (hessian_free, trust_region), got {max_params:.0f}"
+        f"cost {(n / PAPER_PARAMS) ** 3:,.0f}× the paper's {PAPER_PARAMS:,}-parameter model's per step "
+        f"(about 50 s there on a 2-core CPU); or use a Krylov method (hessian_free, trust_region), got {max_params:.0f}"
     )
