@@ -4,6 +4,7 @@ job through JAX's SLURM detection, device records, the GPU-fallback warning and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -199,6 +200,10 @@ def test_gpu_fallback_is_named_loudly(monkeypatch):
     monkeypatch.setattr(devices.importlib.metadata, "version", _only_installed("jax-cuda12-plugin"))
     message = devices.gpu_fallback_warning()
     assert message is not None and "jax-cuda12-plugin is installed" in message and "JAX_PLATFORMS=cuda" in message
+    reasons = {"tpu": "no libtpu.so", "cuda": "CUDA_ERROR_NO_DEVICE"}
+    monkeypatch.setattr(devices, "backend_errors", lambda: reasons)  # JAX's own reason is repeated, not the TPU's
+    message = devices.gpu_fallback_warning() or ""
+    assert "(cuda: CUDA_ERROR_NO_DEVICE)" in message and "libtpu" not in message, message
     monkeypatch.setattr(devices, "GPU_DEVICE_FILES", (str(Path(__file__)),))  # a GPU device file, no plugin
     monkeypatch.setattr(devices.importlib.metadata, "version", _only_installed("jax"))
     assert "JAX_VARIANT=cuda12" in (devices.gpu_fallback_warning() or "")
@@ -232,3 +237,15 @@ def test_a_run_on_a_fallen_back_cpu_says_so_in_its_summary(monkeypatch, tmp_path
     assert summary["backend"] == "cpu" and summary["num_devices"] == 1 and summary["num_processes"] == 1
     assert "JAX is running on the CPU" in summary["device_warning"]
     assert runs.read_summary(tmp_path / "run")["device_warning"] == summary["device_warning"]
+
+
+def test_only_the_absent_tpu_notice_is_dropped_from_jax_log():
+    notice = devices.AbsentTpuNotice()
+
+    def record(level: int, message: str) -> logging.LogRecord:
+        return logging.LogRecord("jax._src.xla_bridge", level, __file__, 1, message, None, None)
+
+    assert not notice.filter(record(logging.INFO, "Unable to initialize backend 'tpu': INTERNAL: libtpu.so"))
+    assert notice.filter(record(logging.INFO, "Unable to initialize backend 'cuda': no device"))
+    assert notice.filter(record(logging.WARNING, "Unable to initialize backend 'tpu': asked for by JAX_PLATFORMS"))
+    assert isinstance(devices.backend_errors(), dict)  # JAX's private record, or {} where it has none

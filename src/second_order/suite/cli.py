@@ -60,6 +60,9 @@ def exit_on_user_error(main: Callable[[], Any]) -> int:
     SIGINT and SIGTERM outside a run (start-up, between sweep jobs) end the process
     with status 128 + N and, in a sweep, its ``sweep_summary.json``.
     """
+    from second_order.suite.training.devices import quiet_absent_tpu_notice
+
+    quiet_absent_tpu_notice()
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         main()

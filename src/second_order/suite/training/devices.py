@@ -174,6 +174,36 @@ class Placement:
             )
 
 
+def backend_errors() -> dict[str, str]:
+    """Why JAX could not start each backend it tried (``{"cuda": "...", "tpu": "..."}``).
+
+    Read from ``jax._src.xla_bridge._backend_errors`` (private; ``{}`` where a JAX lacks it).
+    """
+    from jax._src import xla_bridge
+
+    return {str(k): str(v) for k, v in dict(getattr(xla_bridge, "_backend_errors", None) or {}).items()}
+
+
+class AbsentTpuNotice(logging.Filter):
+    """Drops JAX's INFO line that the machine has no TPU (no ``libtpu.so``), printed by every run elsewhere.
+
+    Other backends' failures (a CUDA plugin that does not load) still reach the log, and
+    :func:`gpu_fallback_warning` repeats them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno <= logging.INFO and record.getMessage().startswith("Unable to initialize backend 'tpu'")
+        )
+
+
+def quiet_absent_tpu_notice() -> None:
+    """Install :class:`AbsentTpuNotice` on JAX's backend logger (once)."""
+    logger = logging.getLogger("jax._src.xla_bridge")
+    if not any(isinstance(f, AbsentTpuNotice) for f in logger.filters):
+        logger.addFilter(AbsentTpuNotice())
+
+
 def gpu_fallback_warning() -> str | None:
     """Why this run is on the CPU although a GPU path was set up or a GPU is present; None otherwise.
 
@@ -190,7 +220,8 @@ def gpu_fallback_warning() -> str | None:
         except importlib.metadata.PackageNotFoundError:
             pass
     if plugins:
-        reason = f"{plugins[0]} is installed but JAX found no usable GPU (see JAX's log above)"
+        why = "; ".join(f"{name}: {err}" for name, err in backend_errors().items() if name != "tpu")
+        reason = f"{plugins[0]} is installed but JAX found no usable GPU ({why or 'see JAX log above'})"
     elif any(Path(f).exists() for f in GPU_DEVICE_FILES):
         reason = "a GPU is present but this JAX has no GPU backend (make setup JAX_VARIANT=cuda12)"
     else:
