@@ -132,6 +132,7 @@ def test_sigterm_during_a_sweep_exits_143_with_its_table(real_mnist_dir, tmp_pat
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM; sweep table in"), stderr[-2000:]
     table = json.loads((tmp_path / "sweep_summary.json").read_text())
     assert table["interrupted_by_signal"] == signal.SIGTERM
     assert [job["status"] for job in table["jobs"]] == ["interrupted"]

@@ -144,9 +144,11 @@ def train_job(cfg: DictConfig) -> float | None:
         if sig == preemption_signal() and callable(signal.getsignal(sig)):
             hand_over_preemption(sig)
         if multirun:  # stop the sweep too, with its table of every job on disk
-            from second_order.suite.sweep import write_sweep_summary
+            from second_order.suite.sweep import SWEEP_SUMMARY, write_sweep_summary
 
             write_sweep_summary(Path(hc.sweep.dir), interrupted_by=sig)
+            name = signal.Signals(sig).name
+            print(f"error: stopped by {name}; sweep table in {Path(hc.sweep.dir) / SWEEP_SUMMARY}", file=sys.stderr)
         sys.exit(128 + sig)
     value = summary.get("objective")
     return float(value) if value is not None else None
