@@ -167,6 +167,16 @@ def test_a_read_only_run_directory_is_one_line(real_mnist_dir, run_dir):
     assert proc.stderr.startswith(f"error: cannot write {run_dir}") and "hydra.run.dir" in proc.stderr
 
 
+def test_a_run_directory_that_is_a_file_is_one_line(real_mnist_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a run\n")
+    proc = train_cli("optimizer=sgd", f"data.dir={real_mnist_dir}", f"hydra.run.dir={tmp_path / 'notes.txt'}", *QUIET)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == (
+        f"error: {tmp_path / 'notes.txt'} is a file, not a directory (choose a run directory with hydra.run.dir=<dir>)"
+    )
+    assert (tmp_path / "notes.txt").read_text() == "not a run\n"
+
+
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_a_failed_record(real_mnist_dir, tmp_path):
     """steps.csv is /dev/full: every write to it fails with ENOSPC, as on a full disk."""

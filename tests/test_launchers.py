@@ -134,6 +134,21 @@ def test_the_local_config_switch_joins_the_overrides_wherever_the_flags_are(monk
     assert with_local_config_switch(["a=1", "--cfg", "job"]) == ["a=1", "--cfg", "job"]
 
 
+def test_a_launcher_key_the_chosen_launcher_lacks_hints_at_the_local_config(monkeypatch, tmp_path):
+    from second_order.suite.local_config import launcher_key_hint
+
+    hydra_says = "Could not override 'hydra/launcher'; Key 'account' not in 'JobLibLauncherConf'"
+    monkeypatch.setenv("SECOND_ORDER_NO_LOCAL_CONFIG", "0")
+    assert launcher_key_hint(hydra_says, tmp_path) == ""  # no local config: nothing to hint at
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "default.yaml").write_text("# @package _global_\n")
+    hint = launcher_key_hint(hydra_says, tmp_path)
+    assert "hydra.launcher.account" in hint and "add ~local" in hint
+    assert launcher_key_hint("Key 'lr' not in 'AdamConf'", tmp_path) == ""  # not a launcher key
+    monkeypatch.setenv("SECOND_ORDER_NO_LOCAL_CONFIG", "1")
+    assert launcher_key_hint(hydra_says, tmp_path) == ""  # the local config is already left out
+
+
 def test_preemption_signal_and_who_resumes_by_itself(monkeypatch):
     monkeypatch.delenv(PREEMPT_SIGNAL_ENV, raising=False)
     assert preemption_signal() == signal.SIGUSR2

@@ -301,6 +301,8 @@ def one_line(err: BaseException) -> str | None:
     from second_order.suite.training.resources import InsufficientMemory, RunDirBusy
 
     os_error = _user_os_error(err)
+    if os_error is not None and os_error.errno == errno.EEXIST and Path(str(os_error.filename)).is_file():
+        return f"{os_error.filename} is a file, not a directory (choose a run directory with hydra.run.dir=<dir>)"
     if os_error is not None:
         where = os_error.filename or "the run directory"
         full = os_error.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -319,7 +321,11 @@ def one_line(err: BaseException) -> str | None:
     if isinstance(err, (HydraException, OmegaConfBaseException)):
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         lines = [line for line in lines if not line.startswith(("full_key", "object_type", "reference_type"))]
-        return did_you_mean("; ".join(lines)) or type(err).__name__
+        message = did_you_mean("; ".join(lines)) or type(err).__name__
+        from second_order.suite.launchers import CONFIGS
+        from second_order.suite.local_config import launcher_key_hint
+
+        return message + launcher_key_hint(message, CONFIGS)
     return None
 
 

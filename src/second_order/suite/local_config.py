@@ -11,7 +11,9 @@ so ``make test`` never submits SLURM jobs or reads another machine's paths).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 NO_LOCAL_CONFIG_ENV = "SECOND_ORDER_NO_LOCAL_CONFIG"
 
@@ -24,6 +26,22 @@ def override_key(override: str) -> str:
 def switched_off() -> bool:
     """Whether ``$SECOND_ORDER_NO_LOCAL_CONFIG`` asks to leave the local config out (set, not "" or "0")."""
     return os.environ.get(NO_LOCAL_CONFIG_ENV, "") not in ("", "0")
+
+
+def launcher_key_hint(message: str, configs: Path) -> str:
+    """A hint to append to Hydra's error for a launcher key the chosen launcher lacks, else "".
+
+    ``Key 'account' not in 'JobLibLauncherConf'``: the machine-local config (under
+    ``configs``) set a key of its own launcher (SLURM's account) and the command line chose
+    another launcher; ``~local`` leaves the local config out.
+    """
+    found = re.search(r"Key '(\w+)' not in '\w*LauncherConf'", message)
+    if found is None or switched_off() or not (configs / "local" / "default.yaml").exists():
+        return ""
+    return (
+        f" (configs/local/default.yaml may set hydra.launcher.{found.group(1)} for its own launcher: "
+        "add ~local to leave it out for this command)"
+    )
 
 
 def without_local_config(overrides: Sequence[str]) -> list[str]:
