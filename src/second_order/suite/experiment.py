@@ -88,9 +88,13 @@ def check_run_dir(run_dir: Path, cfg: Mapping[str, Any], resume: bool) -> None:
     if resume or not summary.exists():
         return
     status = (runs.read_summary(run_dir) or {"status": "unreadable summary"}).get("status", "unknown")
+    if status in ("completed", "diverged"):
+        fix = "it has ended (results in its summary.json; trainer.resume=true accepts it as it is, nothing is rerun)"
+    else:
+        fix = "continue it with trainer.resume=true"
     raise RunDirTaken(
-        f"run directory {run_dir} already holds this run (status: {status}); continue it with "
-        "trainer.resume=true, or start a new one elsewhere with hydra.run.dir=<dir>"
+        f"run directory {run_dir} already holds this run (status: {status}); {fix}, or start a new one "
+        "elsewhere with hydra.run.dir=<dir>"
     )
 
 
