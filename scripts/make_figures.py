@@ -131,7 +131,9 @@ def load(roots: Sequence[Path], experiment: str | None) -> list[Run]:
     runs = drop_wandb_copies(runs)
     if experiment is not None:
         return [r for r in runs if r.experiment == experiment]
-    for group in group_runs(runs):  # seeds of one configuration from different experiments: say so
+    with warning_lines():  # grouping warns too (a run without config.yaml): one line each, once
+        groups = group_runs(runs)
+    for group in groups:  # seeds of one configuration from different experiments: say so
         names = sorted({str(r.experiment) for r in group.runs})
         if len(names) > 1:
             print(
