@@ -135,6 +135,35 @@ def test_missing_extra_argument_is_a_clear_error():
         tx.update(prob.params, tx.init(prob.params), prob.params, value_fn=prob.value_fn)
 
 
+def _loss_using_optimizers():
+    from second_order import optim
+
+    return {
+        "newton": lambda: optim.newton(0.1, 1.0),
+        "hessian_free": lambda: optim.hessian_free(0.1, 1.0),
+        "gauss_newton": lambda: optim.gauss_newton(0.1, 1.0),
+        "trust_region": lambda: optim.trust_region(0.1),
+        "saddle_free_newton": lambda: optim.saddle_free_newton(0.1, 1.0),
+        "sophia": lambda: optim.sophia(0.1),
+        "adahessian": lambda: optim.adahessian(0.1),
+        "kfac": lambda: optim.kfac(0.1, 0.1),
+    }
+
+
+@pytest.mark.parametrize("name", list(_loss_using_optimizers()))
+def test_masked_params_are_refused_with_what_to_do_instead(name):
+    """optax.multi_transform hands the optimizer a tree with MaskedNode leaves, which no loss function takes."""
+    prob = make_problem()
+    inner = _loss_using_optimizers()[name]()
+    labels = {"Dense_0": {"bias": "frozen", "kernel": "train"}, "Dense_1": {"bias": "train", "kernel": "train"}}
+    tx = optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()}, labels)
+    grads = jax.grad(prob.value_fn)(prob.params)
+    extra = dict(value_fn=prob.value_fn, predict_fn=prob.predict_fn, output_loss_fn=prob.output_loss_fn,
+                 tapped_predict_fn=lambda p, taps: (prob.predict_fn(p), {}))  # fmt: skip
+    with pytest.raises(ValueError, match="masked params .* give the optimizer only the trained ones"):
+        tx.update(grads, tx.init(prob.params), prob.params, **extra)
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -213,7 +213,7 @@ def cg_transformation(
             updates = descent_updates(res.x, params, learning_rate, state.count)
             return updates, SecondOrderState(state.count + 1, cg_diagnostics(res, res.x))
 
-        value_fn = require(extra_args, name, "value_fn")[0] if opts.needs_value_fn else None
+        value_fn = require(extra_args, name, "value_fn", params=params)[0] if opts.needs_value_fn else None
         save_at: tuple[int, ...] = ()
         if opts.backtracking:
             save_at = backtrack_iterations(static_maxiter(name, maxiter, otu.tree_size(g)))
@@ -240,7 +240,7 @@ def cg_transformation(
         direction = None if opts.warm_start is None else res.x
         return updates, CGState(state.count + 1, diagnostics, lam_next, lam_arg, direction)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(distinct_buffers(init), update)
 
 
 def static_hyperparameter(fn: str, name: str, value: Any) -> int | None:
@@ -276,8 +276,46 @@ def static_maxiter(name: str, maxiter: Any, n: int) -> int:
     return k
 
 
-def require(extra_args: Mapping[str, Any], name: str, *keys: str) -> tuple[Any, ...]:
-    """Fetch required extra arguments, with an error that says how to pass them."""
+def distinct_buffers(init: Callable[[PyTree], Any]) -> Callable[[PyTree], Any]:
+    """``init`` whose state leaves are distinct arrays, none of them a parameter array.
+
+    A state that holds one array in two leaves (``λ`` as both damping and its argument, two
+    zero moments) or a parameter itself cannot be donated: ``jax.jit(step,
+    donate_argnums=(0, 1))`` fails with "Attempt to donate the same buffer twice".  Repeated
+    leaves are copied, once, at ``init``.
+    """
+
+    def wrapped(params: PyTree) -> Any:
+        seen = {id(leaf) for leaf in jax.tree_util.tree_leaves(params)}
+
+        def fresh(leaf: Any) -> Any:
+            if isinstance(leaf, jax.Array) and id(leaf) in seen:
+                return jnp.array(leaf, copy=True)
+            seen.add(id(leaf))
+            return leaf
+
+        return jax.tree_util.tree_map(fresh, init(params))
+
+    return wrapped
+
+
+def require(extra_args: Mapping[str, Any], name: str, *keys: str, params: PyTree = None) -> tuple[Any, ...]:
+    """Fetch required extra arguments, with an error that says how to pass them.
+
+    With ``params``: refuse a tree with ``optax.MaskedNode`` leaves (``optax.masked`` or
+    ``optax.multi_transform`` hand the inner optimizer only its part of the parameters,
+    which the loss functions cannot take) with an error that says what to do instead.
+    """
+    masked = any(
+        isinstance(leaf, optax.MaskedNode)
+        for leaf in jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    )
+    if masked:
+        raise ValueError(
+            f"{name}.update() got masked params (optax.masked / optax.multi_transform), but the loss "
+            f"functions it is given ({', '.join(keys)}) take the whole parameter tree. To freeze parameters, "
+            "give the optimizer only the trained ones and let the loss functions close over the frozen ones"
+        )
     missing = [k for k in keys if extra_args.get(k) is None]
     if missing:
         raise TypeError(

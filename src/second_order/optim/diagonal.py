@@ -16,7 +16,14 @@ import optax
 import optax.tree_utils as otu
 from optax import contrib
 
-from second_order.optim.base import SecondOrderState, check_hyperparameters, concrete_float, learning_rate_at, require
+from second_order.optim.base import (
+    SecondOrderState,
+    check_hyperparameters,
+    concrete_float,
+    distinct_buffers,
+    learning_rate_at,
+    require,
+)
 from second_order.solvers import static_int
 
 PyTree = Any
@@ -78,7 +85,7 @@ def hutchinson_diagonal(key: jax.Array) -> optax.GradientTransformationExtraArgs
         hz = jax.jvp(jax.grad(obj_fn), (params,), (z,))[1]
         return jax.tree_util.tree_map(jnp.multiply, z, hz), contrib.HutchinsonState(key=key)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(distinct_buffers(init), update)
 
 
 # --------------------------------------------------------------------------- Sophia
@@ -181,7 +188,7 @@ def sophia(
     def update(grads, state, params=None, **extra_args):
         if params is None:
             raise ValueError("sophia: update() needs params (the Hessian is evaluated there)")
-        (value_fn,) = require(extra_args, name, "value_fn")  # predict_fn, output_loss_fn, ...: not used
+        (value_fn,) = require(extra_args, name, "value_fn", params=params)  # predict_fn, output_loss_fn, ...: not used
         updates, inner = make().update(grads, state.inner, params, obj_fn=value_fn)
         dtype = state.stats.diagnostics["grad_norm"].dtype
         old, new = _sophia_state(state.inner), _sophia_state(inner)
@@ -207,7 +214,7 @@ def sophia(
         }
         return updates, SophiaWrapperState(inner, SecondOrderState(state.stats.count + 1, diagnostics))
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(distinct_buffers(init), update)
 
 
 def _sophia_state(inner: optax.OptState) -> Any:
@@ -337,7 +344,7 @@ def adahessian(
     def update(grads, state, params=None, **extra_args):
         if params is None:
             raise ValueError("adahessian: update() needs params (the Hessian is evaluated there)")
-        (value_fn,) = require(extra_args, name, "value_fn")
+        (value_fn,) = require(extra_args, name, "value_fn", params=params)
         zhz, probe = estimator().update(grads, state.probe, params, obj_fn=value_fn)
         d_hat = jax.tree_util.tree_map(lambda h: spatial_average(h, block_size, average_conv_kernel), zhz)
         t = state.stats.count + 1
@@ -360,4 +367,4 @@ def adahessian(
         nu = jax.tree_util.tree_map(lambda v, w: v.astype(w.dtype), nu, params)
         return updates, AdaHessianState(SecondOrderState(t, diagnostics), mu, nu, probe)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(distinct_buffers(init), update)

@@ -58,7 +58,7 @@ def gauss_newton(
     """
 
     def make_matvec(params, extra_args):
-        predict_fn, output_loss_fn = require(extra_args, "gauss_newton", "predict_fn", "output_loss_fn")
+        predict_fn, output_loss_fn = require(extra_args, "gauss_newton", "predict_fn", "output_loss_fn", params=params)
         z, jvp_fn = jax.linearize(predict_fn, params)
         _, hz_fn = jax.linearize(jax.grad(output_loss_fn), z)
         vjp_fn = jax.linear_transpose(jvp_fn, params)

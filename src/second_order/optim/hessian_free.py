@@ -96,7 +96,7 @@ def hessian_free(
     """
 
     def make_matvec(params, extra_args):
-        (value_fn,) = require(extra_args, "hessian_free", "value_fn")
+        (value_fn,) = require(extra_args, "hessian_free", "value_fn", params=params)
         # Linearise ∇L once per step; each CG iteration then costs one tangent pass.
         _, hvp_fn = jax.linearize(jax.grad(value_fn), params)
         return hvp_fn

@@ -86,6 +86,7 @@ from second_order.optim.base import (
     check_hyperparameters,
     concrete_float,
     descent_updates,
+    distinct_buffers,
     require,
     resolve_solve_dtype,
 )
@@ -244,7 +245,7 @@ def kfac(
     def update(grads, state, params=None, **extra_args):
         if params is None:
             raise ValueError("kfac: update() needs params (the factors are computed there)")
-        (tapped,) = require(extra_args, "kfac", "tapped_predict_fn")
+        (tapped,) = require(extra_args, "kfac", "tapped_predict_fn", params=params)
         layers = kfac_layers(params)
         key, sample_key = jax.random.split(state.key)
         estimates = factor_estimates(tapped, params, layers, fisher, dtype, sample_key, extra_args)
@@ -274,7 +275,7 @@ def kfac(
         base = SecondOrderState(count + 1, diagnostics)
         return updates, KFACState(base, factors, inverses, velocity, key)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(distinct_buffers(init), update)
 
 
 def factor_estimates(
@@ -299,7 +300,7 @@ def factor_estimates(
     n = math.prod(z.shape[:-1])
 
     if fisher == "empirical":
-        (output_loss_fn,) = require(extra_args, "kfac", "output_loss_fn")
+        (output_loss_fn,) = require(extra_args, "kfac", "output_loss_fn", params=params)
         cotangents = jax.grad(output_loss_fn)(z)[None]
     else:
         p = jax.nn.softmax(z.astype(dtype), axis=-1)

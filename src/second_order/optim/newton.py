@@ -15,6 +15,7 @@ from second_order.optim.base import (
     check_hyperparameters,
     concrete_float,
     descent_updates,
+    distinct_buffers,
     require,
     resolve_solve_dtype,
     static_hyperparameter,
@@ -158,7 +159,7 @@ def newton(
     def update(grads, state, params=None, **extra_args):
         if params is None:
             raise ValueError("newton: update() needs params (the Hessian is evaluated there)")
-        (value_fn,) = require(extra_args, "newton", "value_fn")
+        (value_fn,) = require(extra_args, "newton", "value_fn", params=params)
         g, unravel = ravel_pytree(tree_cast(grads, dtype))
         if first is None or first == dtype:
             out = direction(params, grads, value_fn, state.count, dtype)
@@ -181,7 +182,7 @@ def newton(
         updates = descent_updates(unravel(x), params, learning_rate, state.count)
         return updates, SecondOrderState(state.count + 1, diagnostics)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(distinct_buffers(init), update)
 
 
 def check_size(n: int, max_params: float | None) -> None:

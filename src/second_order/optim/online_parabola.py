@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from second_order.optim.base import SecondOrderState, concrete_float, learning_rate_at, resolve_solve_dtype
+from second_order.optim.base import (
+    SecondOrderState,
+    concrete_float,
+    distinct_buffers,
+    learning_rate_at,
+    resolve_solve_dtype,
+)
 
 PyTree = Any
 
@@ -243,4 +249,4 @@ def online_parabola(
         )
         return updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(distinct_buffers(init), update)

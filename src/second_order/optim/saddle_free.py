@@ -15,6 +15,7 @@ from second_order.optim.base import (
     SecondOrderState,
     check_hyperparameters,
     descent_updates,
+    distinct_buffers,
     positive_static_int,
     require,
     resolve_solve_dtype,
@@ -79,7 +80,7 @@ def saddle_free_newton(
     def update(grads, state, params=None, **extra_args):
         if params is None:
             raise ValueError(f"{name}: update() needs params (the Hessian is evaluated there)")
-        (value_fn,) = require(extra_args, name, "value_fn")
+        (value_fn,) = require(extra_args, name, "value_fn", params=params)
         p = tree_cast(params, dtype)
         g, unravel = ravel_pytree(tree_cast(grads, dtype))
         _, hvp = jax.linearize(jax.grad(value_fn), p)
@@ -109,4 +110,4 @@ def saddle_free_newton(
         updates = descent_updates(unravel(d), params, learning_rate, state.count)
         return updates, SecondOrderState(state.count + 1, diagnostics)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(distinct_buffers(init), update)

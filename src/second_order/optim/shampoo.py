@@ -9,7 +9,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from second_order.optim.base import SecondOrderState, concrete_float, learning_rate_at, resolve_solve_dtype
+from second_order.optim.base import (
+    SecondOrderState,
+    concrete_float,
+    distinct_buffers,
+    learning_rate_at,
+    resolve_solve_dtype,
+)
 
 PyTree = Any
 Pair = tuple[jax.Array, jax.Array]
@@ -299,4 +305,4 @@ def shampoo(
         }
         return updates, ShampooState(mu, nu, stats, roots, SecondOrderState(t, diagnostics))
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(distinct_buffers(init), update)

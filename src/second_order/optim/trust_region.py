@@ -15,6 +15,7 @@ from second_order.krylov import KrylovStep, gltr, steihaug_cg
 from second_order.optim.base import (
     SecondOrderState,
     concrete_float,
+    distinct_buffers,
     positive_static_int,
     require,
     resolve_solve_dtype,
@@ -144,10 +145,10 @@ def trust_region(
     ) -> tuple[Callable[[PyTree], jax.Array], jax.Array, Callable[[PyTree], PyTree]]:
         """(loss function, L(w), v ↦ B v) at the parameters ``p``."""
         if curvature == "hessian":
-            (value_fn,) = require(extra_args, name, "value_fn")
+            (value_fn,) = require(extra_args, name, "value_fn", params=p)
             (value, _), linear = jax.linearize(jax.value_and_grad(value_fn), p)
             return value_fn, value, lambda v: linear(v)[1]
-        predict_fn, output_loss_fn = require(extra_args, name, "predict_fn", "output_loss_fn")
+        predict_fn, output_loss_fn = require(extra_args, name, "predict_fn", "output_loss_fn", params=p)
 
         def loss(q: PyTree) -> jax.Array:
             return output_loss_fn(predict_fn(q))
@@ -202,4 +203,4 @@ def trust_region(
         base = SecondOrderState(state.base.count + 1, diagnostics)
         return updates, TrustRegionState(new_radius, base)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(distinct_buffers(init), update)

@@ -143,8 +143,10 @@ def apply_with_taps(
     ``taps`` (``None``: none) holds each layer's tap, an array shaped like its
     pre-activation output ``s`` (``(..., out)``; ``(batch, *out_spatial, out)``) that
     is added to ``s``.  Both are nested dicts keyed like the parameters
-    (``{"Conv_0": ..., "Dense_0": ...}``).  At zero taps the outputs are unchanged and
-    ∂L/∂tap = ∂L/∂s, the back-propagated pre-activation gradients.
+    (``{"Conv_0": ..., "Dense_0": ...}``); a layer missing from ``taps`` is not tapped (a
+    frozen layer, when the optimizer is given only the trained parameters).  At zero taps
+    the outputs are unchanged and ∂L/∂tap = ∂L/∂s, the back-propagated pre-activation
+    gradients.
     """
     inputs: dict[str, Any] = {}
 
@@ -162,6 +164,8 @@ def apply_with_taps(
             return out
         tap = taps
         for key in module.path:
+            if not isinstance(tap, Mapping) or key not in tap:
+                return out  # an untapped layer (frozen, not in the parameters K-FAC was given)
             tap = tap[key]
         return out + tap
 
