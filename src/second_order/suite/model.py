@@ -131,7 +131,7 @@ def describe_model(config: ModelSpec, image_shape: Sequence[int]) -> str:
 
 
 def apply_with_taps(
-    apply_fn: Callable[..., jax.Array], variables: Mapping[str, Any], x: jax.Array, taps: Any | None
+    apply_fn: Callable[..., Any], variables: Mapping[str, Any], x: jax.Array, taps: Any | None
 ) -> tuple[jax.Array, dict[str, Any]]:
     """``apply_fn(variables, x)`` with every ``nn.Dense`` and ``nn.Conv`` tapped: ``(outputs, layer_inputs)``.
 
