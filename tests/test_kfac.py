@@ -259,6 +259,14 @@ def test_update_without_tapped_predict_fn_says_how_to_pass_it():
         tx.update(jax.grad(prob.value_fn)(prob.params), tx.init(prob.params), prob.params, value_fn=prob.value_fn)
 
 
+def test_a_tapped_predict_fn_without_layer_inputs_says_what_to_return():
+    prob, tapped, _ = one_layer(batch=2)
+    tx = kfac(0.1, 0.1)
+    grads = jax.grad(prob.value_fn)(prob.params)
+    with pytest.raises(TypeError, match=r"must return \(outputs, layer_inputs\)"):
+        tx.update(grads, tx.init(prob.params), prob.params, tapped_predict_fn=lambda p, taps: tapped(p, taps)[0])
+
+
 def test_zero_damping_is_rejected_by_name_since_the_factors_are_singular():
     """λ = 0 used to pass and give inf/NaN (G = diag(p) − ppᵀ is singular; A too for batch < fan-in + 1)."""
     with pytest.raises(ValueError, match=r"^kfac: damping must be > 0 \(.*\), got 0\.0$"):

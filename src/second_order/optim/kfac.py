@@ -294,7 +294,13 @@ def factor_estimates(
     ``R = N·T`` the rows of the tap (``T`` locations per output row: 1 for a Dense
     layer of an MLP), and ``A = (1/N) Σ_rows ā āᵀ``.
     """
-    _, input_shapes = jax.eval_shape(tapped, params, None)
+    shapes = jax.eval_shape(tapped, params, None)
+    if not (isinstance(shapes, tuple) and len(shapes) == 2):
+        raise TypeError(
+            "kfac: tapped_predict_fn(params, taps) must return (outputs, layer_inputs), e.g. "
+            "second_order.suite.model.apply_with_taps(model.apply, {'params': params}, x, taps)"
+        )
+    input_shapes = shapes[1]
     taps = zero_taps(params, input_shapes)
     z, backprop, inputs = jax.vjp(lambda t: tapped(params, t), taps, has_aux=True)
     n = math.prod(z.shape[:-1])
