@@ -6,8 +6,9 @@ registers for the URL (``tensorflow_datasets/url_checksums/<builder>.txt``). Onl
 ``tensorflow-datasets`` is needed (its extractor would need TensorFlow, so archives
 are unpacked by the dataset's own module) (``pip install '.[tfds]'`` from a checkout).
 Files already in the cache are used without touching the network; otherwise the
-mirror's host is probed first (a few seconds at most) so that an offline run fails at once instead of after minutes of
-download retries, and TFDS retries each file at most ``_TFDS_MAX_RETRIES`` times.
+mirror's host is probed first (a few seconds at most) so that an offline run fails at
+once instead of after minutes of download retries, and TFDS retries each file at most
+``_TFDS_MAX_RETRIES`` times.
 """
 
 from __future__ import annotations
