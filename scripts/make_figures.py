@@ -101,14 +101,14 @@ def drop_wandb_copies(runs: Sequence[Run]) -> list[Run]:
     The run roots are read before the W&B sources, so a run given both as run files and
     through ``--wandb`` / ``--wandb-offline`` is drawn once, from its run files.
     """
-    kept: dict[str, Run] = {}
+    seen: set[str] = set()
     unique: list[Run] = []
     for run in runs:
         run_id = run.summary.get("wandb_run_id")
-        if run_id and run_id in kept:
+        if run_id and run_id in seen:
             continue
         if run_id:
-            kept[run_id] = run
+            seen.add(run_id)
         unique.append(run)
     if len(unique) < len(runs):
         print(
