@@ -79,3 +79,24 @@ def test_image_shapes_build_model_and_descriptions():
     with pytest.raises(ConfigError, match=r"model.channels = \[4, 4, 4, 4, 4\] is invalid: must have at most 4"):
         build_model(deep, (28, 28, 1))
     assert apply_with_dense_taps is apply_with_taps
+
+
+@pytest.mark.parametrize(("model_name", "optimizer"), [("mlp", "kfac"), ("cnn", "adam")])
+def test_the_trainers_compiled_init_is_the_eager_init_bit_for_bit(model_name, optimizer):
+    """``trainer.initial_state`` (model init, cast, ``tx.init`` in one jit) equals the same calls made eagerly."""
+    from conftest import compose_config
+
+    from second_order.curvature import tree_cast
+    from second_order.suite.experiment import prepare
+    from second_order.suite.model import build_model
+    from second_order.suite.training.trainer import initial_state
+
+    rc, tx = prepare(compose_config([f"optimizer={optimizer}", f"model={model_name}", "data.dir=/x"]))
+    model = build_model(rc.model, (28, 28, 1))
+    key, sample = jax.random.PRNGKey(3), np.zeros((1, 784), np.float32)
+    params = tree_cast(model.init(key, sample)["params"], jnp.float64)
+    eager = (params, tx.init(params))
+    compiled = initial_state(model, tx, key, sample, "float64")
+    assert jax.tree_util.tree_structure(compiled) == jax.tree_util.tree_structure(eager)
+    for a, b in zip(jax.tree_util.tree_leaves(compiled), jax.tree_util.tree_leaves(eager)):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
