@@ -22,8 +22,8 @@ LR = 0.5
 
 def jitted_update(tx, prob, fns=None):
     """One update under jit, every optimizer handed the same extra arguments (those of ``fns``)."""
-    state = tx.init(prob.params)
-    grads = jax.grad(prob.value_fn)(prob.params)
+    state = jax.jit(tx.init)(prob.params)
+    grads = jax.jit(jax.grad(prob.value_fn))(prob.params)
     fns = prob if fns is None else fns
 
     @jax.jit
@@ -271,7 +271,7 @@ def test_product_dtype(name, product):
     upd, diag, _ = jitted_update(tx, prob, fns=recording(prob, seen))
     assert upd.dtype == np.float32 and diag["grad_norm"].dtype == np.float64
     assert set(seen) == {product}  # the linearisation point is in product_dtype
-    g = np.asarray(ravel_pytree(jax.grad(prob.value_fn)(prob.params))[0], np.float64)  # the caller's float32 gradient
+    g = np.asarray(ravel_pytree(jax.jit(jax.grad(prob.value_fn))(prob.params))[0], np.float64)  # jitted_update's
     expected = -LR * np.linalg.solve(c + lam * np.eye(len(g)), g)
     # The float32 update's rounding (~6e-8 relative) is the floor in both cases.
     if product == "float64":

@@ -292,6 +292,7 @@ def test_figures_from_wandb_offline_files_match_local(real_mnist_dir, tmp_path, 
 def test_paper_precision_newton_runs_float64_parameters(real_mnist_dir, tmp_path):
     """The paper's exact-Newton precision: step 0 in float32, float64 parameters afterwards."""
     cfg = compose_config(["optimizer=newton_paper_precision", f"data.dir={real_mnist_dir}", "trainer.max_steps=3",
+                          "model.hidden=[2]",  # the dtypes do not depend on the width: 1,600 parameters
                           "logger.wandb.mode=disabled", "trainer.progress=false"])  # fmt: skip
     assert cfg["model"]["param_dtype"] == "float64" and cfg["optimizer"]["first_step_dtype"] == "float32"
     summary = experiment.run(cfg, tmp_path)
