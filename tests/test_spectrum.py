@@ -147,7 +147,7 @@ def test_count_below_is_the_eigenvalue_count():
 
 
 @pytest.mark.slow
-def test_hessian_spectrum_matches_dense_eigh_at_7960_parameters(paper_batch):
+def test_hessian_spectrum_matches_the_dense_hessian_at_7960_parameters(paper_batch):
     """Default sizes against the dense 7,960 × 7,960 Hessian: its extreme eigenvalues by ARPACK (to ~1e-14
     of ``eigvalsh``, at a tenth of its time), its eigenvalue count below a threshold by Sylvester's law of
     inertia, its trace and Σλ² = ‖H‖_F² from its entries."""
