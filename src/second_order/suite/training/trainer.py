@@ -85,12 +85,13 @@ class TimedChunks:
             return jax.block_until_ready(self.compiled[k](params, opt_state, x, y, idx))
 
 
-def initial_state(model: Any, tx: optax.GradientTransformation, key: jax.Array, sample: np.ndarray,
-                  param_dtype: str) -> tuple[Any, Any]:  # fmt: skip
+def initial_state(
+    model: Any, tx: optax.GradientTransformation, key: jax.Array, sample: np.ndarray, param_dtype: str
+) -> tuple[Any, Any]:
     """The model's parameters (cast to ``param_dtype``) and ``tx.init`` of them, in one compiled call.
 
     Bit for bit what the same calls give eagerly, where each operation would be compiled on its
-    own (dozens of small compilations, a second or two of every run's start-up on a CPU).
+    own (about 45 small compilations for K-FAC, about a second of a run's start-up on 2 cores).
     """
 
     def init(key: jax.Array, sample: jax.Array) -> tuple[Any, Any]:
