@@ -140,7 +140,7 @@ def test_protocol_and_captions_come_from_the_runs(tmp_path: Path) -> None:
     t1 = (out / "table1_training_time.md").read_text()
     assert "| 6,559 |" in t1 and "6566" not in t1
     captions = (out / "captions.md").read_text()
-    assert "fashion_mnist, MLP 784-32-10, batch 128, 7 epochs" in captions
+    assert "fashion_mnist, MLP 784-32-10, batch 128, 7 epochs configured" in captions  # budget runs: fewer
     assert "MNIST" not in captions and "batch 64" not in captions and "784-10-10" not in captions
     assert "2,000 fashion_mnist test examples" in (out / "table3_test_accuracy.md").read_text()
 
@@ -161,7 +161,10 @@ def test_protocol_fallbacks_for_old_runs(tmp_path: Path) -> None:
     assert "| —† |" in hf_row and "†: the runs do not record their protocol" in md
     from second_order.suite.report.captions import protocol_line
 
-    assert protocol_line(load_runs([old])) == "MLP 784-10-10, batch 64, 7 epochs"  # rebuilt from config.yaml
+    assert protocol_line(load_runs([old])) == "MLP 784-10-10, batch 64, 7 epochs configured"  # from config.yaml
+    done = tmp_path / "done"
+    write_run(done, "sgd", 0, n_steps=350, per_epoch=50, epochs=7, status="completed", new_keys=False)
+    assert protocol_line(load_runs([done])) == "MLP 784-10-10, batch 64, 7 epochs"  # every run did them
 
 
 # ------------------------------------------------------------------ robustness (task 3)

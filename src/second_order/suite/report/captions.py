@@ -14,6 +14,7 @@ from second_order.suite.report.runinfo import (
     devices,
     mixed_devices,
     model_description,
+    run_status,
     status_counts,
 )
 from second_order.suite.report.style import method_style
@@ -29,10 +30,15 @@ def _distinct(runs: Sequence[Run], fact: Callable[[Run], object]) -> list[str]:
 
 
 def protocol_line(runs: Sequence[Run]) -> str:
-    """E.g. ``"mnist, MLP 784-10-10, batch 64, 7 epochs"``; several values joined by " / "."""
+    """E.g. ``"mnist, MLP 784-10-10, batch 64, 7 epochs"``; several values joined by " / ".
+
+    ``"7 epochs configured"`` unless every run completed them: a budget-limited, interrupted or
+    diverged run stopped earlier (the caption's "Runs:" part says how each ended)."""
+    all_completed = bool(runs) and all(run_status(r) == "completed" for r in runs)
+    epochs = "{} epochs" if all_completed else "{} epochs configured"
     parts = []
     for fact, fmt in ((dataset_name, "{}"), (model_description, "{}"), (batch_size, "batch {}"),
-                      (configured_epochs, "{} epochs")):  # fmt: skip
+                      (configured_epochs, epochs)):  # fmt: skip
         values = _distinct(runs, fact)
         if values:
             parts.append(fmt.format(" / ".join(values)))
