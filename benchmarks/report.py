@@ -235,7 +235,9 @@ def write_markdown(res: dict, path: Path) -> None:
         f"git {env.get('git_commit')}, jax {env['packages'].get('jax')}, "
         f"{os.cpu_count()} CPU threads; load average at start {res['load_average']['start']}, "
         f"at end {res['load_average']['end']}. Median of repeats; compilation and one warm-up "
-        "call excluded. Total wall-clock " + f"{res['wall_s']['total']:.0f} s."
+        "call excluded. Total wall-clock "
+        + f"{res['wall_s']['total']:.0f} s."
+        + (f" XLA_FLAGS: `{env['xla_flags']}`." if env.get("xla_flags") else "")
     )
     L.append("")
     if res.get("parts"):

@@ -49,6 +49,9 @@ def test_writes_json_markdown_and_plot(quick_bench):
     assert res["quick"] is True and "bench summary" in stdout
     env = res["environment"]
     assert env["packages"]["jax"] and env["device_kind"] and env["x64"] is True
+    assert env["xla_flags"] == (os.environ.get("XLA_FLAGS") or None)  # the timings depend on them
+    if env["xla_flags"]:
+        assert f"XLA_FLAGS: `{env['xla_flags']}`" in (out / f"{device}.md").read_text()
     assert set(res["wall_s"]) >= {"parts", "epoch", "baseline", "scaling", "total"}
 
 

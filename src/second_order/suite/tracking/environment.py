@@ -65,6 +65,7 @@ def record() -> dict[str, Any]:
         "devices": [str(d) for d in devices],
         "device_kind": devices[0].device_kind,
         "x64": bool(jax.config.read("jax_enable_x64")),
+        "xla_flags": os.environ.get("XLA_FLAGS") or None,  # e.g. an optimization level: timings depend on it
         "git_commit": git_commit(),
         "started_at": timestamp(),
     }
