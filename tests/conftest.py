@@ -12,12 +12,48 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # tests launch, and every config they compose, leaves it out (second_order.suite.local_config).
 os.environ["SECOND_ORDER_NO_LOCAL_CONFIG"] = "1"
 
+#: XLA_FLAGS as the user set them (what tests marked ``xla_default`` launch their runs with), kept in
+#: the environment for the xdist workers, which inherit the XLA_FLAGS set below.
+USER_XLA_FLAGS = os.environ.setdefault("SECOND_ORDER_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+#: The tests compile hundreds of small programs and time none of them: at XLA's backend optimization
+#: level 0 (no LLVM -O2) the suite takes about a quarter less time on 2 cores (17.7 -> 13.1 min). Every
+#: test process and every process it launches compiles at level 0, unless XLA_FLAGS already sets a level or
+#: SECOND_ORDER_TEST_XLA_OPT=default. Levels differ only in floating-point rounding (operations fused or
+#: reordered), so results are compared within one level: bitwise properties (a resume equals an
+#: uninterrupted run) hold at each, and the tests marked ``xla_default`` (tests/test_soak.py) check them
+#: at the default level, as users run.
+TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
+_flags = os.environ.get("XLA_FLAGS", "")  # a launched process's own (e.g. its device count) are kept
+if "xla_backend_optimization_level" not in _flags and os.environ.get("SECOND_ORDER_TEST_XLA_OPT") != "default":
+    os.environ["XLA_FLAGS"] = f"{_flags} {TEST_XLA_FLAG}".strip()
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+#: ``compiler_options`` that compile one program at XLA's default level inside a level-0 test process,
+#: for the tests whose run time, not compile time, dominates (the CNN's elementwise float64 work runs
+#: up to 3x slower unoptimized): ``jitted.lower(*args).compile(compiler_options=XLA_DEFAULT_LEVEL)``.
+XLA_DEFAULT_LEVEL = {"xla_backend_optimization_level": 2}
+
+
+def xla_flags(*flags: str) -> str:
+    """XLA_FLAGS for a launched process: this session's (its optimization level) plus ``flags``."""
+    return " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+
+
+@pytest.fixture(autouse=True)
+def _xla_default_for_marked_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes launched by an ``xla_default`` test compile as users' runs do (the user's XLA_FLAGS)."""
+    if request.node.get_closest_marker("xla_default") is not None:
+        if USER_XLA_FLAGS:
+            monkeypatch.setenv("XLA_FLAGS", USER_XLA_FLAGS)
+        else:
+            monkeypatch.delenv("XLA_FLAGS", raising=False)
 
 
 def mnist_dir() -> Path | None:

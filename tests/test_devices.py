@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, xla_flags
 from multidevice_worker import STEPS
 
 from second_order.suite import experiment
@@ -43,7 +43,8 @@ OPTIMIZERS = sorted(
 def on_four_devices(real_mnist_dir, tmp_path_factory) -> dict:
     """Every optimizer for a few steps (two chunks) on 1 and on 4 (forced host) devices, in one subprocess."""
     out = tmp_path_factory.mktemp("devices") / "losses.json"
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={N_DEVICES}", "JAX_PLATFORMS": "cpu"}
+    forced = xla_flags(f"--xla_force_host_platform_device_count={N_DEVICES}")
+    env = {**os.environ, "XLA_FLAGS": forced, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "multidevice_worker.py"), str(real_mnist_dir), str(out),
          str(N_DEVICES), *OPTIMIZERS],
@@ -87,8 +88,9 @@ def _slurm_task(rank: int, job_id: int) -> dict[str, str]:
     }
 
 
-#: Two host devices per task: a 2-task job has 4.
-TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+def two_devices() -> dict[str, str]:
+    """Two host devices per task (a 2-task job has 4), at this session's XLA optimization level."""
+    return {"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2")}
 
 
 def _job_overrides(optimizer: str, mnist_dir, steps: int, chunk: int) -> list[str]:
@@ -101,7 +103,7 @@ def _job_overrides(optimizer: str, mnist_dir, steps: int, chunk: int) -> list[st
 
 def _launch_job(overrides: list[str], job_id: int) -> list[subprocess.Popen]:
     """``scripts/train.py`` as the two tasks of one SLURM job step, two host devices each."""
-    return [_train(overrides, {**TWO_DEVICES, **_slurm_task(rank, job_id)}) for rank in (0, 1)]
+    return [_train(overrides, {**two_devices(), **_slurm_task(rank, job_id)}) for rank in (0, 1)]
 
 
 def _train(overrides: list[str], env: dict[str, str]) -> subprocess.Popen:

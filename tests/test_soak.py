@@ -29,7 +29,8 @@ from second_order.suite.sweep import SWEEP_SUMMARY
 from second_order.suite.tracking import runs
 from second_order.suite.training import checkpoint
 
-pytestmark = pytest.mark.slow
+#: Kills and resumes of runs as users compile them (the rest of the suite compiles at XLA's level 0).
+pytestmark = [pytest.mark.slow, pytest.mark.xla_default]
 
 FINISHED = ("budget", "completed")
 TIMEOUT_S = 120  # one process, start to exit: far above what any takes
