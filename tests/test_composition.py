@@ -87,3 +87,53 @@ def test_frozen_layers_by_closure(name):
     assert set(params) == {"layers_2"} and losses[-1] < losses[0], losses
     if name == "kfac":
         assert set(state.factors) == {"layers_2"}  # a factor pair for the trained layer only
+
+
+#: Beyond OPTIMIZERS: the solve paths whose diagnostics are "not computed" (+inf, never NaN).
+NAN_FREE_VARIANTS: dict[str, Callable[[], optax.GradientTransformationExtraArgs]] = {
+    **OPTIMIZERS,
+    "newton_undamped": lambda: optim.newton(0.5, 0.0),  # eigendecomposition path
+    "newton_low_rank": lambda: optim.newton(0.5, 0.0, max_rank=8),  # low-rank check, then the dense fallback
+}
+
+
+def nan_free_loop(tx, fns: dict, params: dict, steps: int = 3) -> tuple[dict, dict]:
+    """``steps`` jitted steps under ``jax.debug_nans``: params and diagnostics after them."""
+
+    @jax.jit
+    def step(p, s):
+        grads = jax.grad(fns["value_fn"])(p)
+        updates, s = tx.update(grads, s, p, **fns)
+        return optax.apply_updates(p, updates), s
+
+    state = tx.init(params)
+    with jax.debug_nans(True):  # raises FloatingPointError at any NaN the step outputs
+        for _ in range(steps):
+            params, state = step(params, state)
+    return params, optim.collect_diagnostics(state)
+
+
+@pytest.mark.parametrize("name", list(NAN_FREE_VARIANTS))
+def test_steps_under_jax_debug_nans(name):
+    """A user debugging their own NaNs with ``jax_debug_nans`` is never stopped by ours."""
+    params, diagnostics = nan_free_loop(NAN_FREE_VARIANTS[name](), loss_functions(), PARAMS)
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree_util.tree_leaves(params)), name
+    assert not any(bool(jnp.isnan(v)) for v in diagnostics.values()), (name, diagnostics)
+
+
+#: At g = 0 (kfac needs Dense layers; Sophia's decoupled weight decay would move w off the minimum).
+AT_ZERO_GRADIENT = {n: f for n, f in NAN_FREE_VARIANTS.items() if n != "kfac"} | {
+    "sophia": lambda: optim.sophia(1e-2, weight_decay=0.0)
+}
+
+
+@pytest.mark.parametrize("name", list(AT_ZERO_GRADIENT))
+def test_zero_gradient_steps_under_jax_debug_nans(name):
+    """At a stationary point (g = 0: no Krylov space, no predicted reduction) nothing is 0/0."""
+    target = {"a": {"w": jnp.array([1.0, -2.0, 0.5])}, "b": jnp.array(3.0)}
+    predict_fn = lambda p: jnp.concatenate([p["a"]["w"] - target["a"]["w"], (p["b"] - target["b"])[None]])  # noqa: E731
+    output_loss_fn = lambda z: 0.5 * jnp.sum(z**2)  # noqa: E731
+    fns = dict(value_fn=lambda p: output_loss_fn(predict_fn(p)), predict_fn=predict_fn, output_loss_fn=output_loss_fn)
+    params, diagnostics = nan_free_loop(AT_ZERO_GRADIENT[name](), fns, target)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, target)  # g = 0: no step
+    assert not any(bool(jnp.isnan(v)) for v in diagnostics.values()), (name, diagnostics)

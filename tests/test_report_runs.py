@@ -284,6 +284,25 @@ def test_solve_path_axis_shows_every_logged_value(tmp_path: Path) -> None:
     assert list(ax.get_yticks()) == [0, 1, 2]
 
 
+def test_not_computed_diagnostics_are_gaps(tmp_path: Path) -> None:
+    """``inf`` (Newton's min_eigenvalue on its Cholesky steps) is missing, as NaN: no point, no axis to inf."""
+    write_run(tmp_path, "newton", 0, n_steps=30)
+    run_dir = tmp_path / "newton_s0_completed"
+    with open(run_dir / STEPS_FILE, newline="") as f:
+        rows = list(csv.reader(f))
+    rows[0] += ["min_eigenvalue"]
+    for i, row in enumerate(rows[1:]):
+        row.append("inf" if i % 2 else repr(-0.5 - i))  # Cholesky steps (inf) between eigen steps
+    with open(run_dir / STEPS_FILE, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    fig = plot_diagnostics(load_runs([tmp_path]), NEWTON_PANELS, "Exact Newton")
+    assert fig is not None and len(fig.axes) == 1  # the one logged column
+    y = np.asarray(fig.axes[0].lines[0].get_ydata(), float)
+    assert np.isnan(y[1::2]).all() and np.isfinite(y[::2]).all()
+    lo, hi = fig.axes[0].get_ylim()
+    assert -35 < lo < -28.5 and -0.5 < hi < 1.0  # the finite values with a margin
+
+
 # ------------------------------------------------------- number formatting in tables
 
 

@@ -136,7 +136,7 @@ def test_every_optimizer_takes_three_steps_on_the_cnn(name):
     compiled = chunk.compile(compiler_options=XLA_DEFAULT_LEVEL)  # its run time dominates: optimize it
     new_params, opt_state, losses, params_ok, diagnostics = compiled(params, opt_state, x, y, idx)
     assert losses.shape == (3,) and bool(jnp.all(jnp.isfinite(losses))) and bool(params_ok), (name, losses)
-    assert all(np.all(np.isfinite(np.asarray(v))) or k == "range_residual" for k, v in diagnostics.items()), name
+    assert not any(np.any(np.isnan(np.asarray(v))) for v in diagnostics.values()), name
     moved = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), new_params, params)
     assert moved["Conv_0"]["kernel"] and moved["Conv_1"]["kernel"], (name, moved)
     if name == "shampoo":

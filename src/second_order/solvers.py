@@ -200,8 +200,9 @@ class DenseSolveResult(NamedTuple):
 
     ``x`` the solution; ``used_cholesky`` True when the Cholesky path ran;
     ``min_eigenvalue`` the smallest eigenvalue of ``H + λI`` when the eigen path ran
-    (NaN otherwise); ``rank`` the number of eigenvalues kept by the pseudo-inverse
-    (``n`` on the Cholesky path).
+    (``+inf`` on the Cholesky path, which does not compute it: ``+inf`` rather than NaN
+    so that ``jax_debug_nans`` stays usable around it); ``rank`` the number of
+    eigenvalues kept by the pseudo-inverse (``n`` on the Cholesky path).
     """
 
     x: jax.Array
@@ -275,7 +276,7 @@ def damped_solve(h: jax.Array, g: jax.Array, damping: float | jax.Array) -> Dens
 
     def by_cholesky(_):
         x = jax.scipy.linalg.cho_solve((chol, True), g)
-        return DenseSolveResult(x, jnp.array(True), jnp.array(jnp.nan, a.dtype), jnp.int32(n))
+        return DenseSolveResult(x, jnp.array(True), jnp.array(jnp.inf, a.dtype), jnp.int32(n))
 
     def by_eigh(_):
         return eigh_pinv_solve(a, g)

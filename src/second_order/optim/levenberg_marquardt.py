@@ -62,8 +62,10 @@ def quadratic_model(g: PyTree, d: PyTree, cd: PyTree, learning_rate: jax.Array, 
 
 
 def reduction_ratio(f_new: jax.Array, f_old: jax.Array, q: jax.Array) -> jax.Array:
-    """ρ = (f(w + s) − f(w)) / q(s); NaN or ±inf when ``q = 0`` or a loss is not finite."""
-    return (f_new - f_old) / q
+    """ρ = (f(w + s) − f(w)) / q(s); ``−inf`` when ``q = 0`` (no predicted change: a failure
+    for :func:`adapt_damping`, and no 0/0 NaN to stop ``jax_debug_nans``); NaN or ±inf
+    when a loss is not finite."""
+    return jnp.where(q == 0, -jnp.inf, (f_new - f_old) / jnp.where(q == 0, 1.0, q))
 
 
 def adapt_damping(damping: jax.Array, rho: jax.Array, q: jax.Array, min_damping: Any) -> jax.Array:

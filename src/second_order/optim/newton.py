@@ -99,9 +99,14 @@ def newton(
     ``static_args`` there: ``optax.inject_hyperparams(newton, static_args=("max_rank",))``.
 
     Diagnostics: ``solve_path`` (0 Cholesky, 1 eigendecomposition pseudo-inverse,
-    2 low rank), ``min_eigenvalue`` of ``H + λI`` (NaN on the Cholesky path), ``rank``
-    of ``H`` kept by the pseudo-inverse (``n`` on the Cholesky path), ``range_residual``
-    of the low-rank check (NaN when it did not run), ``grad_norm``, ``step_norm``.
+    2 low rank), ``min_eigenvalue`` of ``H + λI`` (``+inf`` on the Cholesky path, which
+    does not compute it), ``rank`` of ``H`` kept by the pseudo-inverse (``n`` on the
+    Cholesky path), ``range_residual`` of the low-rank check (``+inf`` when it did not
+    run), ``grad_norm``, ``step_norm``.  "Not computed" is ``+inf``, never NaN, so a
+    jitted loop run under ``jax_debug_nans`` stops only at a real NaN (the report and
+    the run files treat both as missing).  The Cholesky attempt itself yields NaN
+    when ``H + λI`` is not positive definite (always for λ = 0): internal to the step,
+    but an eager step or ``jax_debug_nans``'s de-optimized re-run reports it.
     """
     check_hyperparameters("newton", learning_rate, damping)
     max_rank = static_hyperparameter("newton", "max_rank", max_rank)
@@ -138,7 +143,7 @@ def newton(
             h = dense_hessian(value_fn, p, chunk_size=chunk_size)
             res = damped_solve(h, g, damping)
             path = jnp.where(res.used_cholesky, CHOLESKY, EIGH_PINV).astype(jnp.int32)
-            return res.x, path, res.min_eigenvalue, res.rank, jnp.array(jnp.nan, dt)
+            return res.x, path, res.min_eigenvalue, res.rank, jnp.array(jnp.inf, dt)
 
         if max_rank is None or max_rank >= g.shape[0]:
             out = dense(None)

@@ -51,8 +51,9 @@ def saddle_free_newton(
     parameters' dtype.  ``learning_rate`` and ``damping`` may be traced
     (``optax.inject_hyperparams(saddle_free_newton, static_args=("krylov_dim",))``).
 
-    Diagnostics: ``min_eigenvalue`` (smallest Ritz value, NaN when ``g = 0``),
-    ``max_eigenvalue`` (largest Ritz value), ``negative_ritz`` (number of Ritz values
+    Diagnostics: ``min_eigenvalue`` (smallest Ritz value; ``+inf``, the minimum over no
+    values, when ``g = 0`` builds no Krylov space), ``max_eigenvalue`` (largest Ritz
+    value; ``−inf`` when ``g = 0``), ``negative_ritz`` (number of Ritz values
     negative beyond rounding, :func:`second_order.krylov.negative_ritz`), ``krylov_size``
     (Lanczos vectors built, < k after a breakdown), ``grad_norm``, ``step_norm`` (‖d‖).
     """
@@ -100,8 +101,8 @@ def saddle_free_newton(
         d = lz.basis.T @ d_small
         some = lz.size > 0
         diagnostics = {
-            "min_eigenvalue": jnp.where(some, theta[0], jnp.nan).astype(dtype),
-            "max_eigenvalue": jnp.where(some, jnp.max(jnp.where(active, theta, -jnp.inf)), jnp.nan).astype(dtype),
+            "min_eigenvalue": jnp.where(some, theta[0], jnp.inf).astype(dtype),
+            "max_eigenvalue": jnp.max(jnp.where(active, theta, -jnp.inf)).astype(dtype),
             "negative_ritz": jnp.sum(negative_ritz(theta, active)).astype(jnp.int32),
             "krylov_size": lz.size,
             "grad_norm": gnorm,

@@ -96,7 +96,9 @@ def trust_region(
     ``damping``); ``krylov_dim`` and ``maxiter`` fix shapes and loop bounds: pass them in
     ``static_args``.
 
-    Diagnostics: ``radius`` (Δ of this step), ``rho``, ``accepted`` (0/1),
+    Diagnostics: ``radius`` (Δ of this step), ``rho`` (ρ = actual / predicted reduction;
+    ``−inf`` when the model predicts none, ``−m(s) ≤ 0`` with ``s ≠ 0``: the step is then
+    rejected; NaN only from a NaN loss), ``accepted`` (0/1),
     ``boundary`` (0/1, ‖s‖ = Δ), ``negative_curvature`` (0/1: CG met dᵀBd ≤ 0, or a
     negative Ritz value), ``inner_iterations`` (products with B), ``inner_residual``
     (relative residual of the inner solve), ``predicted_reduction`` (−m(s)),
@@ -175,10 +177,10 @@ def trust_region(
         actual = (value - loss(trial)).astype(dtype)
         predicted = (-res.model).astype(dtype)
         stationary = (predicted == 0) & ~jnp.any(s != 0)  # s = 0, m(s) = 0: ρ = 1, Δ kept
-        rho = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1.0), jnp.nan)
+        rho = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1.0), -jnp.inf)
         rho = jnp.where(stationary, 1.0, rho)
         accepted = jnp.isfinite(rho) & (rho > eta)
-        shrink = ~(rho >= SHRINK_BELOW)  # also when ρ is NaN
+        shrink = ~(rho >= SHRINK_BELOW)  # also when ρ is NaN (a NaN loss)
         expand = (rho > EXPAND_ABOVE) & res.boundary & ~stationary
         new_radius = jnp.where(
             shrink,

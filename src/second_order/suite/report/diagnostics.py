@@ -39,6 +39,12 @@ def logged(run: Run, column: str) -> bool:
     return values is not None and bool(np.isfinite(values).any())
 
 
+def finite_or_nan(values: np.ndarray) -> np.ndarray:
+    """``values`` with ±inf (the optimizers' "not computed", e.g. Newton's ``min_eigenvalue``
+    on the Cholesky path) as NaN: a gap in the line, as a missing value."""
+    return np.where(np.isfinite(values), values, np.nan)
+
+
 def set_solve_path_axis(ax) -> None:  # noqa: ANN001  (a matplotlib Axes)
     """Categorical y axis with every solve path named, whatever values the runs logged."""
     codes = sorted(SOLVE_PATHS)
@@ -62,13 +68,13 @@ def plot_diagnostics(
         for group in groups if groups is not None else group_runs(runs):
             st = group.style
             for run in (r for r in group.runs if id(r) in wanted and logged(r, column)):
-                ax.plot(run.steps["step"], run.steps[column], color=st.color, linestyle=st.linestyle,
+                ax.plot(run.steps["step"], finite_or_nan(run.steps[column]), color=st.color, linestyle=st.linestyle,
                         marker="." if column == "solve_path" else None, markersize=2,
                         label=f"{st.label} s{run.seed}")  # fmt: skip
                 tol = cfg_get(run, "optimizer.tol")
                 if column == "cg_residual" and isinstance(tol, (int, float)) and tol > 0:
                     ax.axhline(float(tol), color=st.color, linestyle=":", linewidth=0.8)
-        values = [r.steps[column] for r in runs if logged(r, column)]
+        values = [finite_or_nan(r.steps[column]) for r in runs if logged(r, column)]
         if log and all(np.nanmin(v) > 0 for v in values):
             ax.set_yscale("log")
         if column == "solve_path":
