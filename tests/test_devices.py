@@ -213,6 +213,21 @@ def test_gpu_fallback_is_named_loudly(monkeypatch):
     assert devices.gpu_fallback_warning() is None
 
 
+def test_a_backend_jax_cannot_start_is_one_line_naming_jax_platforms(monkeypatch):
+    """``JAX_PLATFORMS=cuda`` with a CPU-only JAX: JAX raises a bare AssertionError; the run says what to do."""
+
+    def no_backend():
+        raise AssertionError
+
+    monkeypatch.setattr(devices.jax, "local_devices", no_backend)
+    with monkeypatch.context() as m:
+        m.setattr(devices, "requested_platforms", lambda: "cuda")
+        with pytest.raises(ConfigError, match=r"^JAX_PLATFORMS=cuda: JAX cannot start .*make setup JAX_VARIANT=cuda12"):
+            select_devices(None)
+    with pytest.raises(AssertionError):  # JAX_PLATFORMS unset: not the user's doing, the traceback stays
+        select_devices(None)
+
+
 def _only_installed(name: str):
     import importlib.metadata
 

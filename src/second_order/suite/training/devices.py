@@ -87,9 +87,31 @@ def initialize_distributed(environ: Mapping[str, str] | None = None) -> bool:
     return True
 
 
+def requested_platforms() -> str | None:
+    """The platforms JAX was told to use (``JAX_PLATFORMS`` or ``jax_platforms``), None if it chooses."""
+    return jax.config.jax_platforms or None
+
+
+def local_devices() -> list[Any]:
+    """``jax.local_devices()``; a ConfigError naming ``JAX_PLATFORMS`` when JAX cannot start the
+    backend it asks for (JAX itself raises a bare AssertionError for ``cuda`` without the plugin)."""
+    try:
+        return jax.local_devices()
+    except (RuntimeError, AssertionError) as err:
+        wanted = requested_platforms()
+        if not wanted:
+            raise
+        why = "; ".join(f"{k}: {v}" for k, v in backend_errors().items()) or str(err).split(" (set JAX_PLATFORMS")[0]
+        raise ConfigError(
+            f"JAX_PLATFORMS={wanted}: JAX cannot start that backend ({why or 'no such backend in this JAX'}); "
+            "install a JAX that has it (for a GPU: make setup JAX_VARIANT=cuda12), or unset JAX_PLATFORMS "
+            "to run on what JAX finds"
+        ) from err
+
+
 def select_devices(requested: int | None) -> list[Any]:
     """The run's devices: ``requested`` (``trainer.devices``; None: all) local devices of every process."""
-    local = jax.local_devices()
+    local = local_devices()
     if requested is not None and not 1 <= requested <= len(local):
         raise ConfigError(
             f"trainer.devices = {requested} is invalid: this process has {len(local)} {local[0].platform} "
