@@ -149,6 +149,25 @@ def test_a_launcher_key_the_chosen_launcher_lacks_hints_at_the_local_config(monk
     assert launcher_key_hint(hydra_says, tmp_path) == ""  # the local config is already left out
 
 
+def test_the_slurm_launcher_off_a_cluster_is_one_line(tmp_path, monkeypatch):
+    """submitit's own error without ``srun`` (this machine has none) becomes the documented one line."""
+    import shutil
+
+    import submitit
+
+    from second_order.suite import cli
+
+    if shutil.which("srun"):
+        pytest.skip("this machine has srun")
+    with pytest.raises(RuntimeError) as raised:
+        submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="slurm")
+    monkeypatch.setenv("SECOND_ORDER_NO_LOCAL_CONFIG", "1")
+    message = cli.one_line(raised.value)
+    assert message is not None and message.startswith("the SLURM launcher (hydra/launcher=slurm_gpu) needs")
+    assert "hydra/launcher=basic" in message and "~local" not in message
+    assert cli.one_line(RuntimeError("another runtime error")) is None  # a bug keeps its traceback
+
+
 def test_preemption_signal_and_who_resumes_by_itself(monkeypatch):
     monkeypatch.delenv(PREEMPT_SIGNAL_ENV, raising=False)
     assert preemption_signal() == signal.SIGUSR2

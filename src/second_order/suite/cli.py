@@ -311,6 +311,13 @@ def one_line(err: BaseException) -> str | None:
     if isinstance(err, (ConfigError, DataError, CheckpointError, RunDirBusy, InsufficientMemory)):
         text = str(err).strip()
         return text.splitlines()[0] if text else type(err).__name__
+    if isinstance(err, RuntimeError) and 'Could not detect "srun"' in str(err):  # submitit's SLURM executor
+        local = " (configs/local/default.yaml may choose it: add ~local to leave that out)"
+        return (
+            "the SLURM launcher (hydra/launcher=slurm_gpu) needs a SLURM cluster and this machine has no srun: "
+            "run the command on the cluster's login node, or choose another launcher (hydra/launcher=basic, "
+            "parallel or local_processes)" + (local if _local_config_active() else "")
+        )
     cause = err.__cause__
     if (
         isinstance(err, HydraException)
@@ -327,6 +334,14 @@ def one_line(err: BaseException) -> str | None:
 
         return message + launcher_key_hint(message, CONFIGS)
     return None
+
+
+def _local_config_active() -> bool:
+    """Whether ``configs/local/default.yaml`` exists and is not switched off (SECOND_ORDER_NO_LOCAL_CONFIG)."""
+    from second_order.suite.launchers import CONFIGS
+    from second_order.suite.local_config import switched_off
+
+    return (CONFIGS / "local" / "default.yaml").exists() and not switched_off()
 
 
 def shown_path(path: Path, checkout: Path) -> str:
