@@ -89,7 +89,7 @@ def initialize_distributed(environ: Mapping[str, str] | None = None) -> bool:
 
 def requested_platforms() -> str | None:
     """The platforms JAX was told to use (``JAX_PLATFORMS`` or ``jax_platforms``), None if it chooses."""
-    return jax.config.jax_platforms or None
+    return getattr(jax.config, "jax_platforms", None) or None  # a property jax.config does not type
 
 
 def local_devices() -> list[Any]:
