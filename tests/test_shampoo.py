@@ -200,6 +200,12 @@ def test_large_and_scalar_leaves_take_the_graft():
     # With max_dim = 5 the (5, 3) kernel and the conv's (4, 3) matrix are preconditioned.
     _, diags, _ = run(shampoo(LR, max_dim=5, start_preconditioning_step=0), gs, params)
     np.testing.assert_allclose(float(diags[0]["preconditioned_fraction"]), 27 / 28, rtol=1e-14)
+    # An empty 2-D leaf (a layer of width 0) has no matrix: it takes the (empty) graft, the others as before.
+    with_empty = {**params, "empty": jnp.zeros((2, 0))}
+    gs_empty = [{**g, "empty": jnp.zeros((2, 0))} for g in gs]
+    upds_empty, diags_empty, states = run(shampoo(LR, max_dim=5, start_preconditioning_step=0), gs_empty, with_empty)
+    assert states[-1].statistics[-1] is None and upds_empty[-1]["empty"].shape == (2, 0)
+    np.testing.assert_allclose(float(diags_empty[0]["preconditioned_fraction"]), 27 / 28, rtol=1e-14)
 
 
 def test_conv_kernel_is_preconditioned_as_its_fan_in_by_fan_out_matrix():

@@ -129,7 +129,7 @@ def shampoo(
       ``graft_eps > 0`` is required, since a coordinate whose gradient was always 0 has
       ``m̂ = v = 0`` and would give 0/0 = NaN, which the norm of ``a`` spreads to its leaf);
       ``graft="sgd"``: ``a = m̂`` (plain SGD's ``G`` when ``b1 = 0``);
-    * preconditioned leaves (≥ 2-D, both dimensions of the matrix view ``≤ max_dim``;
+    * preconditioned leaves (≥ 2-D and not empty, both dimensions of the matrix view ``≤ max_dim``;
       below): statistics ``L ← β L + G Gᵀ``, ``R ← β R + Gᵀ G`` (from
       zero; ``β = 1`` is the original sum, ``β < 1`` an exponentially weighted sum —
       the reference's ``(1 − β)`` weight on the new term is a constant factor, i.e.
@@ -205,8 +205,8 @@ def shampoo(
     )
     dtype = resolve_solve_dtype(solve_dtype)
 
-    def preconditioned(leaf: jax.Array) -> bool:
-        return leaf.ndim >= 2 and max(_matrix_shape(leaf)) <= _static_max_dim(max_dim)
+    def preconditioned(leaf: jax.Array) -> bool:  # a leaf of size 0 (e.g. (2, 0)) has no matrix to precondition
+        return leaf.ndim >= 2 and leaf.size > 0 and max(_matrix_shape(leaf)) <= _static_max_dim(max_dim)
 
     def init(params: PyTree) -> ShampooState:
         leaves = jax.tree_util.tree_leaves(params)
