@@ -150,6 +150,27 @@ def test_predicted_increase_counts_as_failure():
     assert float(state.damping) == 1.5e-3
 
 
+@pytest.mark.parametrize("name", ["hessian_free", "gauss_newton"])
+def test_a_zero_step_keeps_the_damping(name):
+    """η = 0 (a warm-up from 0) or g = 0 (a stationary point): q = 0 and no change, ρ = 1, λ kept.
+
+    Counted as a failure, λ grew by 3/2 every such step, to inf (float32, ~220 steps) and stuck there."""
+    prob, _ = quadratic(seed=4)
+    warmup = optax.linear_schedule(0.0, 0.5, transition_steps=3)
+    steps, _ = run(FNS[name](warmup, 2.0, tol=1e-13, damping_adaptation=LM), prob, 4)
+    assert [float(d["damping"]) for _, _, d in steps][:2] == [2.0, 2.0]  # step 0: η = 0, a zero step
+    assert float(steps[0][2]["rho"]) == 1.0 and not steps[0][1].any()
+    assert float(steps[2][2]["damping"]) == 2.0 * 2.0 / 3.0  # η > 0 from step 1 on: the exact model shrinks λ
+    # at the minimum (exactly: the residuals w − c are 0): g = 0, every step zero, λ never moves
+    target = split(jnp.linspace(-1.0, 2.0, 7))
+    predict_fn = lambda p: ravel_pytree(p)[0] - ravel_pytree(target)[0]  # noqa: E731
+    output_loss_fn = lambda z: jnp.sum(z**2)  # noqa: E731
+    at_min = Problem(target, predict_fn, output_loss_fn, lambda p: output_loss_fn(predict_fn(p)))
+    steps, state = run(FNS[name](0.5, 2.0, tol=1e-13, damping_adaptation=LM), at_min, 5)
+    assert all(float(d["damping"]) == 2.0 and float(d["rho"]) == 1.0 for _, _, d in steps)
+    assert float(state.damping) == 2.0
+
+
 def test_non_finite_loss_grows_damping():
     """The loss is NaN outside a ball the step leaves: ρ is not finite and λ ← 3/2 λ."""
     base, _ = quadratic(seed=3)

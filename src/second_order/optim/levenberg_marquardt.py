@@ -10,6 +10,7 @@ as he uses them)::
 
     λ ← 3/2 · λ   if ρ < 1/4 (the model was too optimistic), or ρ is not finite,
     λ ← 2/3 · λ   if ρ > 3/4 (the model was good: trust it further),
+    λ kept        after a zero step (q = 0 and no change of the loss: g = 0 or η = 0),
 
 then bounded below by ``min_damping``.  Martens (2010), "Deep learning via
 Hessian-free optimization", ICML; Martens & Sutskever (2012), "Training deep and
@@ -23,6 +24,11 @@ would otherwise read as ρ ≈ 1 and *shrink* λ).  For a CG iterate started at 
 ``gᵀd = dᵀ(C + λI)d`` and ``q(−η d) ≤ η(η/2 − 1) dᵀ(C + λI)d < 0`` whenever
 ``0 < η < 2`` and ``C + λI`` is positive along ``d``, so this only matters for large
 learning rates, indefinite Hessians or warm starts.
+
+ρ compares the loss at the step this transformation returns with the model of that
+step, built from the gradient it was given: a transformation that rescales either
+(``optax.clip_by_global_norm`` before it, a scaling after it) makes ρ measure another
+step, and λ adapts to the wrong one.
 """
 
 from __future__ import annotations
@@ -62,15 +68,22 @@ def quadratic_model(g: PyTree, d: PyTree, cd: PyTree, learning_rate: jax.Array, 
 
 
 def reduction_ratio(f_new: jax.Array, f_old: jax.Array, q: jax.Array) -> jax.Array:
-    """ρ = (f(w + s) − f(w)) / q(s); ``−inf`` when ``q = 0`` (no predicted change: a failure
-    for :func:`adapt_damping`, and no 0/0 NaN to stop ``jax_debug_nans``); NaN or ±inf
-    when a loss is not finite."""
-    return jnp.where(q == 0, -jnp.inf, (f_new - f_old) / jnp.where(q == 0, 1.0, q))
+    """ρ = (f(w + s) − f(w)) / q(s); with ``q = 0``: 1 when the loss did not change either (a
+    zero step, e.g. ``g = 0`` or ``η = 0``: the model was exact), else ``−inf`` (no 0/0 NaN
+    to stop ``jax_debug_nans``); NaN or ±inf when a loss is not finite."""
+    idle = (q == 0) & (f_new == f_old)
+    return jnp.where(q == 0, jnp.where(idle, 1.0, -jnp.inf), (f_new - f_old) / jnp.where(q == 0, 1.0, q))
 
 
 def adapt_damping(damping: jax.Array, rho: jax.Array, q: jax.Array, min_damping: Any) -> jax.Array:
-    """Martens's rule: ×3/2 if ρ < 1/4, ρ not finite or q ≥ 0; ×2/3 if ρ > 3/4; then ≥ ``min_damping``."""
-    fail = ~jnp.isfinite(rho) | (rho < RHO_LOW) | ~(q < 0)
-    good = ~fail & (rho > RHO_HIGH)
+    """Martens's rule: ×3/2 if ρ < 1/4, ρ not finite or q ≥ 0; ×2/3 if ρ > 3/4; then ≥ ``min_damping``.
+
+    A zero step (``q = 0`` and ρ = 1, :func:`reduction_ratio`) tells nothing about λ: it is
+    kept (else a warm-up from η = 0 or a stationary point would grow λ by 3/2 every step,
+    to ``inf`` in float32 after about 220 steps, where ×2/3 no longer brings it back).
+    """
+    idle = (q == 0) & (rho == 1.0)
+    fail = ~idle & (~jnp.isfinite(rho) | (rho < RHO_LOW) | ~(q < 0))
+    good = ~idle & ~fail & (rho > RHO_HIGH)
     new = jnp.where(fail, damping * GROW, jnp.where(good, damping * SHRINK, damping))
     return jnp.maximum(new, jnp.asarray(min_damping, damping.dtype))

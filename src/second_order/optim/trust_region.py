@@ -82,7 +82,9 @@ def trust_region(
     saddle, where Krylov solvers started at ``g`` cannot move) says nothing about the
     model's fit: there ``ρ = 1`` is reported (loss and model both change by exactly 0),
     the zero step counts as accepted and Δ is kept (instead of ρ = 0/0 quartering Δ at
-    every such step).
+    every such step).  The model is built from ``grads`` as given and ρ judges the step
+    returned: do not rescale either (``optax.clip_by_global_norm`` before, a scaling
+    after), or ρ and Δ adapt to another step than the one applied.
 
     ``update(grads, state, params, value_fn=...)`` (Hessian) or ``update(grads,
     state, params, predict_fn=..., output_loss_fn=...)`` (Gauss-Newton; ``L = ℓ∘f``).
