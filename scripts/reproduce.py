@@ -18,8 +18,9 @@ machine (``--newton-budget-s`` gives a time budget instead).  Every job runs wit
 unfinished runs from their checkpoints (``--full`` after a CPU run extends the
 budget-limited Newton runs to the full protocol) and leaves finished ones, and those
 that ended on a budget this one does not extend, untouched.  A sweep goes on past a
-failed job; if any run failed (e.g. no data), reproduce names it and stops before the
-figures, leaving ``--out`` as it is (exit status 1).
+failed job (train.py then exits 3, which reproduce goes on past); if any run failed (e.g.
+no data), reproduce names it and stops before the figures, leaving ``--out`` as it is
+(exit status 1).
 Writes ``<out>/manifest.json`` (machine, versions, commit, wall time, budgets).
 """
 
@@ -108,7 +109,9 @@ def sweep(run_root: Path, optimizers: str, seeds: str, extra: list[str], experim
         *extra,
     ]
     print("+", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    from second_order.suite.sweep import run_multirun
+
+    run_multirun(cmd, cwd=REPO)  # failed jobs: named by failed_runs before any figure
 
 
 def newton_overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:

@@ -9,7 +9,8 @@ User errors (a bad config value, an unknown option, bad data, an unusable
 checkpoint) print one line and exit with status 2; set SECOND_ORDER_DEBUG=1 for
 the full traceback.  SECOND_ORDER_NO_LOCAL_CONFIG=1 runs without configs/local/default.yaml
 (as ``~local`` does).  In a sweep, a failing job is recorded (status "failed" in its
-summary.json) and the other jobs go on.
+summary.json) and the other jobs go on; the sweep then exits with status 3, naming a
+failed job and its table (sweep_summary.json).
 """
 
 from __future__ import annotations

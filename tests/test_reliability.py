@@ -14,6 +14,7 @@ from conftest import REPO, compose_config
 from test_pipeline import train_cli
 
 from second_order.suite import experiment
+from second_order.suite.sweep import JOBS_FAILED, run_multirun
 from second_order.suite.tracking import runs
 from second_order.suite.training import checkpoint
 
@@ -102,7 +103,8 @@ def test_sweep_survives_failing_and_diverging_jobs(real_mnist_dir, tmp_path):
         f"hydra.sweep.dir={tmp_path}",
         "logger.wandb.mode=disabled",
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == JOBS_FAILED, proc.stderr  # the failed job, seen by scripts and CI (diverged is not)
+    assert "error: 1 of 3 sweep jobs failed, e.g. " in proc.stderr and "optimizer.learning_rate" in proc.stderr
     jobs = json.loads((tmp_path / "sweep_summary.json").read_text())["jobs"]
     by_lr = {j["run_dir"].rsplit("=", 1)[-1]: j for j in jobs}
     assert set(by_lr) == {"0.1", "-1", "1000"} and len(jobs) == 3, jobs
@@ -115,6 +117,17 @@ def test_sweep_survives_failing_and_diverging_jobs(real_mnist_dir, tmp_path):
     for lr, job in by_lr.items():
         overrides = (tmp_path / job["run_dir"] / ".hydra" / "overrides.yaml").read_text()
         assert f"optimizer.learning_rate={lr}" in overrides, lr
+
+
+def test_callers_of_a_sweep_go_on_past_failed_jobs_but_not_past_other_failures(tmp_path):
+    """reproduce and the study read every job's record after a sweep: exit 3 (jobs failed) is theirs to report."""
+    exits = lambda code: [sys.executable, "-c", f"import sys; sys.exit({code})"]  # noqa: E731
+    run_multirun(exits(0), cwd=tmp_path)
+    run_multirun(exits(JOBS_FAILED), cwd=tmp_path)
+    for code in (1, 2, 130):
+        with pytest.raises(subprocess.CalledProcessError) as raised:
+            run_multirun(exits(code), cwd=tmp_path)
+        assert raised.value.returncode == code
 
 
 def test_wandb_online_failure_degrades_to_warning(real_mnist_dir, tmp_path):

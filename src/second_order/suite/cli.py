@@ -84,7 +84,24 @@ def exit_on_user_error(main: Callable[[], Any]) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    return sweep_exit_status()
+
+
+def sweep_exit_status() -> int:
+    """0, or :data:`~second_order.suite.sweep.JOBS_FAILED` with one line naming a failed job when a
+    multirun of this process ran to its end with failed jobs (scripts and CI must see them)."""
+    from second_order.suite.sweep import JOBS_FAILED, SWEEP_SUMMARY, last_multirun
+
+    ended = last_multirun()
+    if ended is None or not ended.failed:
+        return 0
+    first = ended.failed[0]
+    print(
+        f"error: {len(ended.failed)} of {len(ended.rows)} sweep jobs failed, e.g. {first['run_dir']}: "
+        f"{first.get('error') or first['status']}; the others ran (table in {ended.sweep_dir / SWEEP_SUMMARY})",
+        file=sys.stderr,
+    )
+    return JOBS_FAILED
 
 
 def train_job(cfg: DictConfig) -> float | None:

@@ -7,6 +7,9 @@ sweeps). When the multirun starts, the callback puts a token in the environment
 SLURM with its default ``--export=ALL``); each job, as it starts, notes its run directory
 in ``<sweep dir>/.sweep_jobs/<token>/<job number>.json``. Where no job noted one (a job
 environment without the token), the table falls back to every run below the directory.
+
+A multirun that ran to its end with failed jobs (status ``failed``, or no readable record)
+makes ``scripts/train.py`` exit with :data:`JOBS_FAILED` (see :func:`last_multirun`).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import logging
 import os
 import secrets
 import shutil
+import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -32,6 +37,38 @@ SWEEP_TOKEN_ENV = "SECOND_ORDER_SWEEP_TOKEN"
 #: The folder of the sweep directory where each multirun's jobs note their run directories.
 JOURNAL_DIR = ".sweep_jobs"
 FIELDS = ("optimizer", "seed", "status", "steps", "train_loss", "test_acc", "error")
+#: Exit status of ``scripts/train.py -m`` when the sweep ran to its end but jobs failed (table in SWEEP_SUMMARY).
+JOBS_FAILED = 3
+#: A job's status in the table that is a failure (diverged, a budget or an interruption are not).
+FAILED_STATUSES = ("failed", "missing", "unreadable")
+
+
+class MultirunEnd(NamedTuple):
+    """What a multirun of this process ended with: its sweep directory and table rows."""
+
+    sweep_dir: Path
+    rows: list[dict[str, Any]]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] in FAILED_STATUSES]
+
+
+_ended: MultirunEnd | None = None
+
+
+def last_multirun() -> MultirunEnd | None:
+    """The last multirun this process ended (set by :meth:`SweepSummary.on_multirun_end`), or None."""
+    return _ended
+
+
+def run_multirun(cmd: Sequence[str], cwd: Path) -> None:
+    """Run a ``scripts/train.py -m`` command as a child process, for callers that read every job's record
+    afterwards (scripts/reproduce.py, the study): a sweep that ran with failed jobs (:data:`JOBS_FAILED`)
+    returns; any other non-zero exit status raises ``subprocess.CalledProcessError``."""
+    code = subprocess.run(list(cmd), cwd=cwd).returncode
+    if code not in (0, JOBS_FAILED):
+        raise subprocess.CalledProcessError(code, list(cmd))
 
 
 def _row(sweep_dir: Path, run_dir: Path) -> dict[str, Any]:
@@ -108,11 +145,13 @@ class SweepSummary(Callback):
         runs.write_json(journal / f"{config.hydra.job.num}.json", {"run_dir": config.hydra.runtime.output_dir})
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        global _ended
         sweep_dir = Path(config.hydra.sweep.dir)
         token = os.environ.pop(SWEEP_TOKEN_ENV, None)
         if not sweep_dir.exists():
             return
         rows = write_sweep_summary(sweep_dir, token=token)
+        _ended = MultirunEnd(sweep_dir, rows)
         journal = _journal(sweep_dir, token)
         if journal is not None:
             shutil.rmtree(journal, ignore_errors=True)

@@ -95,10 +95,13 @@ def compared(extra: Sequence[str]) -> list[str]:
 
 
 def train_multirun(args: Sequence[str]) -> None:
-    """``python scripts/train.py -m <args>`` in a fresh process (raises if it fails)."""
+    """``python scripts/train.py -m <args>`` in a fresh process (raises if it fails; a sweep with failed
+    jobs does not: failed trials are Optuna's to skip, failed seeds are redone and reported)."""
+    from second_order.suite.sweep import run_multirun
+
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "-m", *args]
     print("+", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    run_multirun(cmd, cwd=REPO)
 
 
 def tune_dir(root: Path, workload: Workload, method: str) -> Path:
