@@ -7,7 +7,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from problems import dense_ggn_ref, dense_hessian_ref, make_problem, random_like
 
-from second_order.curvature import dense_hessian, ggn_vp, hvp
+from second_order.curvature import dense_hessian, ggn_vp, hvp, linearized_ggn_vp
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "softplus": jax.nn.softplus}
 
@@ -31,6 +31,23 @@ def test_ggn_vp_matches_dense_ggn(act):
     np.testing.assert_allclose(ravel_pytree(out)[0], g_ref @ np.asarray(ravel_pytree(v)[0]), rtol=1e-10, atol=1e-12)
     # The GGN is PSD for cross-entropy, unlike the Hessian of the tanh network.
     assert np.linalg.eigvalsh(g_ref).min() > -1e-12
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_linearized_ggn_vp_matches_dense_ggn_for_every_product(act):
+    """Linearised once, applied to many vectors (as a Krylov solver does): each product is G v."""
+    prob = make_problem(seed=3, activation=ACTIVATIONS[act])
+    vs = [random_like(prob.params, s) for s in (4, 5, 6)]
+
+    @jax.jit
+    def products(p, vs):
+        product = linearized_ggn_vp(prob.predict_fn, prob.output_loss_fn, p)
+        return [product(v) for v in vs]
+
+    g_ref = dense_ggn_ref(prob)
+    for v, out in zip(vs, products(prob.params, vs)):
+        assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(prob.params)
+        np.testing.assert_allclose(ravel_pytree(out)[0], g_ref @ np.asarray(ravel_pytree(v)[0]), rtol=1e-10, atol=1e-12)
 
 
 def test_ggn_equals_hessian_for_linear_model():

@@ -68,6 +68,29 @@ def ggn_vp(
     return vjp_fn(hjv)[0]
 
 
+def linearized_ggn_vp(
+    predict_fn: Callable[[PyTree], jax.Array],
+    output_loss_fn: Callable[[jax.Array], jax.Array],
+    params: PyTree,
+) -> Callable[[PyTree], PyTree]:
+    """``v ↦ G v`` at ``params``, linearised once: the same ``G v = Jᵀ H_z J v`` as :func:`ggn_vp`.
+
+    ``jax.linearize`` runs the forward pass of ``predict_fn`` once and keeps ``J``'s linear
+    map; ``Jᵀ`` is its transpose (``jax.linear_transpose``) and ``H_z`` the linearised
+    gradient of ``output_loss_fn`` at ``z``.  Each product then costs only the linear
+    parts, no forward pass: what a Krylov solver with many products per point wants
+    (CG of :func:`~second_order.optim.gauss_newton`, the trust-region and spectrum Lanczos).
+    """
+    z, jvp_fn = jax.linearize(predict_fn, params)
+    _, hz_fn = jax.linearize(jax.grad(output_loss_fn), z)
+    vjp_fn = jax.linear_transpose(jvp_fn, params)
+
+    def product(v: PyTree) -> PyTree:
+        return vjp_fn(hz_fn(jvp_fn(v)))[0]
+
+    return product
+
+
 def dense_hessian(value_fn: ValueFn, params: PyTree, *, chunk_size: int | None = None) -> jax.Array:
     """The Hessian ``∇²L(w)`` as an ``(n, n)`` matrix over ``ravel_pytree(params)``.
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import optax
 
+from second_order.curvature import linearized_ggn_vp
 from second_order.optim.base import cg_transformation, require
 from second_order.optim.cg_step import CGOptions
 from second_order.optim.hessian_free import DEFAULT_MAXITER
@@ -59,14 +59,7 @@ def gauss_newton(
 
     def make_matvec(params, extra_args):
         predict_fn, output_loss_fn = require(extra_args, "gauss_newton", "predict_fn", "output_loss_fn", params=params)
-        z, jvp_fn = jax.linearize(predict_fn, params)
-        _, hz_fn = jax.linearize(jax.grad(output_loss_fn), z)
-        vjp_fn = jax.linear_transpose(jvp_fn, params)
-
-        def ggn_product(v):
-            return vjp_fn(hz_fn(jvp_fn(v)))[0]
-
-        return ggn_product
+        return linearized_ggn_vp(predict_fn, output_loss_fn, params)
 
     options = CGOptions(damping_adaptation, lm_model, min_damping, warm_start, progress_tol, backtracking)
     return cg_transformation(

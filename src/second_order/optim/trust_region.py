@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from second_order.curvature import ggn_vp, tree_cast
+from second_order.curvature import linearized_ggn_vp, tree_cast
 from second_order.krylov import KrylovStep, gltr, steihaug_cg
 from second_order.optim.base import (
     SecondOrderState,
@@ -157,7 +157,7 @@ def trust_region(
         def loss(q: PyTree) -> jax.Array:
             return output_loss_fn(predict_fn(q))
 
-        return loss, loss(p), lambda v: ggn_vp(predict_fn, output_loss_fn, p, v)
+        return loss, loss(p), linearized_ggn_vp(predict_fn, output_loss_fn, p)  # linearised once, as gauss_newton
 
     def update(grads, state, params=None, **extra_args):
         if params is None:
