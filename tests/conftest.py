@@ -11,6 +11,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # Never this machine's configs/local/default.yaml (a SLURM launcher, a cluster's paths): every run the
 # tests launch, and every config they compose, leaves it out (second_order.suite.local_config).
 os.environ["SECOND_ORDER_NO_LOCAL_CONFIG"] = "1"
+# Nor the user's WANDB_MODE (the default of logger.wandb.mode): runs log offline unless a test says otherwise.
+os.environ.pop("WANDB_MODE", None)
 
 #: XLA_FLAGS as the user set them (what tests marked ``xla_default`` launch their runs with), kept in
 #: the environment for the xdist workers, which inherit the XLA_FLAGS set below.

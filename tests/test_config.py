@@ -8,8 +8,8 @@ import pytest
 import yaml
 from conftest import REPO, compose_config
 
-from second_order.suite.cli import one_line
-from second_order.suite.config import TrainerConfig, validate
+from second_order.suite.cli import missing_option, one_line
+from second_order.suite.config import ConfigError, TrainerConfig, validate
 from second_order.suite.experiment import prepare
 
 OPTIMIZERS = sorted(p.stem for p in (REPO / "configs" / "optimizer").glob("*.yaml"))
@@ -65,6 +65,17 @@ def test_stable_keys_exist():
 def test_mnist_dir_env_is_the_default(monkeypatch):
     monkeypatch.setenv("MNIST_DIR", "/some/where")
     assert compose_config([])["data"]["dir"] == "/some/where"
+
+
+def test_wandb_mode_env_is_the_default_and_the_key_wins(monkeypatch):
+    """W&B's own WANDB_MODE (set cluster-wide, or =disabled for one command) is honoured; the key overrides it."""
+    assert compose_config([])["logger"]["wandb"]["mode"] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert compose_config([])["logger"]["wandb"]["mode"] == "disabled"
+    assert compose_config(["logger.wandb.mode=offline"])["logger"]["wandb"]["mode"] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # wandb's old alias: refused, naming the variable
+    with pytest.raises(ConfigError, match=r"logger.wandb.mode = 'dryrun' is invalid: .*WANDB_MODE"):
+        prepare(compose_config([]))
 
 
 def test_local_example_leaves_each_dataset_its_own_directory(monkeypatch):
@@ -142,6 +153,7 @@ def test_bad_values_rejected_in_one_line_naming_the_key(overrides, key):
 def test_range_error_says_what_is_allowed():
     assert config_error(["trainer.batch_size=0"]) == "trainer.batch_size = 0 is invalid: must be an integer >= 1"
     assert "true or false" in config_error(["trainer.resume=maybe"])
+    assert config_error(["seed=-1"]) == "seed = -1 is invalid: must be an integer >= 0 and <= 2147483647"  # in full
 
 
 def test_a_misspelt_key_gets_the_closest_one():
@@ -170,3 +182,18 @@ def test_cli_reports_hydra_errors_in_one_line_with_status_2(override, key):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
+    assert "search path" not in lines[0], lines[0]  # Hydra's provider list is noise to a user
+
+
+def test_an_unknown_group_option_names_the_closest_and_every_one():
+    hydra_says = (  # hydra.errors.MissingConfigException, as Hydra 1.3 words it
+        "In 'config': Could not find 'optimizer/trust_region'\n\nAvailable options in 'optimizer':\n"
+        "\tnewton_lanczos\n\tsgd\n\ttrust_region_cg\nConfig search path:\n\tprovider=hydra, path=pkg://hydra.conf"
+    )
+    assert missing_option(hydra_says) == (
+        "optimizer=trust_region: no such file configs/optimizer/trust_region.yaml; "
+        "did you mean optimizer=trust_region_cg? available: newton_lanczos, sgd, trust_region_cg"
+    )
+    far = missing_option(hydra_says.replace("trust_region'", "zzz'")) or ""
+    assert far.endswith("zzz.yaml; available: newton_lanczos, sgd, trust_region_cg"), far  # nothing close
+    assert missing_option("Could not override 'trainer.epochz'.") is None  # not a missing option

@@ -180,6 +180,7 @@ def test_jobs_of_a_parallel_launcher_are_found_to_overlap(real_mnist_dir, tmp_pa
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "libtpu" not in proc.stdout + proc.stderr  # JAX's no-TPU notice is dropped in the workers too
     found = load_runs([tmp_path / "sweep"])
     assert len(found) == 2 and all(timed(r) for r in found)
     for run in found:

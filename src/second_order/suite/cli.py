@@ -115,8 +115,9 @@ def train_job(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from second_order.suite import experiment
-    from second_order.suite.training.devices import initialize_distributed
+    from second_order.suite.training.devices import initialize_distributed, quiet_absent_tpu_notice
 
+    quiet_absent_tpu_notice()  # also in a launcher's worker process (joblib, submitit), which starts JAX afresh
     global _sweep_dir
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -342,6 +343,9 @@ def one_line(err: BaseException) -> str | None:
         and type(cause).__name__ == "ValidationError"
     ):
         return str(from_omegaconf_error(cause))
+    missing = missing_option(str(err)) if isinstance(err, HydraException) else None
+    if missing is not None:
+        return missing
     if isinstance(err, (HydraException, OmegaConfBaseException)):
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         lines = [line for line in lines if not line.startswith(("full_key", "object_type", "reference_type"))]
@@ -351,6 +355,23 @@ def one_line(err: BaseException) -> str | None:
 
         return message + launcher_key_hint(message, CONFIGS)
     return None
+
+
+def missing_option(message: str) -> str | None:
+    """Hydra's "Could not find 'optimizer/nonexistent'" with its list of options (one per line, then
+    the config search path) as one short line: the group, the option asked for, the closest, all."""
+    import difflib
+    import re
+
+    found = re.search(r"Could not find '([\w/]+)/([^'/]+)'", message)
+    listed = re.search(r"Available options in '[^']+':\n(.*?)(?:\nConfig search path:|$)", message, re.S)
+    if found is None or listed is None:
+        return None
+    group, option = found.groups()
+    options = [line.strip() for line in listed.group(1).splitlines() if line.strip()]
+    close = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
+    hint = f"did you mean {group}={close[0]}? " if close else ""
+    return f"{group}={option}: no such file configs/{group}/{option}.yaml; {hint}available: {', '.join(options)}"
 
 
 def _local_config_active() -> bool:

@@ -161,7 +161,10 @@ class DiagnosticsConfig:
 @dataclasses.dataclass
 class WandbConfig:
     mode: str = setting(
-        "offline", help="offline: files under <run dir>/wandb; online: needs wandb login", choices=WANDB_MODES
+        "${oc.env:WANDB_MODE,offline}",
+        help="offline: files under <run dir>/wandb; online: needs wandb login (default: $WANDB_MODE, else offline)",
+        choices=WANDB_MODES,
+        allowed="one of offline, online, disabled (set here or by the environment variable WANDB_MODE)",
     )
     project: str = setting("second-order", help="W&B project", check=bool, allowed="a non-empty name")
     entity: str | None = setting(None, help="W&B entity (user or team); null: your default")
@@ -273,15 +276,15 @@ def _describe(meta: Mapping[str, Any], optional: bool) -> str:
     if meta.get("choices"):
         return "one of " + ", ".join(map(str, meta["choices"]))
     lo, hi = meta.get("minimum"), meta.get("maximum")
-    text = (
-        "a number"
-        if lo is None and hi is None
-        else "a number "
-        + " and ".join(
-            part for part in (f">= {lo:g}" if lo is not None else "", f"<= {hi:g}" if hi is not None else "") if part
-        )
-    )
+    bounds = [f">= {_bound(lo)}"] if lo is not None else []
+    bounds += [f"<= {_bound(hi)}"] if hi is not None else []
+    text = "a number" + (" " + " and ".join(bounds) if bounds else "")
     return text + (" or null" if optional else "")
+
+
+def _bound(x: float) -> str:
+    """A range bound as a user would type it: integers in full (2147483647, not 2.14748e+09)."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _check_dataclass(obj: Any, prefix: str) -> None:
