@@ -125,7 +125,9 @@ def load(roots: Sequence[Path], experiment: str | None) -> list[Run]:
     with warning_lines():
         for root in roots:
             found = load_runs([root])
-            if not found:
+            if not Path(root).exists():
+                print(f"warning: {root} does not exist (a typo, or runs not made yet?)", file=sys.stderr)
+            elif not found:
                 print(f"warning: no usable run directories (summary.json) under {root}", file=sys.stderr)
             runs += found
     runs = drop_wandb_copies(runs)

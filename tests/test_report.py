@@ -224,6 +224,14 @@ def test_make_figures_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "wrote" in printed.out and "warning: no runs" not in printed.err
 
 
+def test_a_missing_or_empty_run_root_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert _load_script().load([tmp_path / "nope", tmp_path / "empty"], None) == []
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'nope'} does not exist" in err
+    assert f"warning: no usable run directories (summary.json) under {tmp_path / 'empty'}" in err
+
+
 def test_missing_methods_and_single_seed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

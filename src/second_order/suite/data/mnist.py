@@ -46,7 +46,8 @@ HINTS = tfds_download.Hints(
 )
 _DIR_FIX = (
     f"Put the four IDX files ({idx.ALL_FILES}; gzipped or not) in that directory "
-    f"(from http://yann.lecun.com/exdb/mnist/ or any mirror), set data.dir=<dir> / {ENV_VAR} "
+    f"(e.g. from {TFDS_MNIST_URL}, the mirror TFDS uses; the original site often refuses downloads), "
+    f"set data.dir=<dir> / {ENV_VAR} "
     "to a directory that has them, or leave both unset to download through "
     "TensorFlow Datasets."
 )
