@@ -8,6 +8,7 @@ import importlib
 import json
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -263,18 +264,24 @@ def test_run_resumed_on_another_number_of_devices_counts_as_mixed(tmp_path: Path
 # -------------------------------------------------------------- diagnostics (task 6)
 
 
+def newton_run_logging(root: Path, column: str, value: Callable[[int], str]) -> None:
+    """A Newton run under ``root`` whose steps.csv has ``column``, ``value(i)`` at its i-th step."""
+    write_run(root, "newton", 0, n_steps=30)
+    run_dir = root / "newton_s0_completed"
+    with open(run_dir / STEPS_FILE, newline="") as f:
+        rows = list(csv.reader(f))
+    rows[0] += [column]
+    for i, row in enumerate(rows[1:]):
+        row.append(value(i))
+    with open(run_dir / STEPS_FILE, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
 def test_solve_path_axis_shows_every_logged_value(tmp_path: Path) -> None:
     newton = importlib.import_module("second_order.optim.newton")
     assert (newton.CHOLESKY, newton.EIGH_PINV, newton.LOW_RANK) == tuple(SOLVE_PATHS)
-    write_run(tmp_path, "newton", 0, n_steps=30)
-    run_dir = tmp_path / "newton_s0_completed"
-    with open(run_dir / STEPS_FILE, newline="") as f:
-        rows = list(csv.reader(f))
-    rows[0] += ["solve_path"]
-    for i, row in enumerate(rows[1:]):
-        row.append(str(2 if i % 3 else 1))  # mostly low rank (2), the value the old axis cut off
-    with open(run_dir / STEPS_FILE, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    # mostly low rank (2), the value the old axis cut off
+    newton_run_logging(tmp_path, "solve_path", lambda i: str(2 if i % 3 else 1))
     fig = plot_diagnostics(load_runs([tmp_path]), NEWTON_PANELS, "Exact Newton")
     assert fig is not None
     ax = fig.axes[0]
@@ -286,15 +293,8 @@ def test_solve_path_axis_shows_every_logged_value(tmp_path: Path) -> None:
 
 def test_not_computed_diagnostics_are_gaps(tmp_path: Path) -> None:
     """``inf`` (Newton's min_eigenvalue on its Cholesky steps) is missing, as NaN: no point, no axis to inf."""
-    write_run(tmp_path, "newton", 0, n_steps=30)
-    run_dir = tmp_path / "newton_s0_completed"
-    with open(run_dir / STEPS_FILE, newline="") as f:
-        rows = list(csv.reader(f))
-    rows[0] += ["min_eigenvalue"]
-    for i, row in enumerate(rows[1:]):
-        row.append("inf" if i % 2 else repr(-0.5 - i))  # Cholesky steps (inf) between eigen steps
-    with open(run_dir / STEPS_FILE, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    # Cholesky steps (inf) between eigen steps
+    newton_run_logging(tmp_path, "min_eigenvalue", lambda i: "inf" if i % 2 else repr(-0.5 - i))
     fig = plot_diagnostics(load_runs([tmp_path]), NEWTON_PANELS, "Exact Newton")
     assert fig is not None and len(fig.axes) == 1  # the one logged column
     y = np.asarray(fig.axes[0].lines[0].get_ydata(), float)
