@@ -79,7 +79,8 @@ def linearized_ggn_vp(
     map; ``Jᵀ`` is its transpose (``jax.linear_transpose``) and ``H_z`` the linearised
     gradient of ``output_loss_fn`` at ``z``.  Each product then costs only the linear
     parts, no forward pass: what a Krylov solver with many products per point wants
-    (CG of :func:`~second_order.optim.gauss_newton`, the trust-region and spectrum Lanczos).
+    (the CG of :func:`~second_order.optim.gauss_newton`, the Krylov solvers of
+    :func:`~second_order.optim.trust_region` with ``curvature="gauss_newton"``).
     """
     z, jvp_fn = jax.linearize(predict_fn, params)
     _, hz_fn = jax.linearize(jax.grad(output_loss_fn), z)
